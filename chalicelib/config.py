@@ -1,0 +1,539 @@
+"""The model of `pipeline.yaml`: every row rule and KPI the pipeline applies.
+
+The file is the only place a user changes behaviour, so loading it is strict: unknown keys, wrong
+types and dangling references are refused together, each with its YAML path and what is allowed
+there. Nothing in the file is ever evaluated as code: rules, derived fields and metrics come from a
+small closed vocabulary that this module spells out.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ColumnType = Literal["string", "int", "decimal", "datetime"]
+FieldType = Literal["string", "int", "decimal", "datetime", "date", "bool"]
+Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+Prefix = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-/]+/$")]
+Scalar = str | int | Decimal | bool
+
+COMPARISONS = ("gt", "ge", "lt", "le", "eq", "ne")
+
+
+class ConfigError(Exception):
+    """A refused `pipeline.yaml`, carrying every problem found (not just the first)."""
+
+    def __init__(self, problems: list[str], source: str = "pipeline.yaml") -> None:
+        self.problems = problems
+        self.source = source
+        super().__init__(f"{source} is invalid:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Check(_Strict):
+    """One comparison on a value. Exactly one operator per check, so each check has one rule id."""
+
+    gt: Decimal | None = None
+    ge: Decimal | None = None
+    lt: Decimal | None = None
+    le: Decimal | None = None
+    eq: Scalar | None = None
+    ne: Scalar | None = None
+    between: tuple[Decimal, Decimal] | None = None
+    one_of: list[Scalar] | None = None
+    ignore_case: bool = False
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Check:
+        if len(self.operators()) != 1:
+            raise ValueError(
+                "a check needs exactly one operator; allowed: gt, ge, lt, le, eq, ne, between, one_of"
+            )
+        return self
+
+    def operators(self) -> list[str]:
+        ops = (*COMPARISONS, "between", "one_of")
+        return [op for op in ops if getattr(self, op) is not None]
+
+    @property
+    def op(self) -> str:
+        return self.operators()[0]
+
+    @property
+    def operand(self) -> Any:
+        return getattr(self, self.op)
+
+
+class Condition(Check):
+    """A filter on a row for a metric: a check applied to a named field."""
+
+    field: Identifier
+
+
+class Column(_Strict):
+    """A column of a dataset, found in the file by its header name (`source`, default: its own name)."""
+
+    type: ColumnType = "string"
+    source: str | None = None
+    required: bool = False
+    unique: bool = False
+    default: Scalar | None = None
+    checks: list[Check] = Field(default_factory=list)
+    references: Identifier | None = None
+
+    def header(self, name: str) -> str:
+        return self.source if self.source is not None else name
+
+
+class EqualsSpec(_Strict):
+    field: Identifier
+    value: Scalar
+    ignore_case: bool = False
+
+
+class LookupSpec(_Strict):
+    via: Identifier = Field(description="a column of this dataset that `references` another dataset")
+    field: Identifier = Field(description="a column or derived field of the referenced dataset")
+
+
+class Derived(_Strict):
+    """A derived field from the closed vocabulary; exactly one operation."""
+
+    date_of: Identifier | None = Field(None, description="calendar date of a datetime, in the timezone")
+    multiply: tuple[Identifier, Identifier] | None = None
+    lower: Identifier | None = None
+    equals: EqualsSpec | None = None
+    lookup: LookupSpec | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Derived:
+        if len(self.operations()) != 1:
+            raise ValueError(
+                "a derived field needs exactly one operation; allowed: date_of, multiply, lower, equals, lookup"
+            )
+        return self
+
+    def operations(self) -> list[str]:
+        return [op for op in ("date_of", "multiply", "lower", "equals", "lookup") if getattr(self, op)]
+
+    @property
+    def op(self) -> str:
+        return self.operations()[0]
+
+
+class Dataset(_Strict):
+    files: str = Field(description="glob below the raw prefix, e.g. orders/*.csv")
+    key: Identifier = Field(description="the column identifying a row; a later batch's row replaces it")
+    columns: dict[Identifier, Column]
+    derived: dict[Identifier, Derived] = Field(default_factory=dict)
+    partition_by: Identifier | None = Field(
+        None, description="the date field the processed store is partitioned on (KPI datasets only)"
+    )
+    reject_threshold: Annotated[Decimal, Field(ge=0, le=1)] | None = Field(
+        None, description="fraction of rejected rows above which the batch fails"
+    )
+
+    def fields(self) -> list[str]:
+        return [*self.columns, *self.derived]
+
+
+class Metric(_Strict):
+    """One KPI attribute: an aggregate over a dataset, or a ratio of two other metrics."""
+
+    sum: Identifier | None = None
+    count: Identifier | None = None
+    count_distinct: Identifier | None = None
+    min: Identifier | None = None
+    max: Identifier | None = None
+    ratio: tuple[Identifier, Identifier] | None = None
+    from_: Identifier | None = Field(None, alias="from")
+    where: list[Condition] = Field(default_factory=list)
+    round: Annotated[int, Field(ge=0, le=10)] | None = None
+    store: bool = Field(True, description="false: an intermediate used by a ratio, not stored")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _shape(self) -> Metric:
+        kinds = self.kinds()
+        if len(kinds) != 1:
+            raise ValueError(
+                "a metric needs exactly one of: sum, count, count_distinct, min, max, ratio"
+            )
+        if kinds[0] == "ratio":
+            if self.from_ is not None or self.where:
+                raise ValueError("a ratio combines two metrics; `from` and `where` are not allowed on it")
+        elif self.from_ is None:
+            raise ValueError(f"`{kinds[0]}` needs `from: <dataset>`")
+        return self
+
+    def kinds(self) -> list[str]:
+        ops = ("sum", "count", "count_distinct", "min", "max", "ratio")
+        return [op for op in ops if getattr(self, op) is not None]
+
+    @property
+    def kind(self) -> str:
+        return self.kinds()[0]
+
+    @property
+    def field(self) -> str | None:
+        return None if self.kind == "ratio" else getattr(self, self.kind)
+
+
+class IndexSpec(_Strict):
+    name: str
+    key: Identifier
+
+
+class KpiTable(_Strict):
+    key: list[Identifier] = Field(min_length=1, max_length=2)
+    index: IndexSpec | None = None
+    metrics: dict[Identifier, Metric] = Field(min_length=1)
+
+
+class Storage(_Strict):
+    raw: Prefix = "raw-data/"
+    validated: Prefix = "validated/"
+    rejected: Prefix = "rejected/"
+    processed: Prefix = "processed/"
+    archived: Prefix = "archived/"
+    reports: Prefix = "reports/"
+    quarantine: Prefix = "quarantine/"
+    config: Prefix = "config/"
+
+
+class Trigger(_Strict):
+    settle_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
+
+
+class Scale(_Strict):
+    validate_concurrency: Annotated[int, Field(ge=1, le=40)] = 4
+    transform_concurrency: Annotated[int, Field(ge=1, le=40)] = 4
+
+
+class PipelineConfig(_Strict):
+    """The whole of `pipeline.yaml`."""
+
+    version: Literal[1] = 1
+    timezone: str = "UTC"
+    trigger: Trigger = Field(default_factory=Trigger)
+    storage: Storage = Field(default_factory=Storage)
+    scale: Scale = Field(default_factory=Scale)
+    datasets: dict[Identifier, Dataset] = Field(min_length=1)
+    kpis: dict[Identifier, KpiTable] = Field(min_length=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError("an IANA time zone name, e.g. UTC or Europe/Berlin") from exc
+        return value
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def dataset_order(self) -> list[str]:
+        """Datasets in dependency order: a referenced dataset is validated before those that point at it."""
+        order: list[str] = []
+        visiting: set[str] = set()
+
+        def visit(name: str) -> None:
+            if name in order or name in visiting:
+                return
+            visiting.add(name)
+            for column in self.datasets[name].columns.values():
+                if column.references in self.datasets:
+                    visit(column.references)
+            visiting.discard(name)
+            order.append(name)
+
+        for name in self.datasets:
+            visit(name)
+        return order
+
+    def field_type(self, dataset: str, field: str) -> FieldType:
+        """The type a field has after validation, following lookups into referenced datasets."""
+        ds = self.datasets[dataset]
+        if field in ds.columns:
+            return ds.columns[field].type
+        spec = ds.derived[field]
+        if spec.date_of:
+            return "date"
+        if spec.equals:
+            return "bool"
+        if spec.lower:
+            return "string"
+        if spec.multiply:
+            types = {self.field_type(dataset, f) for f in spec.multiply}
+            return "int" if types == {"int"} else "decimal"
+        assert spec.lookup is not None
+        target = ds.columns[spec.lookup.via].references
+        assert target is not None
+        return self.field_type(target, spec.lookup.field)
+
+
+# --------------------------------------------------------------------------------------------------
+# Cross-field checks: the ones a schema alone cannot express. Each returns "path: problem; allowed".
+
+
+def _semantic_problems(cfg: PipelineConfig) -> list[str]:
+    problems: list[str] = []
+    names = list(cfg.datasets)
+    for ds_name, ds in cfg.datasets.items():
+        base = f"datasets.{ds_name}"
+        if ds.key not in ds.columns:
+            problems.append(f"{base}.key: '{ds.key}' is not a column; allowed: one of {list(ds.columns)}")
+        elif not ds.columns[ds.key].required:
+            problems.append(f"{base}.columns.{ds.key}.required: the key column must be required; allowed: true")
+        for col_name, col in ds.columns.items():
+            cpath = f"{base}.columns.{col_name}"
+            if col.references is not None:
+                if col.references not in cfg.datasets:
+                    problems.append(f"{cpath}.references: unknown dataset '{col.references}'; allowed: {names}")
+                elif col.references == ds_name:
+                    problems.append(f"{cpath}.references: a dataset cannot reference itself; allowed: {names}")
+            for i, check in enumerate(col.checks):
+                numeric = check.op in ("gt", "ge", "lt", "le", "between")
+                if numeric and col.type not in ("int", "decimal"):
+                    problems.append(
+                        f"{cpath}.checks[{i}].{check.op}: needs a numeric column (type is {col.type}); "
+                        "allowed on strings/datetimes: eq, ne, one_of"
+                    )
+            if col.default is not None and col.required:
+                problems.append(f"{cpath}.default: a required column cannot have a default; allowed: required: false")
+            if col.default is not None and col.type in ("int", "decimal"):
+                try:
+                    Decimal(str(col.default))
+                except ArithmeticError:
+                    problems.append(f"{cpath}.default: '{col.default}' is not a {col.type}; allowed: a number")
+        seen: list[str] = list(ds.columns)
+        for d_name, spec in ds.derived.items():
+            dpath = f"{base}.derived.{d_name}.{spec.op}"
+            if d_name in ds.columns:
+                problems.append(f"{base}.derived.{d_name}: clashes with a column; allowed: a new name")
+            problems.extend(_derived_problems(cfg, ds_name, spec, seen, dpath))
+            seen.append(d_name)
+        if ds.partition_by is not None and ds.partition_by not in ds.fields():
+            problems.append(
+                f"{base}.partition_by: '{ds.partition_by}' is not a field; allowed: one of {ds.fields()}"
+            )
+    if not problems:
+        try:
+            cycle_free = cfg.dataset_order()
+            del cycle_free
+        except RecursionError:  # pragma: no cover - guarded by visiting set
+            problems.append("datasets: references form a cycle; allowed: an acyclic graph")
+    for t_name, table in cfg.kpis.items():
+        problems.extend(_table_problems(cfg, t_name, table))
+    return problems
+
+
+def _derived_problems(cfg: PipelineConfig, ds_name: str, spec: Derived, seen: list[str], path: str) -> list[str]:
+    ds = cfg.datasets[ds_name]
+    problems: list[str] = []
+
+    def need(field: str, types: tuple[str, ...], where: str) -> None:
+        if field not in seen:
+            problems.append(f"{where}: unknown field '{field}'; allowed: a column or an earlier derived field {seen}")
+        elif cfg.field_type(ds_name, field) not in types:
+            problems.append(f"{where}: '{field}' has type {cfg.field_type(ds_name, field)}; allowed types: {list(types)}")
+
+    if spec.date_of:
+        need(spec.date_of, ("datetime",), path)
+    elif spec.multiply:
+        for i, f in enumerate(spec.multiply):
+            need(f, ("int", "decimal"), f"{path}[{i}]")
+    elif spec.lower:
+        need(spec.lower, ("string",), path)
+    elif spec.equals:
+        if spec.equals.field not in seen:
+            problems.append(f"{path}.field: unknown field '{spec.equals.field}'; allowed: {seen}")
+    elif spec.lookup:
+        via = spec.lookup.via
+        target = ds.columns[via].references if via in ds.columns else None
+        if target is None or target not in cfg.datasets:
+            refs = [c for c, col in ds.columns.items() if col.references]
+            problems.append(f"{path}.via: '{via}' is not a column with `references`; allowed: {refs}")
+        elif spec.lookup.field not in cfg.datasets[target].fields():
+            problems.append(
+                f"{path}.field: '{spec.lookup.field}' is not a field of {target}; "
+                f"allowed: {cfg.datasets[target].fields()}"
+            )
+    return problems
+
+
+def _table_problems(cfg: PipelineConfig, t_name: str, table: KpiTable) -> list[str]:
+    base = f"kpis.{t_name}"
+    problems: list[str] = []
+    if table.index is not None and table.index.key not in table.key:
+        problems.append(f"{base}.index.key: '{table.index.key}' is not a key field; allowed: {table.key}")
+    partition_fields = {ds.partition_by for ds in cfg.datasets.values() if ds.partition_by}
+    if len(partition_fields) > 1:
+        problems.append(
+            f"datasets: all partitioned datasets must share one partition field; found {sorted(partition_fields)}"
+        )
+    if partition_fields and not partition_fields & set(table.key):
+        problems.append(f"{base}.key: must include the partition field; allowed: a list containing {sorted(partition_fields)}")
+    defined: list[str] = []
+    for m_name, metric in table.metrics.items():
+        mpath = f"{base}.metrics.{m_name}"
+        if metric.kind == "ratio":
+            assert metric.ratio is not None
+            for i, ref in enumerate(metric.ratio):
+                if ref not in table.metrics:
+                    problems.append(f"{mpath}.ratio[{i}]: unknown metric '{ref}'; allowed: {list(table.metrics)}")
+                elif ref == m_name or (table.metrics[ref].kind == "ratio" and ref not in defined):
+                    problems.append(f"{mpath}.ratio[{i}]: '{ref}' must be a metric defined above; allowed: {defined}")
+            defined.append(m_name)
+            continue
+        defined.append(m_name)
+        src = metric.from_
+        if src not in cfg.datasets:
+            problems.append(f"{mpath}.from: unknown dataset '{src}'; allowed: {list(cfg.datasets)}")
+            continue
+        ds = cfg.datasets[src]
+        if ds.partition_by is None:
+            parted = [n for n, d in cfg.datasets.items() if d.partition_by]
+            problems.append(f"{mpath}.from: '{src}' has no partition_by, so it cannot feed a KPI; allowed: {parted}")
+        fields = ds.fields()
+        missing_keys = [k for k in table.key if k not in fields]
+        if missing_keys:
+            problems.append(f"{mpath}.from: '{src}' lacks the table key fields {missing_keys}; allowed: a dataset having {table.key}")
+        field = metric.field
+        assert field is not None
+        if field not in fields:
+            problems.append(f"{mpath}.{metric.kind}: unknown field '{field}' of {src}; allowed: {fields}")
+        elif metric.kind == "sum" and cfg.field_type(src, field) not in ("int", "decimal"):
+            problems.append(
+                f"{mpath}.sum: '{field}' has type {cfg.field_type(src, field)}; allowed: an int or decimal field"
+            )
+        for i, cond in enumerate(metric.where):
+            if cond.field not in fields:
+                problems.append(f"{mpath}.where[{i}].field: unknown field '{cond.field}' of {src}; allowed: {fields}")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _format_pydantic(err: ValidationError) -> list[str]:
+    problems = []
+    for e in err.errors():
+        path = ".".join(_loc_part(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        path = path.replace(".[", "[")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(e["loc"][:-1])
+            msg = f"unknown key; allowed: {', '.join(allowed)}" if allowed else "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        problems.append(f"{path or '<root>'}: {msg}")
+    return problems
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """Walk the models along an error location, to say which keys that level accepts."""
+    model: type[BaseModel] | None = PipelineConfig
+    pending: list[Any] = []
+    for part in loc:
+        if pending:  # inside a dict value or list item: this part is the key/index
+            ann = pending.pop()
+            model = _first_model(ann)
+            continue
+        if model is None or not isinstance(part, str):
+            return None
+        field = next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)
+        if field is None:
+            return None
+        origin = getattr(field.annotation, "__origin__", None)
+        if origin in (dict, list):
+            pending.append(field.annotation)
+            model = None
+        else:
+            model = _first_model(field.annotation)
+    return model
+
+
+def _first_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _first_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
+    model = _model_at(tuple(p for p in loc if not str(p).startswith("function-after")))
+    if model is None:
+        return []
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+def _loc_part(part: int | str) -> str:
+    if isinstance(part, int):
+        return f"[{part}]"
+    return re.sub(r"^(literal|constrained-str|tagged-union)\[.*\]$", "", str(part)) or str(part)
+
+
+def parse_config(text: str, source: str = "pipeline.yaml") -> PipelineConfig:
+    """Parse and fully validate YAML text; raise ConfigError listing every problem."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"<yaml>: not valid YAML: {exc}"], source) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(["<root>: must be a mapping; allowed: version, timezone, trigger, storage, scale, datasets, kpis"], source)
+    try:
+        cfg = PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_pydantic(exc), source) from exc
+    problems = _semantic_problems(cfg)
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"<file>: cannot read {path}: {exc.strerror}"], str(path)) from exc
+    return parse_config(text, str(path))
+
+
+def default_config_path() -> Path:
+    """The repo's pipeline.yaml (also baked into the task image at the same relative place)."""
+    return Path(__file__).resolve().parent.parent / "pipeline.yaml"
+
+
+def json_schema() -> str:
+    """The JSON Schema editors use to complete and check pipeline.yaml."""
+    schema = PipelineConfig.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "kpipe pipeline.yaml"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"

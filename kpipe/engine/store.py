@@ -1,0 +1,87 @@
+"""The processed store: a flat namespace of files (relative names such as
+`orders/order_date=2025-03-01/00000003-b-ab12.csv`), on a local directory or under an S3 prefix.
+
+The transform engine only ever fetches a file to a local path, lists names under a prefix, and
+publishes a local file under a name. That small surface lets the same engine run on a laptop
+(`kpipe process`) and in the Fargate task (S3), and keeps the engine free of boto3."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class ProcessedStore(Protocol):
+    def fetch(self, name: str, dest: Path) -> bool:
+        """Copy `name` to `dest`; False when it does not exist."""
+
+    def list(self, prefix: str) -> list[str]:
+        """Names starting with `prefix`, sorted."""
+
+    def publish(self, name: str, src: Path) -> None:
+        """Store the local file `src` as `name`, replacing any earlier version atomically."""
+
+
+class LocalStore:
+    """A directory. Publishing is rename-atomic, so a crash never leaves a half-written file."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def fetch(self, name: str, dest: Path) -> bool:
+        src = self.root / name
+        if not src.is_file():
+            return False
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+        return True
+
+    def list(self, prefix: str) -> list[str]:
+        if not self.root.exists():
+            return []
+        base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        if not base.exists():
+            return []
+        names = (p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
+        return sorted(n for n in names if n.startswith(prefix) and not n.endswith(".tmp"))
+
+    def publish(self, name: str, src: Path) -> None:
+        dest = self.root / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.copyfile(src, tmp)
+        tmp.replace(dest)
+
+
+class S3Store:
+    """An S3 prefix, handed its boto3 client (moto in tests and locally, real S3 on AWS)."""
+
+    def __init__(self, s3: Any, bucket: str, prefix: str) -> None:
+        self.s3, self.bucket, self.prefix = s3, bucket, prefix
+
+    def fetch(self, name: str, dest: Path) -> bool:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.s3.download_file(self.bucket, self.prefix + name, str(dest))
+        except Exception as exc:  # botocore raises ClientError 404 for a missing key
+            if _is_missing(exc):
+                return False
+            raise
+        return True
+
+    def list(self, prefix: str) -> list[str]:
+        names: list[str] = []
+        paginator = self.s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+            names.extend(obj["Key"][len(self.prefix) :] for obj in page.get("Contents", []))
+        return sorted(names)
+
+    def publish(self, name: str, src: Path) -> None:
+        self.s3.upload_file(str(src), self.bucket, self.prefix + name)
+
+
+def _is_missing(exc: Exception) -> bool:
+    response = getattr(exc, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    return code in ("404", "NoSuchKey", "NotFound")
