@@ -1,0 +1,143 @@
+"""The `kpipe` command line: human-readable tables by default, JSON with `--json`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from chalicelib.config import ConfigError, PipelineConfig, default_config_path, json_schema, load_config
+from kpipe.tables import json_number, load_table
+
+err = Console(stderr=True)
+out = Console(width=None if sys.stdout.isatty() else 160)
+
+CONFIG_OPTION = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="pipeline.yaml to use (default: the project's pipeline.yaml)",
+)
+
+
+def _load(config_path: Path | None) -> PipelineConfig:
+    path = config_path or default_config_path()
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        err.print(f"[red]{exc.source} is invalid:[/red]")
+        for problem in exc.problems:
+            err.print(f"  - {problem}", markup=False, highlight=False)
+        sys.exit(2)
+
+
+@click.group()
+@click.version_option(package_name="kpipe")
+def main() -> None:
+    """kpipe: e-commerce CSV batches -> validated rows -> daily KPIs (DynamoDB CategoryKPI, OrderKPI)."""
+
+
+@main.command("check-config")
+@click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
+def check_config(path: Path | None) -> None:
+    """Validate pipeline.yaml; exit 0 when valid, 2 with every problem listed."""
+    cfg = _load(path)
+    tables = ", ".join(f"{name} ({len(t.metrics)} metrics)" for name, t in cfg.kpis.items())
+    out.print(f"{path or default_config_path()}: valid - datasets: {', '.join(cfg.datasets)}; KPI tables: {tables}")
+
+
+@main.command("schema")
+def schema() -> None:
+    """Print the JSON Schema of pipeline.yaml (published as pipeline.schema.json)."""
+    click.echo(json_schema(), nl=False)
+
+
+@main.command("process")
+@click.argument("batch_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON instead of tables")
+@CONFIG_OPTION
+def process(batch_dirs: tuple[Path, ...], out_dir: Path, as_json: bool, config_path: Path | None) -> None:
+    """Validate and transform BATCH_DIRs (in order) on local files; OUT keeps state across calls."""
+    from kpipe.process import BatchIncomplete, process_batches
+
+    cfg = _load(config_path)
+    try:
+        report = process_batches(cfg, list(batch_dirs), out_dir, progress=lambda m: err.print(m, highlight=False))
+    except BatchIncomplete as exc:
+        err.print(f"[red]{exc}[/red]")
+        sys.exit(2)
+    show_results(cfg, out_dir, report, as_json)
+
+
+def show_results(cfg: PipelineConfig, out_dir: Path, report: dict[str, Any], as_json: bool) -> None:
+    """Print the validation summary and the KPI tables (shared by `process` and `run`)."""
+    tables = {name: load_table(out_dir / f"{name}.json") for name in cfg.kpis}
+    if as_json:
+        click.echo(json.dumps({"report": report, "tables": json_number(tables)}, indent=1, default=str))
+        return
+    out.print(validation_table(report))
+    for name, items in tables.items():
+        out.print(kpi_table(name, cfg.kpis[name].key, items))
+    failed = [b["batch_id"] for b in report["batches"] if b.get("status") not in ("SUCCEEDED", "SKIPPED")]
+    if failed:
+        err.print(f"[yellow]batches not applied: {', '.join(failed)}[/yellow]")
+
+
+def validation_table(report: dict[str, Any]) -> Table:
+    table = Table(title="Validation summary")
+    for col in ("batch", "status", "dataset", "rows in", "valid", "rejected", "top reasons"):
+        table.add_column(col, justify="right" if col in ("rows in", "valid", "rejected") else "left")
+    for batch in report["batches"]:
+        for i, (name, stats) in enumerate(batch.get("datasets", {}).items()):
+            reasons = sorted(stats.get("reasons", {}).items(), key=lambda kv: -kv[1])[:3]
+            table.add_row(
+                batch["batch_id"] if i == 0 else "",
+                batch.get("status", "") if i == 0 else "",
+                name,
+                str(stats["rows_in"]),
+                str(stats["rows_valid"]),
+                str(stats["rows_rejected"]),
+                ", ".join(f"{r} {n}" for r, n in reasons),
+            )
+    return table
+
+
+def kpi_table(name: str, key: list[str], items: list[dict[str, Any]], limit: int = 40) -> Table:
+    metrics = sorted({k for item in items for k in item} - set(key))
+    table = Table(title=f"{name} ({len(items)} items{', first ' + str(limit) if len(items) > limit else ''})")
+    for col in [*key, *metrics]:
+        table.add_column(col, justify="left" if col in key else "right")
+    for item in items[:limit]:
+        table.add_row(*(str(item.get(c, "")) for c in [*key, *metrics]))
+    return table
+
+
+def _register_optional() -> None:
+    """Commands that live in their own modules (generator, emulator)."""
+    from kpipe.generate import generate_command
+
+    main.add_command(generate_command)
+    try:
+        from kpipe.cli_local import run_command, serve_command
+    except ImportError as exc:  # pragma: no cover - only while the emulator is absent
+        err.print(f"[yellow]emulator commands unavailable: {exc}[/yellow]")
+    else:
+        main.add_command(run_command)
+        main.add_command(serve_command)
+
+
+try:
+    _register_optional()
+except ImportError:  # pragma: no cover
+    pass
+
+
+if __name__ == "__main__":
+    main()

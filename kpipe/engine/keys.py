@@ -1,0 +1,122 @@
+"""Compact key -> value maps for uniqueness, references, lookups and the processed-store index.
+
+A batch of 400k orders and 880k items would need ~150 MB as Python sets and dicts of int keys.
+Here a non-negative int key below DENSE_LIMIT is a slot in an `array('I')` holding a small value
+code (0 = absent), and values are dictionary-encoded (a date, a category, a (seq, date) pair repeat
+a lot). Other keys (negative, huge, strings) fall back to a dict. Memory is then ~4 bytes per key
+value, whatever the file sizes.
+
+>>> t = KeyTable()
+>>> t.put(7, "2025-03-01"); t.put("x", "2025-03-02")
+>>> t.get(7), t.get("x"), t.get(8), 7 in t, len(t)
+('2025-03-01', '2025-03-02', None, True, 2)
+"""
+
+from __future__ import annotations
+
+import json
+from array import array
+from collections.abc import Hashable, Iterator
+from pathlib import Path
+from typing import Any
+
+DENSE_LIMIT = 1 << 25  # 32M slots max = 128 MiB worst case; ids beyond go to the dict
+
+
+class KeyTable:
+    def __init__(self) -> None:
+        self._dense = array("I")
+        self._sparse: dict[Hashable, int] = {}
+        self._values: list[Any] = [None]  # code 0 = absent
+        self._codes: dict[Any, int] = {}
+        self._count = 0
+
+    def _code(self, value: Any) -> int:
+        code = self._codes.get(value)
+        if code is None:
+            code = len(self._values)
+            self._values.append(value)
+            self._codes[value] = code
+        return code
+
+    def put(self, key: Hashable, value: Any = True) -> None:
+        code = self._code(value)
+        if type(key) is int and 0 <= key < DENSE_LIMIT:
+            dense = self._dense
+            if key >= len(dense):
+                grow = max(key + 1 - len(dense), len(dense) // 2, 1024)
+                dense.frombytes(bytes(4 * grow))
+            if dense[key] == 0:
+                self._count += 1
+            dense[key] = code
+        else:
+            if key not in self._sparse:
+                self._count += 1
+            self._sparse[key] = code
+
+    def add_new(self, key: Hashable, value: Any = True) -> bool:
+        """Insert unless present; True when inserted (the uniqueness check in one probe)."""
+        if key in self:
+            return False
+        self.put(key, value)
+        return True
+
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        if type(key) is int and 0 <= key < DENSE_LIMIT:
+            code = self._dense[key] if key < len(self._dense) else 0
+        else:
+            code = self._sparse.get(key, 0)
+        return self._values[code] if code else default
+
+    def __contains__(self, key: Hashable) -> bool:
+        if type(key) is int and 0 <= key < DENSE_LIMIT:
+            return key < len(self._dense) and self._dense[key] != 0
+        return key in self._sparse
+
+    def __len__(self) -> int:
+        return self._count
+
+    def items(self) -> Iterator[tuple[Hashable, Any]]:
+        values = self._values
+        for key, code in enumerate(self._dense):
+            if code:
+                yield key, values[code]
+        for key, code in self._sparse.items():
+            yield key, values[code]
+
+    # persistence: a JSON header (value dictionary, sparse part) and the raw dense array ------------
+    def save(self, path: Path) -> None:
+        """Write to `path` (JSON header line + dense array bytes). Values must be JSON-able."""
+        header = {
+            "values": self._values[1:],
+            "sparse": [[_key_json(k), c] for k, c in self._sparse.items()],
+            "count": self._count,
+            "dense_len": len(self._dense),
+        }
+        with open(path, "wb") as fh:
+            fh.write(json.dumps(header).encode() + b"\n")
+            self._dense.tofile(fh)
+
+    @classmethod
+    def load(cls, path: Path) -> KeyTable:
+        table = cls()
+        with open(path, "rb") as fh:
+            header = json.loads(fh.readline())
+            table._values = [None, *(_value_from_json(v) for v in header["values"])]
+            table._codes = {v: i for i, v in enumerate(table._values) if i}
+            table._sparse = {_key_from_json(k): c for k, c in header["sparse"]}
+            table._count = header["count"]
+            table._dense.fromfile(fh, header["dense_len"])
+        return table
+
+
+def _key_json(key: Hashable) -> Any:
+    return {"i": key} if isinstance(key, int) else {"s": str(key)}
+
+
+def _key_from_json(obj: dict[str, Any]) -> Hashable:
+    return obj["i"] if "i" in obj else obj["s"]
+
+
+def _value_from_json(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value

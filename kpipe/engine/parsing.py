@@ -1,0 +1,98 @@
+"""Field parsers and formatters: the exact value grammar of KPI_SEMANTICS.md.
+
+Python's own `int()`, `Decimal()` and `datetime.fromisoformat()` accept far more than the spec
+(underscores, exponents, NaN, week dates, unicode digits), so each parser checks the grammar first
+and only then converts. A parser raises ValueError for a value outside its grammar.
+
+>>> parse_int("-3"), parse_decimal(".5"), format_value(parse_decimal("12.50"))
+(-3, Decimal('0.5'), '12.50')
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
+from decimal import Decimal
+from typing import Any
+
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)\Z")
+_DATETIME = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[T ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
+    r"(Z|[+-][0-9]{2}:[0-9]{2})?\Z"
+)
+
+
+def parse_int(text: str) -> int:
+    digits = text[1:] if text[:1] in "+-" else text
+    if not (digits.isascii() and digits.isdigit()):
+        raise ValueError(f"not an int: {text!r}")
+    return int(text)
+
+
+def parse_decimal(text: str) -> Decimal:
+    if _DECIMAL.match(text) is None:
+        raise ValueError(f"not a decimal: {text!r}")
+    return Decimal(text)
+
+
+def parse_string(text: str) -> str:
+    return text
+
+
+def datetime_parser(tz: tzinfo) -> Callable[[str], datetime]:
+    """A parser giving aware datetimes in the pipeline's zone (naive input is taken to be in it)."""
+    offsets: dict[str, tzinfo] = {"Z": UTC}
+
+    def parse(text: str) -> datetime:
+        m = _DATETIME.match(text)
+        if m is None:
+            raise ValueError(f"not an ISO 8601 datetime: {text!r}")
+        y, mo, d, h, mi, s, frac, off = m.groups()
+        micro = int((frac + "000000")[:6]) if frac else 0
+        if off is None:
+            zone = tz
+        else:
+            zone = offsets.get(off) or offsets.setdefault(off, _offset(off))
+        dt = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), micro, tzinfo=zone)  # ValueError if impossible
+        return dt if zone is tz else dt.astimezone(tz)
+
+    return parse
+
+
+def _offset(text: str) -> tzinfo:
+    sign = -1 if text[0] == "-" else 1
+    hours, minutes = int(text[1:3]), int(text[4:6])
+    if hours > 23 or minutes > 59:
+        raise ValueError(f"bad UTC offset {text!r}")
+    return timezone(sign * timedelta(hours=hours, minutes=minutes))
+
+
+def format_value(value: Any) -> str:
+    """The canonical text of a typed value in validated and processed files."""
+    if value is None:
+        return ""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+def reader_for(type_name: str) -> Callable[[str], Any]:
+    """How the transform reads a canonical text back into a typed value."""
+    if type_name == "int":
+        return int
+    if type_name == "decimal":
+        return Decimal
+    if type_name == "bool":
+        return _read_bool
+    return str  # string, date (kept as YYYY-MM-DD text), datetime (ISO text)
+
+
+def _read_bool(text: str) -> bool:
+    return text == "true"

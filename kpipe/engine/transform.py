@@ -1,0 +1,288 @@
+"""Transform one validated batch (ECS task 2's logic): processed store in, KPI items of touched dates out.
+
+The processed store keeps every batch's rows, partitioned by the partition field (`order_date`):
+`<dataset>/order_date=<D>/<seq>-<batch_id>.csv`, where `seq` orders batches by arrival. An index per
+dataset maps each key to the (seq, date) of its newest version, so a row is *live* when the index
+points at its own file. That gives the cross-batch semantics without rewriting history:
+
+- a later batch's row replaces an earlier one with the same key (the index moves to it);
+- an order moved to another date leaves its old date; its items that were not re-sent follow it:
+  they are copied ("carried") into the new date under the new batch and the index moves to them;
+- processing a batch again reuses its seq, rewrites identical files and changes nothing;
+- the KPIs of every touched date are recomputed from all live rows of that date, so a day split
+  across batches equals the same day sent in one batch.
+
+Writes are ordered so a crash at any point can be retried: partition files first, then the batch's
+plan (seq and touched dates), then the indexes and the batch counter.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import petl
+
+from chalicelib.config import PipelineConfig
+from kpipe.engine.keys import KeyTable
+from kpipe.engine.kpis import DateAggregator, KpiPlan
+from kpipe.engine.parsing import reader_for
+from kpipe.engine.store import ProcessedStore
+
+STATE = "_meta/state.json"
+
+
+@dataclass
+class TransformResult:
+    batch_id: str
+    seq: int
+    dates: list[str]
+    tables: dict[str, dict[str, list[dict[str, Any]]]]
+    rows_written: dict[str, int] = field(default_factory=dict)
+    rows_carried: int = 0
+
+
+@dataclass
+class _Partitioned:
+    """How one partitioned dataset sits in validated files and in the store."""
+
+    name: str
+    header: list[str]
+    key_pos: int
+    key_reader: Any
+    part_pos: int
+    parent: str | None = None  # dataset whose partition this one follows (items follow orders)
+    parent_pos: int = -1
+    parent_reader: Any = None
+
+
+def partitioned_datasets(cfg: PipelineConfig) -> list[_Partitioned]:
+    """Partitioned datasets, parents before children."""
+    out: list[_Partitioned] = []
+    for name in cfg.dataset_order():
+        ds = cfg.datasets[name]
+        if ds.partition_by is None:
+            continue
+        header = ds.fields()
+        info = _Partitioned(
+            name, header, header.index(ds.key), reader_for(ds.columns[ds.key].type), header.index(ds.partition_by)
+        )
+        spec = ds.derived.get(ds.partition_by)
+        if spec is not None and spec.lookup is not None:
+            target = ds.columns[spec.lookup.via].references
+            if target is not None and cfg.datasets[target].partition_by == spec.lookup.field:
+                info.parent = target
+                info.parent_pos = header.index(spec.lookup.via)
+                info.parent_reader = reader_for(cfg.datasets[target].columns[cfg.datasets[target].key].type)
+        out.append(info)
+    return out
+
+
+def _partition_dir(cfg: PipelineConfig, dataset: str, date: str) -> str:
+    return f"{dataset}/{cfg.datasets[dataset].partition_by}={date}/"
+
+
+class _Cache:
+    """Local copies of store files, so the transform reads each at most once."""
+
+    def __init__(self, store: ProcessedStore, root: Path) -> None:
+        self.store, self.root = store, root
+
+    def path(self, name: str) -> Path | None:
+        local = self.root / name
+        if local.exists():
+            return local
+        return local if self.store.fetch(name, local) else None
+
+
+def transform_batch(
+    cfg: PipelineConfig, batch_id: str, validated_dir: Path, store: ProcessedStore, work_dir: Path
+) -> TransformResult:
+    validated_dir, work_dir = Path(validated_dir), Path(work_dir)
+    cache = _Cache(store, work_dir / "store")
+    out_root = work_dir / "out"
+    state = _read_json(cache, STATE) or {"next_seq": 1, "batches": {}}
+    seq = state["batches"].get(batch_id) or state["next_seq"]
+    prior_plan = _read_json(cache, f"_meta/batches/{batch_id}.json") or {}
+    datasets = partitioned_datasets(cfg)
+    indexes = {d.name: _load_index(cache, d.name) for d in datasets}
+    stem = f"{seq:08d}-{batch_id}"
+
+    touched: set[str] = set(prior_plan.get("dates", []))
+    moved: dict[str, dict[Any, str]] = {}  # parent dataset -> key -> old date
+    written: dict[str, int] = {}
+    new_files: list[str] = []
+
+    for d in datasets:
+        index = indexes[d.name]
+        moved[d.name] = {}
+        writers = _PartitionWriters(cfg, d, out_root, stem)
+        for row in petl.data(petl.fromcsv(str(validated_dir / f"{d.name}.csv"), encoding="utf-8")):
+            key = d.key_reader(row[d.key_pos])
+            date = row[d.part_pos]
+            writers.write(date, row)
+            touched.add(date)
+            old = index.get(key)
+            if old is not None and old[0] > seq:
+                continue  # a newer batch already replaced this key: this row stays dead
+            if old is not None and old[1] != date:
+                touched.add(old[1])
+                moved[d.name][key] = old[1]
+            index.put(key, (seq, date))
+        written[d.name] = writers.count
+        new_files.extend(writers.close())
+
+    carried = 0
+    for d in datasets:
+        if d.parent is None or not moved[d.parent]:
+            continue
+        carried += _carry_children(cfg, d, moved[d.parent], indexes, cache, out_root, stem, new_files)
+
+    for name in new_files:
+        store.publish(name, out_root / name)
+        target = cache.root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (out_root / name).replace(target)
+    dates = sorted(touched)
+    _publish_json(store, work_dir, f"_meta/batches/{batch_id}.json", {"seq": seq, "dates": dates})
+    for d in datasets:
+        path = work_dir / f"{d.name}.idx"
+        indexes[d.name].save(path)
+        store.publish(f"_index/{d.name}.idx", path)
+    state["batches"][batch_id] = seq
+    state["next_seq"] = max(state["next_seq"], seq + 1)
+    _publish_json(store, work_dir, STATE, state)
+
+    tables = recompute_dates(cfg, dates, datasets, indexes, cache, store)
+    return TransformResult(batch_id, seq, dates, tables, written, carried)
+
+
+class _PartitionWriters:
+    def __init__(self, cfg: PipelineConfig, d: _Partitioned, root: Path, stem: str) -> None:
+        self.cfg, self.d, self.root, self.stem = cfg, d, root, stem
+        self.files: dict[str, tuple[Any, Any, str]] = {}
+        self.count = 0
+
+    def write(self, date: str, row: Any) -> None:
+        entry = self.files.get(date)
+        if entry is None:
+            name = f"{_partition_dir(self.cfg, self.d.name, date)}{self.stem}.csv"
+            path = self.root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed in close()
+            writer = csv.writer(fh)
+            writer.writerow(self.d.header)
+            entry = self.files[date] = (fh, writer, name)
+        entry[1].writerow(row)
+        self.count += 1
+
+    def close(self) -> list[str]:
+        for fh, _, _ in self.files.values():
+            fh.close()
+        return [name for _, _, name in self.files.values()]
+
+
+def _carry_children(
+    cfg: PipelineConfig,
+    d: _Partitioned,
+    moved_parents: dict[Any, str],
+    indexes: dict[str, KeyTable],
+    cache: _Cache,
+    out_root: Path,
+    stem: str,
+    new_files: list[str],
+) -> int:
+    """Copy the live children of moved parents from the old date to the parent's new date."""
+    parent_index, index = indexes[d.parent or ""], indexes[d.name]
+    by_old_date: dict[str, set[Any]] = defaultdict(set)
+    for key, old_date in moved_parents.items():
+        by_old_date[old_date].add(key)
+    writers = _PartitionWriters(cfg, d, out_root, stem + "-carried")
+    carried = 0
+    for old_date, parents in sorted(by_old_date.items()):
+        for name, file_seq in _partition_files(cache.store, cfg, d.name, old_date):
+            path = cache.path(name)
+            if path is None:
+                continue
+            for row in petl.data(petl.fromcsv(str(path), encoding="utf-8")):
+                parent = d.parent_reader(row[d.parent_pos])
+                if parent not in parents:
+                    continue
+                key = d.key_reader(row[d.key_pos])
+                if index.get(key) != (file_seq, old_date):
+                    continue  # re-sent in this batch, or replaced earlier: not this row to carry
+                new_date = parent_index.get(parent)[1]
+                moved_row = list(row)
+                moved_row[d.part_pos] = new_date
+                seq = int(stem.split("-", 1)[0])
+                writers.write(new_date, moved_row)
+                index.put(key, (seq, new_date))
+                carried += 1
+    new_files.extend(writers.close())
+    return carried
+
+
+def _partition_files(store: ProcessedStore, cfg: PipelineConfig, dataset: str, date: str) -> list[tuple[str, int]]:
+    prefix = _partition_dir(cfg, dataset, date)
+    files = []
+    for name in store.list(prefix):
+        base = name[len(prefix) :]
+        if "/" in base or not base.endswith(".csv"):
+            continue
+        files.append((name, int(base.split("-", 1)[0])))
+    return files
+
+
+def recompute_dates(
+    cfg: PipelineConfig,
+    dates: list[str],
+    datasets: list[_Partitioned],
+    indexes: dict[str, KeyTable],
+    cache: _Cache,
+    store: ProcessedStore,
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Every table's complete items of each date, from all live rows of that date."""
+    plan = KpiPlan.compile(cfg)
+    tables: dict[str, dict[str, list[dict[str, Any]]]] = {t.name: {} for t in plan.tables}
+    feeding = [d for d in datasets if d.name in plan.fields]
+    for date in dates:
+        agg = DateAggregator(plan)
+        for d in feeding:
+            positions = [d.header.index(f) for f in plan.fields[d.name]]
+            readers = plan.readers(d.name)
+            index = indexes[d.name]
+            live: list[tuple[Any, ...]] = []
+            for name, file_seq in _partition_files(store, cfg, d.name, date):
+                path = cache.path(name)
+                if path is None:
+                    continue
+                want = (file_seq, date)
+                for row in petl.data(petl.fromcsv(str(path), encoding="utf-8")):
+                    if index.get(d.key_reader(row[d.key_pos])) != want:
+                        continue
+                    live.append(tuple(r(row[p]) if row[p] != "" else None for r, p in zip(readers, positions, strict=True)))
+            agg.add(d.name, live)
+        for table, items in agg.items().items():
+            tables[table][date] = items
+    return tables
+
+
+def _load_index(cache: _Cache, dataset: str) -> KeyTable:
+    path = cache.path(f"_index/{dataset}.idx")
+    return KeyTable.load(path) if path is not None else KeyTable()
+
+
+def _read_json(cache: _Cache, name: str) -> Any:
+    path = cache.path(name)
+    return json.loads(path.read_text()) if path is not None else None
+
+
+def _publish_json(store: ProcessedStore, work_dir: Path, name: str, data: Any) -> None:
+    path = work_dir / "json" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, sort_keys=True))
+    store.publish(name, path)
