@@ -133,10 +133,7 @@ def _register_optional() -> None:
         main.add_command(serve_command)
 
 
-try:
-    _register_optional()
-except ImportError:  # pragma: no cover
-    pass
+_register_optional()
 
 
 if __name__ == "__main__":

@@ -50,10 +50,7 @@ def datetime_parser(tz: tzinfo) -> Callable[[str], datetime]:
             raise ValueError(f"not an ISO 8601 datetime: {text!r}")
         y, mo, d, h, mi, s, frac, off = m.groups()
         micro = int((frac + "000000")[:6]) if frac else 0
-        if off is None:
-            zone = tz
-        else:
-            zone = offsets.get(off) or offsets.setdefault(off, _offset(off))
+        zone = tz if off is None else (offsets.get(off) or offsets.setdefault(off, _offset(off)))
         dt = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), micro, tzinfo=zone)  # ValueError if impossible
         return dt if zone is tz else dt.astimezone(tz)
 
