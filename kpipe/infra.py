@@ -1,0 +1,509 @@
+"""Render and deploy `infra/template.yaml`: one code path for `make deploy` (real AWS) and for the
+local emulator (moto's CloudFormation), so the emulator runs on the very resources the template
+declares instead of a hand-written copy.
+
+Why rendering at all: the state machine lives in `stepfunctions/pipeline.asl.json`, run as is
+locally and on AWS. The template carries only a marker where the definition goes plus the
+`DefinitionSubstitutions` that map the ASL's `${Placeholder}`s to `!Ref`/`!GetAtt`s; rendering
+inlines the ASL text, so no copy of the definition ever exists to drift.
+
+moto gaps handled here (measured against moto 5.2.5, see tests/infra):
+- `AWS::StepFunctions::StateMachine` ignores `DefinitionSubstitutions`. For an emulated endpoint the
+  definition is rendered as `Fn::Join` of the ASL text split at its placeholders, with the very same
+  `!Ref`/`!GetAtt` expressions in between. CloudFormation evaluates them either way, so the result is
+  the textual substitution AWS performs (`Fn::Sub`'s list form is no alternative: moto runs it through
+  `string.Template`, which turns the ASL's `$$.Task.Token` into `$.Task.Token`).
+- `AWS::S3::Bucket` keeps only the encryption, and `AWS::DynamoDB::Table` drops point-in-time
+  recovery. After an emulated deploy the bucket's versioning (the manifest pins object versions),
+  public access block, ownership controls and lifecycle rules, and the tables' PITR are applied
+  through the service APIs from the same template properties.
+- moto names an unnamed `AWS::ECR::Repository` with upper-case letters, which its own ECR then
+  refuses; the emulator rendering names it `<stack>-taskrepository` (AWS generates a valid name).
+- Not created by moto (it skips them with a warning; nothing in the pipeline's data path uses them):
+  `AWS::S3::BucketPolicy`, `AWS::Logs::MetricFilter`, `AWS::CloudWatch::Alarm`. moto's ECS task
+  definitions keep family, containers and memory but not the task-level cpu, network mode or roles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE_PATH = ROOT / "infra" / "template.yaml"
+ASL_PATH = ROOT / "stepfunctions" / "pipeline.asl.json"
+STATE_MACHINE_ID = "PipelineStateMachine"
+ASL_MARKER = "@@KPIPE_ASL@@"
+# CloudFormation's limit for an inline TemplateBody.
+MAX_TEMPLATE_BODY = 51_200
+
+Target = Literal["auto", "aws", "emulator"]
+
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
+_TERMINAL_OK = {"CREATE_COMPLETE", "UPDATE_COMPLETE"}
+
+
+class DeployError(RuntimeError):
+    """The stack did not reach a complete state; the message carries CloudFormation's reasons."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Template loading (CloudFormation YAML short forms -> long forms)
+# ------------------------------------------------------------------------------------------------
+class _CfnLoader(yaml.SafeLoader):
+    """SafeLoader that understands `!Ref`, `!GetAtt`, `!Sub` ... and yields the JSON long forms."""
+
+
+def _construct(tag: str) -> Callable[[yaml.SafeLoader, yaml.Node], Any]:
+    fn = "Ref" if tag == "Ref" else ("Condition" if tag == "Condition" else f"Fn::{tag}")
+
+    def construct(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+        if isinstance(node, yaml.ScalarNode):
+            value: Any = loader.construct_scalar(node)
+            if tag == "GetAtt":
+                value = value.split(".", 1)
+        elif isinstance(node, yaml.SequenceNode):
+            value = loader.construct_sequence(node, deep=True)
+        else:
+            value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+        return {fn: value}
+
+    return construct
+
+
+for _tag in (
+    "Ref", "Condition", "GetAtt", "Sub", "Join", "If", "Equals", "Not", "And", "Or", "Select",
+    "Split", "FindInMap", "Base64", "GetAZs", "ImportValue", "Cidr", "ToJsonString", "Length",
+):  # fmt: skip
+    _CfnLoader.add_constructor(f"!{_tag}", _construct(_tag))
+
+
+def load_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
+    """The template as a plain dict with long-form intrinsics (anchors expanded)."""
+    return yaml.load(Path(path).read_text(), Loader=_CfnLoader)
+
+
+# ------------------------------------------------------------------------------------------------
+# Substitutions
+# ------------------------------------------------------------------------------------------------
+def placeholders(asl_text: str) -> set[str]:
+    """The `${Name}` placeholders an ASL text uses."""
+    return set(_PLACEHOLDER.findall(asl_text))
+
+
+def apply_substitutions(asl_text: str, values: Mapping[str, str]) -> str:
+    """What Step Functions does with `DefinitionSubstitutions`: replace each `${key}` by its value,
+    leave everything else (including `$$.` context paths) untouched."""
+    return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), asl_text)
+
+
+def _join_form(asl_text: str, substitutions: Mapping[str, Any]) -> dict[str, Any]:
+    """`Fn::Join` that CloudFormation (and moto) evaluates to `apply_substitutions(asl, values)`."""
+    parts: list[Any] = []
+    pos = 0
+    for m in _PLACEHOLDER.finditer(asl_text):
+        parts.append(asl_text[pos : m.start()])
+        parts.append(substitutions[m.group(1)])
+        pos = m.end()
+    parts.append(asl_text[pos:])
+    return {"Fn::Join": ["", [p for p in parts if p != ""]]}
+
+
+# ------------------------------------------------------------------------------------------------
+# Rendering
+# ------------------------------------------------------------------------------------------------
+def render_template_dict(
+    template_path: Path = TEMPLATE_PATH,
+    asl_path: Path = ASL_PATH,
+    *,
+    inline_substitutions: bool = False,
+) -> dict[str, Any]:
+    """The deployable template as a dict.
+
+    `inline_substitutions=False` (AWS): `DefinitionString` is the ASL text, `DefinitionSubstitutions`
+    as written in the template. `True` (emulator): the same expressions joined into the text, for
+    CloudFormation implementations that ignore `DefinitionSubstitutions` (moto)."""
+    template = load_template(template_path)
+    asl_text = Path(asl_path).read_text()
+    json.loads(asl_text)  # a broken definition fails here, not half-way through a deployment
+    sm = template["Resources"][STATE_MACHINE_ID]["Properties"]
+    if sm.get("DefinitionString") != ASL_MARKER:
+        raise ValueError(f"{template_path}: {STATE_MACHINE_ID}.DefinitionString must be the marker {ASL_MARKER!r}")
+    substitutions: dict[str, Any] = sm["DefinitionSubstitutions"]
+    missing = placeholders(asl_text) - set(substitutions)
+    if missing:
+        raise ValueError(
+            f"{asl_path} uses placeholders the template does not substitute: {sorted(missing)}; "
+            f"add them to {STATE_MACHINE_ID}.DefinitionSubstitutions in {template_path}"
+        )
+    if inline_substitutions:
+        sm["DefinitionString"] = _join_form(asl_text, substitutions)
+        del sm["DefinitionSubstitutions"]
+    else:
+        sm["DefinitionString"] = asl_text
+    return template
+
+
+def render_template(
+    template_path: Path = TEMPLATE_PATH,
+    asl_path: Path = ASL_PATH,
+    *,
+    inline_substitutions: bool = False,
+) -> str:
+    """The deployable template as compact JSON (CloudFormation caps an inline body at 51,200 bytes)."""
+    return json.dumps(
+        render_template_dict(template_path, asl_path, inline_substitutions=inline_substitutions),
+        separators=(",", ":"),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Deploying
+# ------------------------------------------------------------------------------------------------
+def is_emulated(client: Any) -> bool:
+    """True when `client` talks to an emulator: a non-AWS endpoint (moto server, AWS_ENDPOINT_URL)
+    or moto's in-process mock being active."""
+    host = urlparse(client.meta.endpoint_url).hostname or ""
+    if not host.endswith((".amazonaws.com", ".amazonaws.com.cn", ".api.aws")):
+        return True
+    models = sys.modules.get("moto.core.models")
+    return bool(models is not None and getattr(getattr(models, "MockAWS", None), "_nested_count", 0) > 0)
+
+
+def stack_status(cfn: Any, stack_name: str) -> str | None:
+    """Current status, or None when no such stack exists."""
+    try:
+        stacks = cfn.describe_stacks(StackName=stack_name)["Stacks"]
+    except cfn.exceptions.ClientError as exc:
+        if "does not exist" in str(exc):
+            return None
+        raise
+    return stacks[0]["StackStatus"] if stacks else None
+
+
+def stack_outputs(cfn: Any, stack_name: str) -> dict[str, str]:
+    """The stack's outputs as {OutputKey: OutputValue}."""
+    stack = cfn.describe_stacks(StackName=stack_name)["Stacks"][0]
+    return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+
+
+def _wait(cfn: Any, stack_name: str, ok: set[str], poll_seconds: float, timeout_seconds: float) -> str:
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        status = stack_status(cfn, stack_name)
+        if status is None and "DELETE_COMPLETE" in ok:
+            return "DELETE_COMPLETE"
+        if status is not None and not status.endswith("_IN_PROGRESS"):
+            if status in ok:
+                return status
+            raise DeployError(f"stack {stack_name} ended {status}:\n" + _failure_reasons(cfn, stack_name))
+        if time.monotonic() > deadline:
+            raise DeployError(f"stack {stack_name} still {status} after {timeout_seconds:.0f}s")
+        time.sleep(poll_seconds)
+
+
+def _failure_reasons(cfn: Any, stack_name: str) -> str:
+    try:
+        events = cfn.describe_stack_events(StackName=stack_name)["StackEvents"]
+    except Exception:  # the reasons are a courtesy; never mask the real failure
+        return "  (no stack events available)"
+    lines = [
+        f"  {e.get('LogicalResourceId')} {e.get('ResourceStatus')}: {e.get('ResourceStatusReason')}"
+        for e in events
+        if "FAILED" in e.get("ResourceStatus", "")
+    ]
+    return "\n".join(reversed(lines)) or "  (no failed resource events)"
+
+
+def deploy_stack(
+    cfn_client: Any,
+    stack_name: str,
+    parameters: dict[str, str],
+    *,
+    target: Target = "auto",
+    template_path: Path = TEMPLATE_PATH,
+    asl_path: Path = ASL_PATH,
+    poll_seconds: float = 5.0,
+    timeout_seconds: float = 3600.0,
+) -> dict[str, str]:
+    """Create or update `stack_name` from the rendered template; return its outputs.
+
+    Parameters not given keep their previous value on an update (as `aws cloudformation deploy`
+    does), so a re-run without `ImageUri` does not roll the tasks back to `:latest`. `target="auto"`
+    picks the emulator rendering for moto (see `is_emulated`), the `DefinitionSubstitutions` one
+    otherwise."""
+    emulated = is_emulated(cfn_client) if target == "auto" else target == "emulator"
+    template = render_template_dict(template_path, asl_path, inline_substitutions=emulated)
+    if emulated:
+        _name_repositories(template, stack_name)
+    body = json.dumps(template, separators=(",", ":"))
+    if len(body.encode()) > MAX_TEMPLATE_BODY:
+        raise DeployError(
+            f"rendered template is {len(body.encode())} bytes; CloudFormation accepts {MAX_TEMPLATE_BODY}"
+        )
+    declared = set(template.get("Parameters", {}))
+    unknown = set(parameters) - declared
+    if unknown:
+        raise ValueError(f"unknown stack parameters {sorted(unknown)}; the template declares {sorted(declared)}")
+
+    status = stack_status(cfn_client, stack_name)
+    if status in {"ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "CREATE_FAILED"}:
+        # A stack that never got created cannot be updated; CloudFormation wants it deleted first.
+        cfn_client.delete_stack(StackName=stack_name)
+        _wait(cfn_client, stack_name, {"DELETE_COMPLETE"}, poll_seconds, timeout_seconds)
+        status = None
+
+    with _quiet_moto():
+        if status is None:
+            cfn_client.create_stack(
+                StackName=stack_name,
+                TemplateBody=body,
+                Parameters=[{"ParameterKey": k, "ParameterValue": str(v)} for k, v in parameters.items()],
+                Capabilities=["CAPABILITY_IAM"],
+                Tags=[{"Key": "project", "Value": "kpipe"}],
+            )
+            _wait(cfn_client, stack_name, {"CREATE_COMPLETE"}, poll_seconds, timeout_seconds)
+        else:
+            # The previous values spelled out rather than UsePreviousValue: same effect on AWS, and
+            # moto only remembers the parameters passed explicitly at creation.
+            previous = {
+                p["ParameterKey"]: p["ParameterValue"]
+                for p in cfn_client.describe_stacks(StackName=stack_name)["Stacks"][0].get("Parameters", [])
+                if p["ParameterKey"] in declared
+            }
+            merged = {**previous, **{k: str(v) for k, v in parameters.items()}}
+            params = [{"ParameterKey": k, "ParameterValue": v} for k, v in merged.items()]
+            try:
+                cfn_client.update_stack(
+                    StackName=stack_name, TemplateBody=body, Parameters=params, Capabilities=["CAPABILITY_IAM"]
+                )
+            except cfn_client.exceptions.ClientError as exc:
+                if "No updates are to be performed" not in str(exc):
+                    raise
+            else:
+                _wait(cfn_client, stack_name, {"UPDATE_COMPLETE"}, poll_seconds, timeout_seconds)
+
+        if emulated:
+            _complete_on_emulator(cfn_client, stack_name, template)
+        return stack_outputs(cfn_client, stack_name)
+
+
+@contextmanager
+def _quiet_moto() -> Iterator[None]:
+    """In-process moto warns (warning + log line) for every resource type its CloudFormation skips,
+    on every lazy re-parse; those gaps are known and documented above, so keep them off the console."""
+    moto_logger = logging.getLogger("moto")
+    level = moto_logger.level
+    moto_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Tried to parse AWS::", category=UserWarning)
+            yield
+    finally:
+        moto_logger.setLevel(level)
+
+
+def delete_stack(
+    cfn_client: Any, stack_name: str, *, poll_seconds: float = 5.0, timeout_seconds: float = 3600.0
+) -> None:
+    """Delete the stack and wait until it is gone (a missing stack is not an error)."""
+    if stack_status(cfn_client, stack_name) is None:
+        return
+    cfn_client.delete_stack(StackName=stack_name)
+    _wait(cfn_client, stack_name, {"DELETE_COMPLETE"}, poll_seconds, timeout_seconds)
+
+
+def empty_bucket(s3_client: Any, bucket: str) -> int:
+    """Delete every object version and delete marker (a versioned bucket must be empty before
+    CloudFormation can delete it). Returns how many were deleted."""
+    deleted = 0
+    paginator = s3_client.get_paginator("list_object_versions")
+    for page in paginator.paginate(Bucket=bucket):
+        batch = [
+            {"Key": v["Key"], "VersionId": v["VersionId"]}
+            for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
+        ]
+        for i in range(0, len(batch), 1000):
+            chunk = batch[i : i + 1000]
+            result = s3_client.delete_objects(Bucket=bucket, Delete={"Objects": chunk, "Quiet": True})
+            if result.get("Errors"):
+                raise DeployError(f"could not empty s3://{bucket}: {result['Errors'][:3]}")
+            deleted += len(chunk)
+    return deleted
+
+
+# ------------------------------------------------------------------------------------------------
+# Emulator completion: the properties moto's CloudFormation drops, applied through the APIs
+# ------------------------------------------------------------------------------------------------
+def _sibling_client(cfn: Any, service: str) -> Any:
+    """A client for `service` on the same emulator endpoint and region as `cfn` (emulator only:
+    moto accepts any credentials, so dummy ones stand in when the environment has none)."""
+    import boto3
+
+    kwargs: dict[str, Any] = {"region_name": cfn.meta.region_name}
+    host = urlparse(cfn.meta.endpoint_url).hostname or ""
+    if not host.endswith((".amazonaws.com", ".amazonaws.com.cn", ".api.aws")):
+        kwargs["endpoint_url"] = cfn.meta.endpoint_url
+    if boto3.Session().get_credentials() is None:
+        kwargs.update(aws_access_key_id="testing", aws_secret_access_key="testing")
+    return boto3.client(service, **kwargs)
+
+
+def _name_repositories(template: dict[str, Any], stack_name: str) -> None:
+    """moto names an unnamed ECR repository `<stack>-<LogicalId>-<suffix>`, which breaks ECR's
+    lowercase rule; AWS generates a valid lowercase name. Name it the lowercase way for moto."""
+    for logical_id, resource in template["Resources"].items():
+        if resource["Type"] == "AWS::ECR::Repository":
+            resource.setdefault("Properties", {}).setdefault("RepositoryName", f"{stack_name}-{logical_id}".lower())
+
+
+def _lifecycle_rule(rule: dict[str, Any]) -> dict[str, Any]:
+    """CloudFormation's LifecycleConfiguration rule -> the S3 API's."""
+    out: dict[str, Any] = {"ID": rule["Id"], "Status": rule["Status"], "Filter": {"Prefix": rule.get("Prefix", "")}}
+    if "ExpirationInDays" in rule:
+        out["Expiration"] = {"Days": int(rule["ExpirationInDays"])}
+    if "Transitions" in rule:
+        out["Transitions"] = [
+            {"Days": int(t["TransitionInDays"]), "StorageClass": t["StorageClass"]} for t in rule["Transitions"]
+        ]
+    if "NoncurrentVersionExpiration" in rule:
+        out["NoncurrentVersionExpiration"] = {
+            "NoncurrentDays": int(rule["NoncurrentVersionExpiration"]["NoncurrentDays"])
+        }
+    if "AbortIncompleteMultipartUpload" in rule:
+        out["AbortIncompleteMultipartUpload"] = {
+            "DaysAfterInitiation": int(rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"])
+        }
+    return out
+
+
+def _complete_on_emulator(cfn: Any, stack_name: str, template: dict[str, Any]) -> None:
+    physical = {
+        r["LogicalResourceId"]: r.get("PhysicalResourceId")
+        for r in cfn.describe_stack_resources(StackName=stack_name)["StackResources"]
+        if r.get("LogicalResourceId")  # moto lists the resource types it skipped as empty entries
+    }
+    s3 = dynamodb = None
+    for logical_id, resource in template["Resources"].items():
+        props = resource.get("Properties", {})
+        name = physical.get(logical_id)
+        if not name:
+            continue
+        if resource["Type"] == "AWS::S3::Bucket":
+            s3 = s3 or _sibling_client(cfn, "s3")
+            if "VersioningConfiguration" in props:
+                s3.put_bucket_versioning(
+                    Bucket=name, VersioningConfiguration={"Status": props["VersioningConfiguration"]["Status"]}
+                )
+            if "PublicAccessBlockConfiguration" in props:
+                s3.put_public_access_block(
+                    Bucket=name, PublicAccessBlockConfiguration=props["PublicAccessBlockConfiguration"]
+                )
+            if "OwnershipControls" in props:
+                s3.put_bucket_ownership_controls(Bucket=name, OwnershipControls=props["OwnershipControls"])
+            if "LifecycleConfiguration" in props:
+                s3.put_bucket_lifecycle_configuration(
+                    Bucket=name,
+                    LifecycleConfiguration={
+                        "Rules": [_lifecycle_rule(r) for r in props["LifecycleConfiguration"]["Rules"]]
+                    },
+                )
+        elif resource["Type"] == "AWS::DynamoDB::Table":
+            pitr = props.get("PointInTimeRecoverySpecification", {}).get("PointInTimeRecoveryEnabled")
+            if pitr:
+                dynamodb = dynamodb or _sibling_client(cfn, "dynamodb")
+                dynamodb.update_continuous_backups(
+                    TableName=name, PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True}
+                )
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line (used by infra/deploy.mk)
+# ------------------------------------------------------------------------------------------------
+def _parse_params(items: list[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--param wants KEY=VALUE, got {item!r}")
+        params[key] = value
+    return params
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m kpipe.infra render|deploy|outputs|empty-bucket|destroy` (see infra/README.md)."""
+    parser = argparse.ArgumentParser(prog="python -m kpipe.infra", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_render = sub.add_parser("render", help="print the deployable template (JSON)")
+    p_render.add_argument("--emulator", action="store_true", help="the Fn::Join form moto needs")
+    p_render.add_argument("--out", type=Path, help="write to this file instead of stdout")
+    p_deploy = sub.add_parser("deploy", help="create or update the stack, print its outputs as JSON")
+    p_deploy.add_argument("--stack-name", required=True)
+    p_deploy.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    p_deploy.add_argument("--outputs-file", type=Path, help="also write the outputs JSON here")
+    p_out = sub.add_parser("outputs", help="print the stack's outputs (JSON), or one output's value")
+    p_out.add_argument("--stack-name", required=True)
+    p_out.add_argument("--key", help="print only this output's value")
+    p_out.add_argument("--outputs-file", type=Path, help="also write the outputs JSON here")
+    p_empty = sub.add_parser("empty-bucket", help="delete every object version of a bucket")
+    p_empty.add_argument("--bucket", required=True)
+    p_destroy = sub.add_parser("destroy", help="empty the stack's bucket and delete the stack")
+    p_destroy.add_argument("--stack-name", required=True)
+    args = parser.parse_args(argv)
+
+    if args.cmd == "render":
+        text = render_template(inline_substitutions=args.emulator)
+        if args.out:
+            args.out.write_text(text)
+        else:
+            print(text)
+        return 0
+
+    import boto3
+
+    cfn = boto3.client("cloudformation")
+    if args.cmd in {"deploy", "outputs"}:
+        if args.cmd == "deploy":
+            outputs = deploy_stack(cfn, args.stack_name, _parse_params(args.param))
+        else:
+            if stack_status(cfn, args.stack_name) is None:
+                print(f"stack {args.stack_name} does not exist", file=sys.stderr)
+                return 1
+            outputs = stack_outputs(cfn, args.stack_name)
+        if args.outputs_file:
+            args.outputs_file.parent.mkdir(parents=True, exist_ok=True)
+            args.outputs_file.write_text(json.dumps(outputs, indent=2, sort_keys=True) + "\n")
+        if getattr(args, "key", None):
+            print(outputs[args.key])
+        else:
+            print(json.dumps(outputs, indent=2, sort_keys=True))
+        return 0
+    if args.cmd == "empty-bucket":
+        print(f"deleted {empty_bucket(boto3.client('s3'), args.bucket)} object versions from s3://{args.bucket}")
+        return 0
+    # destroy
+    if stack_status(cfn, args.stack_name) is None:
+        print(f"stack {args.stack_name} does not exist; nothing to delete")
+        return 0
+    bucket = stack_outputs(cfn, args.stack_name).get("BucketName")
+    if bucket:
+        print(f"deleted {empty_bucket(boto3.client('s3'), bucket)} object versions from s3://{bucket}")
+    delete_stack(cfn, args.stack_name)
+    print(f"deleted stack {args.stack_name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
