@@ -5,7 +5,7 @@ declares instead of a hand-written copy.
 Why rendering at all: the state machine lives in `stepfunctions/pipeline.asl.json`, run as is
 locally and on AWS. The template carries only a marker where the definition goes plus the
 `DefinitionSubstitutions` that map the ASL's `${Placeholder}`s to `!Ref`/`!GetAtt`s; rendering
-inlines the ASL text, so no copy of the definition ever exists to drift.
+inlines the ASL (whitespace-compacted), so no copy of the definition ever exists to drift.
 
 moto gaps handled here (measured against moto 5.2.5, see tests/infra):
 - `AWS::StepFunctions::StateMachine` ignores `DefinitionSubstitutions`. For an emulated endpoint the
@@ -136,8 +136,7 @@ def render_template_dict(
     as written in the template. `True` (emulator): the same expressions joined into the text, for
     CloudFormation implementations that ignore `DefinitionSubstitutions` (moto)."""
     template = load_template(template_path)
-    asl_text = Path(asl_path).read_text()
-    json.loads(asl_text)  # a broken definition fails here, not half-way through a deployment
+    asl_text = compact_asl(Path(asl_path).read_text())  # a broken definition fails here, not mid-deployment
     sm = template["Resources"][STATE_MACHINE_ID]["Properties"]
     if sm.get("DefinitionString") != ASL_MARKER:
         raise ValueError(f"{template_path}: {STATE_MACHINE_ID}.DefinitionString must be the marker {ASL_MARKER!r}")
@@ -154,6 +153,12 @@ def render_template_dict(
     else:
         sm["DefinitionString"] = asl_text
     return template
+
+
+def compact_asl(asl_text: str) -> str:
+    """The definition as inlined: the same JSON without insignificant whitespace (keys in file order).
+    Why: CloudFormation caps an inline template at 51,200 bytes and the indented ASL alone is ~23 kB."""
+    return json.dumps(json.loads(asl_text), separators=(",", ":"))
 
 
 def render_template(
