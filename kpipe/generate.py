@@ -188,14 +188,19 @@ class _Cycle:
     """Hands out rule-break kinds in turn so even a few hundred rows cover every kind."""
 
     def __init__(self, kinds: list[str]) -> None:
-        self.kinds = kinds
+        self.kinds = list(kinds)
         self.i = 0
 
     def next(self, skip: Callable[[str], bool] = lambda _k: False) -> str:
-        for _ in range(len(self.kinds)):
-            kind = self.kinds[self.i % len(self.kinds)]
-            self.i += 1
+        """The next kind that applies here; a kind that does not apply is deferred, not lost."""
+        n = len(self.kinds)
+        for off in range(n):
+            at = (self.i + off) % n
+            kind = self.kinds[at]
             if not skip(kind):
+                here = self.i % n
+                self.kinds[here], self.kinds[at] = self.kinds[at], self.kinds[here]
+                self.i += 1
                 return kind
         raise RuntimeError("no applicable kind")
 

@@ -23,14 +23,16 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
+T = TypeVar("T")
 MONEY = Decimal("0.01")
 RATE = Decimal("0.0001")
 
@@ -58,6 +60,8 @@ class OracleResult:
     order_kpi: dict[str, dict[str, Decimal]]
     category_kpi: dict[tuple[str, str], dict[str, Decimal]]
     reports: list[dict[str, dict[str, int]]]
+    # Per batch: dataset -> reason ("<field>: <rule>") -> rejected rows; for tests of the generator.
+    reasons: list[dict[str, Counter[str]]] = field(default_factory=list)
 
 
 @dataclass
@@ -95,13 +99,13 @@ def _value(row: dict[str, str | None], name: str) -> str | None:
 
 def parse_int(text: str | None) -> int:
     if text is None or not _INT.fullmatch(text):
-        raise Invalid(f"not an int: {text!r}")
+        raise Invalid("not an int")
     return int(text)
 
 
 def parse_decimal(text: str | None) -> Decimal:
     if text is None or not _DEC.fullmatch(text):
-        raise Invalid(f"not a decimal: {text!r}")
+        raise Invalid("not a decimal")
     return Decimal(text)
 
 
@@ -109,13 +113,13 @@ def parse_datetime_date(text: str | None, tz: ZoneInfo) -> date:
     """The calendar date, in ``tz``, of an ISO 8601 timestamp (naive means already in ``tz``)."""
     m = _DT.fullmatch(text or "")
     if not m:
-        raise Invalid(f"not a datetime: {text!r}")
+        raise Invalid("not a datetime")
     y, mo, d, h, mi, s, frac, off = m.groups()
     micro = int((frac or "0")[:6].ljust(6, "0"))
     try:
         naive = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), micro)
     except ValueError as exc:
-        raise Invalid(f"impossible datetime: {text!r}") from exc
+        raise Invalid("impossible datetime") from exc
     if off is None:
         return naive.date()  # naive: taken to be in tz already
     if off == "Z":
@@ -123,9 +127,20 @@ def parse_datetime_date(text: str | None, tz: ZoneInfo) -> date:
     else:
         oh, om = int(off[1:3]), int(off[4:6])
         if oh > 23 or om > 59:
-            raise Invalid(f"impossible offset: {text!r}")
+            raise Invalid("impossible datetime")
         offset = timedelta(hours=oh, minutes=om) * (1 if off[0] == "+" else -1)
     return naive.replace(tzinfo=timezone(offset)).astimezone(tz).date()
+
+
+def _required(row: dict[str, str | None], name: str, parse: Callable[[str], T]) -> T:
+    """Parse a required field; the reason names the field so tests can see which rule fired."""
+    text = _value(row, name)
+    if text is None:
+        raise Invalid(f"{name}: missing")
+    try:
+        return parse(text)
+    except Invalid as exc:
+        raise Invalid(f"{name}: {exc}") from None
 
 
 # ---------------------------------------------------------------- reading files
@@ -172,9 +187,9 @@ def _each_row(batch_dir: Path, dataset: str) -> Any:
         missing = [c for c in REQUIRED[dataset] if c not in header]
         for row, decodable in rows:
             if missing:
-                yield row, f"file lacks required column(s) {missing}"
+                yield row, f"file lacks required column {missing[0]}"
             elif not decodable:
-                yield row, "row is not valid UTF-8"
+                yield row, "row is not UTF-8"
             else:
                 yield row, None
 
@@ -182,32 +197,35 @@ def _each_row(batch_dir: Path, dataset: str) -> Any:
 # ---------------------------------------------------------------- one batch
 
 
-def _process_batch(batch_dir: Path, tz: ZoneInfo, state: _State) -> dict[str, dict[str, int]]:
+def _process_batch(batch_dir: Path, tz: ZoneInfo, state: _State,
+                   reasons: dict[str, Counter[str]]) -> dict[str, dict[str, int]]:
+    """Validate one batch into ``state``; fill ``reasons`` (dataset -> reason -> rows); return the counts."""
     report: dict[str, dict[str, int]] = {}
 
-    def count(dataset: str, ok: bool) -> None:
-        r = report.setdefault(dataset, {"rows_in": 0, "rows_valid": 0, "rows_rejected": 0})
+    def count(dataset: str, ok: bool, reason: str = "") -> None:
+        r = report[dataset]
         r["rows_in"] += 1
         r["rows_valid" if ok else "rows_rejected"] += 1
+        if not ok:
+            reasons[dataset][reason] += 1
 
     for ds in REQUIRED:
         report[ds] = {"rows_in": 0, "rows_valid": 0, "rows_rejected": 0}
+        reasons[ds] = Counter()
 
     categories: dict[int, str] = {}
     for row, problem in _each_row(batch_dir, "products"):
         try:
             if problem:
                 raise Invalid(problem)
-            pid = parse_int(_value(row, "id"))
-            category = _value(row, "category")
-            if category is None:
-                raise Invalid("category missing")
-            if parse_decimal(_value(row, "retail_price")) <= 0:
-                raise Invalid("retail_price <= 0")
+            pid = _required(row, "id", parse_int)
+            category = _required(row, "category", str)
+            if _required(row, "retail_price", parse_decimal) <= 0:
+                raise Invalid("retail_price: not > 0")
             if pid in categories:
-                raise Invalid("duplicate id")
-        except Invalid:
-            count("products", False)
+                raise Invalid("id: duplicate")
+        except Invalid as exc:
+            count("products", False, str(exc))
             continue
         categories[pid] = category
         count("products", True)
@@ -217,13 +235,13 @@ def _process_batch(batch_dir: Path, tz: ZoneInfo, state: _State) -> dict[str, di
         try:
             if problem:
                 raise Invalid(problem)
-            oid = parse_int(_value(row, "order_id"))
-            uid = parse_int(_value(row, "user_id"))
-            day = parse_datetime_date(_value(row, "created_at"), tz)
+            oid = _required(row, "order_id", parse_int)
+            uid = _required(row, "user_id", parse_int)
+            day = _required(row, "created_at", lambda t: parse_datetime_date(t, tz))
             if oid in orders:
-                raise Invalid("duplicate order_id")
-        except Invalid:
-            count("orders", False)
+                raise Invalid("order_id: duplicate")
+        except Invalid as exc:
+            count("orders", False, str(exc))
             continue
         status = _value(row, "status")
         orders[oid] = _Order(day.isoformat(), uid, (status or "").lower() == "returned")
@@ -234,24 +252,23 @@ def _process_batch(batch_dir: Path, tz: ZoneInfo, state: _State) -> dict[str, di
         try:
             if problem:
                 raise Invalid(problem)
-            iid = parse_int(_value(row, "id"))
-            oid = parse_int(_value(row, "order_id"))
-            pid = parse_int(_value(row, "product_id"))
-            price = parse_decimal(_value(row, "sale_price"))
+            iid = _required(row, "id", parse_int)
+            oid = _required(row, "order_id", parse_int)
+            pid = _required(row, "product_id", parse_int)
+            price = _required(row, "sale_price", parse_decimal)
             if price <= 0:
-                raise Invalid("sale_price <= 0")
-            q_text = _value(row, "quantity")
-            qty = 1 if q_text is None else parse_int(q_text)
+                raise Invalid("sale_price: not > 0")
+            qty = 1 if _value(row, "quantity") is None else _required(row, "quantity", parse_int)
             if qty <= 0:
-                raise Invalid("quantity <= 0")
+                raise Invalid("quantity: not > 0")
             if oid not in orders:
-                raise Invalid("order not valid in this batch")
+                raise Invalid("order_id: no valid order in this batch")
             if pid not in categories:
-                raise Invalid("product not valid in this batch")
+                raise Invalid("product_id: no valid product in this batch")
             if iid in items:
-                raise Invalid("duplicate id")
-        except Invalid:
-            count("order_items", False)
+                raise Invalid("id: duplicate")
+        except Invalid as exc:
+            count("order_items", False, str(exc))
             continue
         status = _value(row, "status")
         items[iid] = _Item(oid, categories[pid], price * qty, qty, (status or "").lower() == "returned")
@@ -319,6 +336,7 @@ def oracle(batch_dirs: list[Path], tz: str = "UTC") -> OracleResult:
     """
     zone = ZoneInfo(tz)
     state = _State()
-    reports = [_process_batch(Path(b), zone, state) for b in batch_dirs]
+    reasons: list[dict[str, Counter[str]]] = [{} for _ in batch_dirs]
+    reports = [_process_batch(Path(b), zone, state, r) for b, r in zip(batch_dirs, reasons, strict=True)]
     order_kpi, category_kpi = _kpis(state)
-    return OracleResult(order_kpi, category_kpi, reports)
+    return OracleResult(order_kpi, category_kpi, reports, reasons)
