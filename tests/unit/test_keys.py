@@ -1,0 +1,112 @@
+"""KeyTable: the compact key -> value map behind uniqueness, references, lookups and the store index."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from kpipe.engine.keys import DENSE_LIMIT, KeyTable
+
+
+def test_dense_int_keys() -> None:
+    t = KeyTable()
+    t.put(0, "a")
+    t.put(5, "b")
+    t.put(5000, "a")
+    assert (t.get(0), t.get(5), t.get(5000)) == ("a", "b", "a")
+    assert t.get(1) is None and t.get(1, "missing") == "missing"
+    assert t.get(10**6) is None  # beyond the allocated slots
+    assert 0 in t and 5 in t and 4 not in t and 10**6 not in t
+    assert len(t) == 3
+
+
+def test_put_replaces_without_counting_twice() -> None:
+    t = KeyTable()
+    t.put(3, ("1", "2025-03-01"))
+    t.put(3, ("2", "2025-03-02"))
+    t.put("k", 1)
+    t.put("k", 2)
+    assert len(t) == 2
+    assert t.get(3) == ("2", "2025-03-02")
+    assert t.get("k") == 2
+
+
+def test_sparse_keys_negative_huge_and_strings() -> None:
+    t = KeyTable()
+    t.put(-1, "neg")
+    t.put(DENSE_LIMIT, "edge")
+    t.put(10**30, "huge")
+    t.put("7", "text seven")
+    t.put(7, "int seven")
+    assert t.get(-1) == "neg"
+    assert t.get(DENSE_LIMIT) == "edge"
+    assert t.get(10**30) == "huge"
+    assert t.get("7") == "text seven" and t.get(7) == "int seven"  # "7" and 7 are different keys
+    assert "8" not in t and -2 not in t and DENSE_LIMIT + 1 not in t
+    assert len(t) == 5
+
+
+def test_add_new_is_a_uniqueness_check() -> None:
+    t = KeyTable()
+    assert t.add_new(1) is True
+    assert t.add_new(1) is False
+    assert t.add_new("x") is True
+    assert t.add_new("x") is False
+    assert t.add_new(-5) is True
+    assert t.add_new(-5) is False
+    assert len(t) == 3
+
+
+def test_items_lists_every_key_once() -> None:
+    t = KeyTable()
+    for k, v in [(2, "a"), (0, "b"), (-3, "c"), ("s", "d"), (2, "e")]:
+        t.put(k, v)
+    assert sorted(t.items(), key=str) == sorted([(0, "b"), (2, "e"), (-3, "c"), ("s", "d")], key=str)
+
+
+def test_save_load_round_trip(tmp_path: Path) -> None:
+    t = KeyTable()
+    t.put(1, (1, "2025-03-01"))
+    t.put(2, (2, "2025-03-02"))
+    t.put(70000, (1, "2025-03-01"))
+    t.put(-4, (3, "2025-03-03"))
+    t.put(10**12, ("Books",))
+    t.put("sku-9", True)
+    path = tmp_path / "t.idx"
+    t.save(path)
+    back = KeyTable.load(path)
+    assert len(back) == len(t) == 6
+    assert sorted(back.items(), key=str) == sorted(t.items(), key=str)
+    assert back.get(1) == (1, "2025-03-01") and isinstance(back.get(1), tuple)
+    assert back.get(-4) == (3, "2025-03-03")
+    assert back.get(10**12) == ("Books",)
+    assert back.get("sku-9") is True
+    assert back.get(3) is None and "sku-8" not in back
+    # A loaded table keeps working: new values and known values both encode correctly.
+    back.put(3, (1, "2025-03-01"))
+    back.put(4, (9, "2025-03-09"))
+    assert back.get(3) == (1, "2025-03-01") and back.get(4) == (9, "2025-03-09")
+    assert len(back) == 8
+
+
+def test_save_load_empty(tmp_path: Path) -> None:
+    path = tmp_path / "empty.idx"
+    KeyTable().save(path)
+    back = KeyTable.load(path)
+    assert len(back) == 0 and list(back.items()) == [] and 0 not in back
+
+
+def test_million_dense_keys_stay_small() -> None:
+    """~4 bytes per key: a 1M-key index is a few MB, where a dict of int keys would take ~40 MB+."""
+    t = KeyTable()
+    n = 1_000_000
+    dates = [f"2025-03-{d:02d}" for d in range(1, 29)]
+    for k in range(1, n + 1):
+        t.put(k, (1, dates[k % 28]))
+    assert len(t) == n
+    dense_bytes = sys.getsizeof(t._dense)
+    assert dense_bytes < 8 * 1024 * 1024, dense_bytes  # 4 MB of slots plus growth slack
+    assert t._sparse == {}  # nothing spilled into the dict
+    assert len(t._values) == 29  # values are dictionary-encoded: one entry per distinct value (+ absent)
+    assert t.get(n) == (1, dates[n % 28])
+    assert sys.getsizeof({k: 1 for k in range(n)}) > 4 * dense_bytes  # what the array saves

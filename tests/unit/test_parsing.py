@@ -1,0 +1,187 @@
+"""The value grammar of KPI_SEMANTICS.md ("Field parsing"), parser by parser."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from kpipe.engine.parsing import (
+    datetime_parser,
+    format_value,
+    parse_decimal,
+    parse_int,
+    reader_for,
+)
+
+UTC_PARSE = datetime_parser(ZoneInfo("UTC"))
+
+
+# ------------------------------------------------------------------------------------------------ int
+
+
+@pytest.mark.parametrize(("text", "value"), [("12", 12), ("-3", -3), ("+3", 3), ("0", 0), ("007", 7),
+                                             ("123456789012345678901234567890", 123456789012345678901234567890)])
+def test_int_accepts_sign_and_digits(text: str, value: int) -> None:
+    assert parse_int(text) == value
+    assert type(parse_int(text)) is int
+
+
+@pytest.mark.parametrize("text", [
+    "12.0", "1e3", "x5", "5x", "", "+", "-", "+-3", "--3", "1_000", "1 000", "1,000", "0x10", ".5", "12.",
+    "\u0661\u0662",  # Arabic-Indic digits: str.isdigit() says yes, the spec says ASCII digits only
+    "\uff11\uff12",  # fullwidth digits
+    "\u00b2",  # superscript two
+    "NaN", "inf", "-inf", "Infinity",
+])
+def test_int_rejects_everything_else(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_int(text)
+
+
+# ------------------------------------------------------------------------------------------------ decimal
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("12", "12"), ("12.5", "12.5"), (".5", "0.5"), ("-3.25", "-3.25"), ("+3", "3"), ("0.10", "0.10"),
+    ("-.5", "-0.5"), ("0", "0"), ("12345678901234567890.123456789", "12345678901234567890.123456789"),
+])
+def test_decimal_accepts_sign_digits_fraction(text: str, value: str) -> None:
+    parsed = parse_decimal(text)
+    assert isinstance(parsed, Decimal)
+    assert parsed == Decimal(value)
+
+
+def test_decimal_keeps_the_exact_value_not_a_binary_float() -> None:
+    assert parse_decimal("0.1") + parse_decimal("0.2") == Decimal("0.3")
+    assert str(parse_decimal("12.50")) == "12.50"
+
+
+@pytest.mark.parametrize("text", [
+    "12.", ".", "", "+", "1e3", "1E3", "1.5e-2", "NaN", "nan", "sNaN", "inf", "-inf", "Infinity", "-Infinity",
+    "1_000", "1_000.5", "\u0661\u0662", "\u0661.\u0665", "1,5", "1.2.3", "x5", "5x", "--1", "+-1", "0x1A",
+    "12 .5", "$12",
+])
+def test_decimal_rejects_exponent_nan_inf_and_junk(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_decimal(text)
+
+
+# ------------------------------------------------------------------------------------------------ datetime
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2025-03-30T16:14:26", utc(2025, 3, 30, 16, 14, 26)),
+    ("2025-03-30 16:14:26", utc(2025, 3, 30, 16, 14, 26)),
+    ("2025-03-30T16:14:26Z", utc(2025, 3, 30, 16, 14, 26)),
+    ("2025-03-30T16:14:26.5", utc(2025, 3, 30, 16, 14, 26, 500000)),
+    ("2025-03-30T16:14:26.123456", utc(2025, 3, 30, 16, 14, 26, 123456)),
+    ("2025-03-30T16:14:26.123456789Z", utc(2025, 3, 30, 16, 14, 26, 123456)),  # beyond microseconds: truncated
+    ("2025-03-30T16:14:26+00:00", utc(2025, 3, 30, 16, 14, 26)),
+    ("2025-03-30T16:14:26+05:30", utc(2025, 3, 30, 10, 44, 26)),
+    ("2025-03-30T16:14:26.25-02:00", utc(2025, 3, 30, 18, 14, 26, 250000)),
+    ("2024-02-29T00:00:00", utc(2024, 2, 29)),  # a leap day that exists
+])
+def test_datetime_iso_forms(text: str, expected: datetime) -> None:
+    parsed = UTC_PARSE(text)
+    assert parsed == expected
+    assert parsed.utcoffset() == timedelta(0)  # converted to the pipeline's zone
+
+
+def test_negative_offset_crosses_midnight_forward() -> None:
+    # The worked example's order 2: 23:00 at -02:00 is 01:00 the next day in UTC.
+    parsed = UTC_PARSE("2025-03-01T23:00:00-02:00")
+    assert parsed == utc(2025, 3, 2, 1, 0, 0)
+    assert parsed.date() == date(2025, 3, 2)
+
+
+def test_positive_offset_crosses_midnight_backward() -> None:
+    parsed = UTC_PARSE("2025-03-01T02:00:00+05:30")
+    assert parsed == utc(2025, 2, 28, 20, 30, 0)
+    assert parsed.date() == date(2025, 2, 28)
+
+
+def test_offset_crossing_a_year_boundary() -> None:
+    assert UTC_PARSE("2025-01-01T00:30:00+01:00").date() == date(2024, 12, 31)
+
+
+@pytest.mark.parametrize("text", [
+    "2025-13-45T00:00:00",  # impossible month and day
+    "2025-02-29T00:00:00",  # 2025 is not a leap year
+    "2025-04-31T10:00:00",
+    "2025-03-01T24:00:00",
+    "2025-03-01T23:60:00",
+    "2025-03-01T23:59:61",
+    "2025-03-01T10:00:00+24:00",  # offset hours out of range
+    "2025-03-01T10:00:00+05:60",
+    "2025-03-01T10:00:00+0530",  # offset must be +HH:MM
+    "2025-03-01T10:00:00 UTC",
+    "2025-03-01T10:00:00z",
+    "2025-03-01",
+    "2025-03-01T10:00",
+    "2025-03-01T10:00:00.",
+    "25-03-01T10:00:00",
+    "2025-3-1T10:00:00",
+    "03/04/2025 10:00:00",
+    "2025-W09-6T10:00:00",
+    "\u0662\u0660\u0662\u0665-03-01T10:00:00",  # unicode digits
+    "yesterday",
+    "",
+])
+def test_datetime_rejects_impossible_and_non_iso(text: str) -> None:
+    with pytest.raises(ValueError):
+        UTC_PARSE(text)
+
+
+def test_naive_timestamp_is_taken_in_the_pipeline_timezone() -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+    parse = datetime_parser(berlin)
+    naive = parse("2025-03-01T23:30:00")
+    assert naive.tzinfo is not None
+    assert naive.utcoffset() == timedelta(hours=1)  # CET: it is local time, not UTC
+    assert (naive.hour, naive.date()) == (23, date(2025, 3, 1))
+
+
+def test_offset_timestamp_is_converted_into_the_pipeline_timezone() -> None:
+    parse = datetime_parser(ZoneInfo("Europe/Berlin"))
+    assert parse("2025-03-01T23:30:00Z").date() == date(2025, 3, 2)  # 00:30 CET
+    assert parse("2025-03-01T23:30:00+01:00").date() == date(2025, 3, 1)
+    assert parse("2025-07-01T22:30:00Z").date() == date(2025, 7, 2)  # CEST, +02:00 in summer
+    sao_paulo = datetime_parser(ZoneInfo("America/Sao_Paulo"))
+    assert sao_paulo("2025-03-02T01:00:00Z").date() == date(2025, 3, 1)  # 22:00 the day before
+    assert sao_paulo("2025-03-01T23:00:00-02:00").date() == date(2025, 3, 1)
+    assert sao_paulo("2025-03-01T10:00:00").date() == date(2025, 3, 1)
+
+
+def test_same_instant_any_notation_same_value() -> None:
+    forms = ["2025-03-01T12:00:00Z", "2025-03-01 12:00:00", "2025-03-01T13:00:00+01:00", "2025-03-01T09:00:00-03:00",
+             "2025-03-01T12:00:00.000000"]
+    assert {UTC_PARSE(f) for f in forms} == {utc(2025, 3, 1, 12)}
+
+
+# ------------------------------------------------------------------------------------------------ canonical text
+
+
+def test_format_value_canonical_text() -> None:
+    assert format_value(None) == ""
+    assert format_value(True) == "true"
+    assert format_value(False) == "false"
+    assert format_value(Decimal("12.50")) == "12.50"
+    assert format_value(7) == "7"
+    assert format_value(date(2025, 3, 2)) == "2025-03-02"
+    assert format_value("Books, \"hardcover\"") == "Books, \"hardcover\""
+    assert UTC_PARSE(format_value(UTC_PARSE("2025-03-01T23:00:00-02:00"))) == utc(2025, 3, 2, 1)
+
+
+@pytest.mark.parametrize(("type_name", "value"), [
+    ("int", -42), ("decimal", Decimal("49.50")), ("bool", True), ("bool", False), ("string", "Toys"),
+    ("date", "2025-03-01"),
+])
+def test_reader_reads_back_what_format_wrote(type_name: str, value: object) -> None:
+    assert reader_for(type_name)(format_value(value)) == value
