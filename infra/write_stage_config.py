@@ -1,0 +1,190 @@
+"""Write a chalice stage from the kpipe stack's outputs: the stage's environment variables in
+`.chalice/config.json` and its least-privilege IAM policy `.chalice/policy-<stage>.json`.
+
+Why generated: the Lambda's names and ARNs (bucket, tables, state machine) exist only once the stack
+does, and a policy scoped to them cannot be written by hand before. `make deploy` runs this between the
+stack deployment and `chalice deploy`:
+
+    python infra/write_stage_config.py --stage dev --outputs build/infra/outputs-dev.json
+
+The committed policy files are this script's output for placeholder outputs (`--placeholder`): scoped
+the same way, pointing at nothing, so a `chalice deploy` that skipped this step grants no access.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CHALICE_DIR = ROOT / ".chalice"
+APP_NAME = "kpipe"  # app.py: Chalice(app_name="kpipe")
+# The S3 prefixes the Lambda touches (pipeline.yaml `storage`; tests/infra checks they agree).
+RAW_PREFIX = "raw-data/"
+CONFIG_PREFIX = "config/"
+REPORTS_PREFIX = "reports/"
+CATEGORY_INDEX = "order_date-index"
+
+REQUIRED_OUTPUTS = ("BucketName", "StateMachineArn", "OrderTableName", "CategoryTableName", "ControlTableName")
+
+
+def placeholder_outputs(stage: str) -> dict[str, str]:
+    """Outputs that name no real resource: what the committed policy files are rendered from."""
+    return {
+        "BucketName": "replaced-by-make-deploy",
+        "StateMachineArn": f"arn:aws:states:REGION:ACCOUNT:stateMachine:kpipe-{stage}-pipeline",
+        "OrderTableName": "OrderKPI",
+        "CategoryTableName": "CategoryKPI",
+        "ControlTableName": "KpipeControl",
+    }
+
+
+def stage_environment(outputs: dict[str, str]) -> dict[str, str]:
+    """The Lambda's environment (docs/contracts.md, "Runtime environment")."""
+    return {
+        "KPIPE_BUCKET": outputs["BucketName"],
+        "KPIPE_STATE_MACHINE_ARN": outputs["StateMachineArn"],
+        "KPIPE_ORDER_TABLE": outputs["OrderTableName"],
+        "KPIPE_CATEGORY_TABLE": outputs["CategoryTableName"],
+        "KPIPE_CONTROL_TABLE": outputs["ControlTableName"],
+        "KPIPE_CONFIG_KEY": f"{CONFIG_PREFIX}pipeline.yaml",
+    }
+
+
+def lambda_policy(outputs: dict[str, str], stage: str) -> dict[str, Any]:
+    """The Lambda's policy: each statement is one thing app.py/chalicelib does, on the resources it
+    does it to. Region and account come from the state machine's ARN (no extra AWS call)."""
+    missing = [k for k in REQUIRED_OUTPUTS if k not in outputs]
+    if missing:
+        raise KeyError(f"stack outputs lack {missing}")
+    arn = outputs["StateMachineArn"].split(":")
+    partition, region, account, sm_name = arn[1], arn[3], arn[4], arn[6]
+    bucket = f"arn:{partition}:s3:::{outputs['BucketName']}"
+
+    def table(name: str) -> str:
+        return f"arn:{partition}:dynamodb:{region}:{account}:table/{name}"
+
+    log_group = f"arn:{partition}:logs:{region}:{account}:log-group:/aws/lambda/{APP_NAME}-{stage}"
+    kpi_tables = [table(outputs["OrderTableName"]), table(outputs["CategoryTableName"])]
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                # Lambda's own logs: the API handler (kpipe-<stage>) and each other function (kpipe-<stage>-<name>).
+                "Sid": "WriteOwnLogs",
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+                "Resource": [log_group, f"{log_group}:*", f"{log_group}-*", f"{log_group}-*:*"],
+            },
+            {
+                # trigger.list_raw_objects: the current version of every raw object (the manifest pins versions).
+                "Sid": "ListRawData",
+                "Effect": "Allow",
+                "Action": "s3:ListBucketVersions",
+                "Resource": bucket,
+                "Condition": {"StringLike": {"s3:prefix": [RAW_PREFIX, f"{RAW_PREFIX}*"]}},
+            },
+            {
+                # trigger.load_config_from_s3 (pipeline.yaml in force); manifests and reports for
+                # GET /batches/{id} and the rerun.
+                "Sid": "ReadConfigAndReports",
+                "Effect": "Allow",
+                "Action": "s3:GetObject",
+                "Resource": [f"{bucket}/{CONFIG_PREFIX}*", f"{bucket}/{REPORTS_PREFIX}*"],
+            },
+            {
+                # trigger: reports/<batch_id>/manifest.json.
+                "Sid": "WriteManifests",
+                "Effect": "Allow",
+                "Action": "s3:PutObject",
+                "Resource": f"{bucket}/{REPORTS_PREFIX}*",
+            },
+            {
+                # trigger: StartExecution(name=batch_id); rerun: the attempts of a batch.
+                "Sid": "StartPipeline",
+                "Effect": "Allow",
+                "Action": ["states:StartExecution", "states:ListExecutions"],
+                "Resource": outputs["StateMachineArn"],
+            },
+            {
+                "Sid": "DescribePipelineExecutions",
+                "Effect": "Allow",
+                "Action": "states:DescribeExecution",
+                "Resource": f"arn:{partition}:states:{region}:{account}:execution:{sm_name}:*",
+            },
+            {
+                # The KPI read API (kpi_store): point reads, BatchGetItem date ranges, partition queries.
+                "Sid": "ReadKpis",
+                "Effect": "Allow",
+                "Action": ["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query"],
+                "Resource": kpi_tables,
+            },
+            {
+                # GET /kpis/dates/{date}/categories: CategoryKPI by date through the GSI.
+                "Sid": "ReadCategoriesByDate",
+                "Effect": "Allow",
+                "Action": "dynamodb:Query",
+                "Resource": f"{table(outputs['CategoryTableName'])}/index/{CATEGORY_INDEX}",
+            },
+            {
+                # Batch records (status, seq) for the batch API.
+                "Sid": "ReadBatchRecords",
+                "Effect": "Allow",
+                "Action": "dynamodb:GetItem",
+                "Resource": table(outputs["ControlTableName"]),
+            },
+        ],
+    }
+
+
+def write_stage_config(
+    stage: str, outputs: dict[str, str], chalice_dir: Path = CHALICE_DIR, *, environment: bool = True
+) -> list[Path]:
+    """Update `config.json` (this stage's environment only; everything else kept) and write
+    `policy-<stage>.json`. Returns the paths written."""
+    config_path = chalice_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    stage_cfg = config.setdefault("stages", {}).setdefault(stage, {})
+    policy_file = f"policy-{stage}.json"
+    stage_cfg["autogen_policy"] = False
+    stage_cfg["iam_policy_file"] = policy_file
+    written = []
+    policy_path = chalice_dir / policy_file
+    policy_path.write_text(json.dumps(lambda_policy(outputs, stage), indent=2) + "\n")
+    written.append(policy_path)
+    if environment:
+        stage_cfg.setdefault("environment_variables", {}).update(stage_environment(outputs))
+        config_path.write_text(json.dumps(config, indent=2) + "\n")
+        written.append(config_path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stage", required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--outputs", type=Path, help="JSON of the stack outputs (python -m kpipe.infra outputs)")
+    source.add_argument(
+        "--placeholder", action="store_true", help="re-render the committed policy file; config.json untouched"
+    )
+    parser.add_argument("--chalice-dir", type=Path, default=CHALICE_DIR)
+    args = parser.parse_args(argv)
+    if args.placeholder:
+        outputs, environment = placeholder_outputs(args.stage), False
+    else:
+        outputs, environment = json.loads(args.outputs.read_text()), True
+    try:
+        paths = write_stage_config(args.stage, outputs, args.chalice_dir, environment=environment)
+    except KeyError as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
