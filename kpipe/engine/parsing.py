@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 from typing import Any
 
-_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)\Z")
+DECIMAL_GRAMMAR = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)\Z")
 _DATETIME = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[T ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
     r"(Z|[+-][0-9]{2}:[0-9]{2})?\Z"
@@ -31,7 +31,7 @@ def parse_int(text: str) -> int:
 
 
 def parse_decimal(text: str) -> Decimal:
-    if _DECIMAL.match(text) is None:
+    if DECIMAL_GRAMMAR.match(text) is None:
         raise ValueError(f"not a decimal: {text!r}")
     return Decimal(text)
 

@@ -15,7 +15,8 @@ import codecs
 import csv
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,10 @@ import petl
 from chalicelib.config import PipelineConfig
 from chalicelib.layout import Layout
 from kpipe.engine.keys import KeyTable
-from kpipe.engine.parsing import format_value
 from kpipe.engine.rules import BatchRefs, FileRules
 
 REJECT_META = ["_file", "_line", "_reasons"]
+CHUNK_ROWS = 8192
 
 
 def dataset_files(cfg: PipelineConfig, raw_dir: Path) -> dict[str, list[str]]:
@@ -93,7 +94,23 @@ def _validate_dataset(
         rejected = csv.writer(rej_fh)
         rejected.writerow([*REJECT_META, *source_headers, "_other"])
 
-        def valid_rows() -> Iterator[list[str]]:
+        declared = set(source_headers)
+
+        def reject(rel: str, line: int, row: Sequence[str], header: Sequence[str], why: list[str], counts: dict[str, int]) -> None:
+            counts["rows_rejected"] += 1
+            reasons.update(why)
+            other = {h: v for h, v in zip(header, row, strict=False) if h.strip() not in declared}
+            rejected.writerow(
+                [
+                    rel,
+                    line,
+                    ";".join(why),
+                    *(row[i] if 0 <= i < len(row) else "" for i in _positions(header, source_headers)),
+                    json.dumps(other, ensure_ascii=False) if other else "",
+                ]
+            )
+
+        def valid_rows() -> Iterator[Sequence[str]]:
             yield validated_header(cfg, name)
             for rel in rels:
                 counts = {"rows_in": 0, "rows_valid": 0, "rows_rejected": 0}
@@ -106,35 +123,31 @@ def _validate_dataset(
                 if header is None:
                     continue  # an empty file: no header, no rows
                 rules = FileRules(cfg, name, header, refs, seen)
-                src_pos = [rules_pos(header, h) for h in source_headers]
-                declared = set(source_headers)
                 line = 1
-                for row in rows:
-                    line += 1
-                    if not row:
-                        continue  # a blank line is not a row
-                    counts["rows_in"] += 1
-                    if not clean and _has_bad_bytes(row):
-                        values, why = None, ["row.encoding"]
-                    else:
-                        values, why = rules.apply(row)
-                    if values is None:
-                        counts["rows_rejected"] += 1
-                        reasons.update(why)
-                        other = {h: v for h, v in zip(header, row, strict=False) if h.strip() not in declared}
-                        rejected.writerow(
-                            [
-                                rel,
-                                line,
-                                ";".join(why),
-                                *(row[i] if 0 <= i < len(row) else "" for i in src_pos),
-                                json.dumps(other, ensure_ascii=False) if other else "",
-                            ]
-                        )
+                while chunk := list(islice(rows, CHUNK_ROWS)):
+                    lines = range(line + 1, line + 1 + len(chunk))
+                    line += len(chunk)
+                    if () in chunk or not clean:  # blank lines are not rows; undecodable rows are rejected
+                        pairs = [(r, ln) for r, ln in zip(chunk, lines, strict=True) if r]
+                        bad = [(r, ln) for r, ln in pairs if not clean and _has_bad_bytes(r)]
+                        for r, ln in bad:
+                            reject(rel, ln, r, header, ["row.encoding"], counts)
+                        if bad:
+                            pairs = [(r, ln) for r, ln in pairs if clean or not _has_bad_bytes(r)]
+                        counts["rows_in"] += len(bad)
+                        chunk = [r for r, _ in pairs]
+                        lines = [ln for _, ln in pairs]
+                    counts["rows_in"] += len(chunk)
+                    cols, rejected_rows = rules.apply_chunk(chunk)
+                    for i, why in rejected_rows:
+                        reject(rel, lines[i], chunk[i], header, why, counts)
+                    if not cols or not cols[0]:
                         continue
-                    counts["rows_valid"] += 1
-                    valid_keys.put(values[rules.key_pos], rules.lookup_value(values))
-                    yield [format_value(v) for v in values]
+                    counts["rows_valid"] += len(cols[0])
+                    put = valid_keys.put
+                    for key, looked_up in zip(cols[rules.key_pos], rules.lookup_values(cols), strict=True):
+                        put(key, looked_up)
+                    yield from zip(*rules.format_columns(cols), strict=True)
 
         petl.tocsv(valid_rows(), str(out_dir / "validated" / f"{name}.csv"), encoding="utf-8")
 
@@ -145,11 +158,9 @@ def _validate_dataset(
     return {**totals, "reasons": dict(sorted(reasons.items()))}, per_file
 
 
-def rules_pos(header: tuple[str, ...] | list[str], name: str) -> int:
-    for i, h in enumerate(header):
-        if h.strip() == name:
-            return i
-    return -1
+def _positions(header: Sequence[str], names: list[str]) -> list[int]:
+    stripped = [h.strip() for h in header]
+    return [stripped.index(n) if n in stripped else -1 for n in names]
 
 
 def _is_utf8(path: Path) -> bool:
