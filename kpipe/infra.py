@@ -454,10 +454,12 @@ def main(argv: list[str] | None = None) -> int:
     p_render = sub.add_parser("render", help="print the deployable template (JSON)")
     p_render.add_argument("--emulator", action="store_true", help="the Fn::Join form moto needs")
     p_render.add_argument("--out", type=Path, help="write to this file instead of stdout")
+    p_render.add_argument("--asl", type=Path, default=ASL_PATH, help="state machine definition to inline")
     p_deploy = sub.add_parser("deploy", help="create or update the stack, print its outputs as JSON")
     p_deploy.add_argument("--stack-name", required=True)
     p_deploy.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     p_deploy.add_argument("--outputs-file", type=Path, help="also write the outputs JSON here")
+    p_deploy.add_argument("--asl", type=Path, default=ASL_PATH, help="state machine definition to inline")
     p_out = sub.add_parser("outputs", help="print the stack's outputs (JSON), or one output's value")
     p_out.add_argument("--stack-name", required=True)
     p_out.add_argument("--key", help="print only this output's value")
@@ -469,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.cmd == "render":
-        text = render_template(inline_substitutions=args.emulator)
+        text = render_template(asl_path=args.asl, inline_substitutions=args.emulator)
         if args.out:
             args.out.write_text(text)
         else:
@@ -481,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     cfn = boto3.client("cloudformation")
     if args.cmd in {"deploy", "outputs"}:
         if args.cmd == "deploy":
-            outputs = deploy_stack(cfn, args.stack_name, _parse_params(args.param))
+            outputs = deploy_stack(cfn, args.stack_name, _parse_params(args.param), asl_path=args.asl)
         else:
             if stack_status(cfn, args.stack_name) is None:
                 print(f"stack {args.stack_name} does not exist", file=sys.stderr)
