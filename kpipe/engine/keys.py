@@ -61,6 +61,61 @@ class KeyTable:
         self.put(key, value)
         return True
 
+    def _reserve(self, keys: list[Any]) -> None:
+        top = max((k for k in keys if type(k) is int and 0 <= k < DENSE_LIMIT), default=-1)
+        if top >= len(self._dense):
+            grow = max(top + 1 - len(self._dense), len(self._dense) // 2, 1024)
+            self._dense.frombytes(bytes(4 * grow))
+
+    def add_new_many(self, keys: list[Any], value: Any = True) -> list[bool]:
+        """`add_new` over a column in one call (the per-key method call is the cost here)."""
+        self._reserve(keys)
+        code, dense, sparse, added = self._code(value), self._dense, self._sparse, []
+        append = added.append
+        for key in keys:
+            if type(key) is int and 0 <= key < DENSE_LIMIT:
+                if dense[key]:
+                    append(False)
+                else:
+                    dense[key] = code
+                    append(True)
+            elif key in sparse:
+                append(False)
+            else:
+                sparse[key] = code
+                append(True)
+        self._count += sum(added)
+        return added
+
+    def put_many(self, keys: list[Any], values: list[Any]) -> None:
+        self._reserve(keys)
+        dense, sparse, code_of, count = self._dense, self._sparse, self._code, 0
+        for key, value in zip(keys, values, strict=True):
+            code = code_of(value)
+            if type(key) is int and 0 <= key < DENSE_LIMIT:
+                if not dense[key]:
+                    count += 1
+                dense[key] = code
+            else:
+                if key not in sparse:
+                    count += 1
+                sparse[key] = code
+        self._count += count
+
+    def contains_many(self, keys: list[Any]) -> list[bool]:
+        dense, n, sparse = self._dense, len(self._dense), self._sparse
+        return [
+            (key < n and dense[key] != 0) if type(key) is int and 0 <= key < DENSE_LIMIT else key in sparse
+            for key in keys
+        ]
+
+    def get_many(self, keys: list[Any]) -> list[Any]:
+        dense, n, sparse, values = self._dense, len(self._dense), self._sparse, self._values
+        return [
+            values[dense[key] if key < n else 0] if type(key) is int and 0 <= key < DENSE_LIMIT else values[sparse.get(key, 0)]
+            for key in keys
+        ]
+
     def get(self, key: Hashable, default: Any = None) -> Any:
         if type(key) is int and 0 <= key < DENSE_LIMIT:
             code = self._dense[key] if key < len(self._dense) else 0

@@ -152,7 +152,8 @@ class FileRules:
         self.derived: list[ColumnStep] = [_derive_step(ds, spec, refs, fields) for spec in ds.derived.values()]
         self.key_pos = fields.index(ds.key)
         self.lookup_pos = [fields.index(f) for f in refs.lookup_fields[dataset]]
-        self.formatters = [_formatter(cfg.field_type(dataset, f)) for f in fields]
+        never_null = {n for n, c in ds.columns.items() if c.required or c.default is not None}
+        self.formatters = [_formatter(cfg.field_type(dataset, f), f not in never_null) for f in fields]
 
     # the reference path: one row --------------------------------------------------------------
     def apply(self, row: Sequence[str]) -> tuple[list[Any] | None, list[str]]:
@@ -217,17 +218,26 @@ class FileRules:
         keep: list[int] = []
         uniques = [(c, col.unique, f"{col.name}.unique") for c, col in enumerate(self.columns) if col.unique is not None]
         refs = [(c, col.ref, f"{col.name}.references") for c, col in enumerate(self.columns) if col.ref is not None]
-        for i in range(n):
-            if i in suspect:
-                _, why = self.apply(rows[i])
-                rejected.append((i, why))
-                continue
-            why = [rid for c, table, rid in uniques if not table.add_new(cols[c][i])]
-            why += [rid for c, table, rid in refs if cols[c][i] not in table]
-            if why:
-                rejected.append((i, why))
-            else:
-                keep.append(i)
+        unique_ok = [table.add_new_many(cols[c]) if not suspect else None for c, table, _ in uniques]
+        ref_ok = [table.contains_many(cols[c]) if not suspect else None for c, table, _ in refs]
+        if not suspect and all(map(all, unique_ok)) and all(map(all, ref_ok)):
+            keep = list(range(n))  # the common case: a clean chunk
+        else:
+            for i in range(n):
+                if i in suspect:
+                    _, why = self.apply(rows[i])
+                    rejected.append((i, why))
+                    continue
+                if suspect:  # row-ordered uniqueness only matters when apply() also registers keys
+                    why = [rid for c, table, rid in uniques if not table.add_new(cols[c][i])]
+                    why += [rid for c, table, rid in refs if cols[c][i] not in table]
+                else:
+                    why = [rid for (c, _t, rid), ok in zip(uniques, unique_ok, strict=True) if not ok[i]]  # type: ignore[index]
+                    why += [rid for (c, _t, rid), ok in zip(refs, ref_ok, strict=True) if not ok[i]]  # type: ignore[index]
+                if why:
+                    rejected.append((i, why))
+                else:
+                    keep.append(i)
         if len(keep) != n:
             cols = [[col[i] for i in keep] for col in cols]
         for step in self.derived:
@@ -237,7 +247,7 @@ class FileRules:
     def format_columns(self, cols: list[list[Any]]) -> list[list[str]]:
         return [fmt(col) for fmt, col in zip(self.formatters, cols, strict=True)]
 
-    def lookup_values(self, cols: list[list[Any]]) -> Sequence[Any]:
+    def lookup_values(self, cols: list[list[Any]]) -> list[Any]:
         """Per valid row: what dependents of this dataset can look up through its key."""
         if not self.lookup_pos:
             return [True] * len(cols[self.key_pos])
@@ -272,8 +282,7 @@ def _derive_step(ds: Dataset, spec: Derived, refs: BatchRefs, fields: list[str])
     table = refs.tables.get(target) or KeyTable()
 
     def lookup(cols: list[list[Any]]) -> list[Any]:
-        found = map(table.get, cols[via])
-        return [f[slot] if f is not None else None for f in found]
+        return [f[slot] if f is not None else None for f in table.get_many(cols[via])]
 
     return lookup
 
@@ -283,7 +292,7 @@ def _bulk_parse(
 ) -> tuple[list[Any], list[int]]:
     """Parse a whole column; positions that are null-but-required or unparseable are returned as bad."""
     stripped = list(map(str.strip, texts))
-    fast = _FAST_PARSERS.get(parse)
+    fast = _FAST_PARSERS.get(parse) or getattr(parse, "bulk", None)
     if fast is not None and "" not in stripped:
         values = fast(stripped)
         if values is not None:
@@ -324,8 +333,10 @@ _FAST_PARSERS: dict[Callable[[str], Any], Callable[[list[str]], list[Any] | None
 }
 
 
-def _formatter(type_name: str) -> Callable[[list[Any]], list[str]]:
+def _formatter(type_name: str, nullable: bool) -> Callable[[list[Any]], list[str]]:
     """Canonical text of a value column (see parsing.format_value, which this matches)."""
+    if not nullable and type_name in ("string", "int", "decimal"):
+        return lambda col: list(map(str, col))
     if type_name in ("datetime", "date"):
         method = datetime.isoformat if type_name == "datetime" else date.isoformat
         return lambda col: [method(v) if v is not None else "" for v in col]

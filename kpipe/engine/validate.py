@@ -144,9 +144,7 @@ def _validate_dataset(
                     if not cols or not cols[0]:
                         continue
                     counts["rows_valid"] += len(cols[0])
-                    put = valid_keys.put
-                    for key, looked_up in zip(cols[rules.key_pos], rules.lookup_values(cols), strict=True):
-                        put(key, looked_up)
+                    valid_keys.put_many(cols[rules.key_pos], rules.lookup_values(cols))
                     yield from zip(*rules.format_columns(cols), strict=True)
 
         petl.tocsv(valid_rows(), str(out_dir / "validated" / f"{name}.csv"), encoding="utf-8")
