@@ -83,32 +83,52 @@ class KpiPlan:
 
 
 class DateAggregator:
-    """Accumulates live rows (typed tuples in `KpiPlan.fields` order) and yields finished items."""
+    """Accumulates live rows, given as value columns in `KpiPlan.fields` order, and yields items.
+
+    Work is column-wise: rows are bucketed by group key once, then each metric reduces its
+    bucket with C-level `sum`/`set.update`/`min`/`max`."""
 
     def __init__(self, plan: KpiPlan) -> None:
         self.plan = plan
         self.groups: list[dict[tuple[Any, ...], list[Any]]] = [{} for _ in plan.tables]
 
-    def add(self, dataset: str, rows: Sequence[Sequence[Any]]) -> None:
+    def add_rows(self, dataset: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self.add(dataset, [list(col) for col in zip(*rows, strict=True)])
+
+    def add(self, dataset: str, cols: list[list[Any]]) -> None:
+        if not cols or not cols[0]:
+            return
         for t_index, table in enumerate(self.plan.tables):
             source = table.sources.get(dataset)
             if source is None:
                 continue
             groups = self.groups[t_index]
-            n_metrics = len(table.metrics)
-            key_pos, metrics = source.key_pos, source.metrics
-            for row in rows:
-                key = tuple(row[p] for p in key_pos)
+            buckets: dict[tuple[Any, ...], list[int]] = {}
+            for i, key in enumerate(zip(*(cols[p] for p in source.key_pos), strict=True)):
+                bucket = buckets.get(key)
+                if bucket is None:
+                    buckets[key] = [i]
+                else:
+                    bucket.append(i)
+            for key, idxs in buckets.items():
                 if None in key:
                     continue  # a row without its key fields cannot be placed in this table
                 accs = groups.get(key)
                 if accs is None:
-                    accs = groups[key] = [None] * n_metrics
-                for m_index, kind, fpos, conds in metrics:
-                    value = row[fpos]
-                    if value is None or not all(row[cp] is not None and pred(row[cp]) for cp, pred in conds):
-                        continue
-                    accs[m_index] = _accumulate(kind, accs[m_index], value)
+                    accs = groups[key] = [None] * len(table.metrics)
+                for m_index, kind, fpos, conds in source.metrics:
+                    col = cols[fpos]
+                    values = [col[i] for i in idxs] if len(idxs) != len(col) else col
+                    if conds:
+                        values = [
+                            v
+                            for v, i in zip(values, idxs, strict=True)
+                            if all(cols[cp][i] is not None and pred(cols[cp][i]) for cp, pred in conds)
+                        ]
+                    if None in values:
+                        values = [v for v in values if v is not None]
+                    accs[m_index] = _reduce(kind, accs[m_index], values)
 
     def items(self) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {}
@@ -128,19 +148,24 @@ class DateAggregator:
         return out
 
 
-def _accumulate(kind: str, acc: Any, value: Any) -> Any:
-    if kind == "sum":
-        return value if acc is None else acc + value
-    if kind == "count":
-        return 1 if acc is None else acc + 1
+def _reduce(kind: str, acc: Any, values: list[Any]) -> Any:
+    """Fold a bucket of non-null values into a metric's running accumulator."""
     if kind == "count_distinct":
-        if acc is None:
-            acc = set()
-        acc.add(value)
+        acc = acc if acc is not None else set()
+        acc.update(values)
         return acc
+    if not values:
+        return acc
+    if kind == "sum":
+        total = sum(values)
+        return total if acc is None else acc + total
+    if kind == "count":
+        return len(values) if acc is None else acc + len(values)
     if kind == "min":
-        return value if acc is None or value < acc else acc
-    return value if acc is None or value > acc else acc  # max
+        low = min(values)
+        return low if acc is None or low < acc else acc
+    high = max(values)  # max
+    return high if acc is None or high > acc else acc
 
 
 def _final(metric: Metric, acc: Any, done: dict[str, Any]) -> Any:

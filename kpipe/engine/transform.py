@@ -21,7 +21,9 @@ from __future__ import annotations
 import csv
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from kpipe.engine.parsing import reader_for
 from kpipe.engine.store import ProcessedStore
 
 STATE = "_meta/state.json"
+CHUNK_ROWS = 8192
 
 
 @dataclass
@@ -121,18 +124,28 @@ def transform_batch(
         index = indexes[d.name]
         moved[d.name] = {}
         writers = _PartitionWriters(cfg, d, out_root, stem)
-        for row in petl.data(petl.fromcsv(str(validated_dir / f"{d.name}.csv"), encoding="utf-8")):
-            key = d.key_reader(row[d.key_pos])
-            date = row[d.part_pos]
-            writers.write(date, row)
-            touched.add(date)
-            old = index.get(key)
-            if old is not None and old[0] > seq:
-                continue  # a newer batch already replaced this key: this row stays dead
-            if old is not None and old[1] != date:
-                touched.add(old[1])
-                moved[d.name][key] = old[1]
-            index.put(key, (seq, date))
+        rows = iter(petl.data(petl.fromcsv(str(validated_dir / f"{d.name}.csv"), encoding="utf-8")))
+        while chunk := list(islice(rows, CHUNK_ROWS)):
+            cols = list(zip(*chunk, strict=True))
+            keys = list(map(d.key_reader, cols[d.key_pos]))
+            dates = cols[d.part_pos]
+            writers.write_chunk(dates, chunk)
+            touched.update(dates)
+            olds = index.get_many(keys)
+            if olds.count(None) == len(olds):  # all keys new: the first-batch fast path
+                index.put_many(keys, [(seq, date) for date in dates])
+                continue
+            put_keys, put_values = [], []
+            for key, date, old in zip(keys, dates, olds, strict=True):
+                if old is not None:
+                    if old[0] > seq:
+                        continue  # a newer batch already replaced this key: this row stays dead
+                    if old[1] != date:
+                        touched.add(old[1])
+                        moved[d.name][key] = old[1]
+                put_keys.append(key)
+                put_values.append((seq, date))
+            index.put_many(put_keys, put_values)
         written[d.name] = writers.count
         new_files.extend(writers.close())
 
@@ -168,6 +181,10 @@ class _PartitionWriters:
         self.count = 0
 
     def write(self, date: str, row: Any) -> None:
+        self.writer(date).writerow(row)
+        self.count += 1
+
+    def writer(self, date: str) -> Any:
         entry = self.files.get(date)
         if entry is None:
             name = f"{_partition_dir(self.cfg, self.d.name, date)}{self.stem}.csv"
@@ -177,8 +194,18 @@ class _PartitionWriters:
             writer = csv.writer(fh)
             writer.writerow(self.d.header)
             entry = self.files[date] = (fh, writer, name)
-        entry[1].writerow(row)
-        self.count += 1
+        return entry[1]
+
+    def write_chunk(self, dates: Sequence[str], rows: list[Any]) -> None:
+        if len(set(dates)) == 1:
+            self.writer(dates[0]).writerows(rows)
+        else:
+            by_date: dict[str, list[Any]] = defaultdict(list)
+            for date, row in zip(dates, rows, strict=True):
+                by_date[date].append(row)
+            for date, group in by_date.items():
+                self.writer(date).writerows(group)
+        self.count += len(rows)
 
     def close(self) -> list[str]:
         for fh, _, _ in self.files.values():
@@ -255,20 +282,31 @@ def recompute_dates(
             positions = [d.header.index(f) for f in plan.fields[d.name]]
             readers = plan.readers(d.name)
             index = indexes[d.name]
-            live: list[tuple[Any, ...]] = []
             for name, file_seq in _partition_files(store, cfg, d.name, date):
                 path = cache.path(name)
                 if path is None:
                     continue
                 want = (file_seq, date)
-                for row in petl.data(petl.fromcsv(str(path), encoding="utf-8")):
-                    if index.get(d.key_reader(row[d.key_pos])) != want:
-                        continue
-                    live.append(tuple(r(row[p]) if row[p] != "" else None for r, p in zip(readers, positions, strict=True)))
-            agg.add(d.name, live)
+                rows = iter(petl.data(petl.fromcsv(str(path), encoding="utf-8")))
+                while chunk := list(islice(rows, CHUNK_ROWS)):
+                    raw = list(zip(*chunk, strict=True))
+                    states = index.get_many(list(map(d.key_reader, raw[d.key_pos])))
+                    if states.count(want) != len(states):
+                        live = [i for i, state in enumerate(states) if state == want]
+                        if not live:
+                            continue
+                        raw = [[col[i] for i in live] for col in raw]
+                    agg.add(d.name, [_read_column(reader, raw[p]) for reader, p in zip(readers, positions, strict=True)])
         for table, items in agg.items().items():
             tables[table][date] = items
     return tables
+
+
+def _read_column(reader: Any, texts: Sequence[str]) -> list[Any]:
+    """Canonical text back to typed values; empty text is null."""
+    if "" in texts:
+        return [reader(t) if t != "" else None for t in texts]
+    return list(map(reader, texts))
 
 
 def _load_index(cache: _Cache, dataset: str) -> KeyTable:
