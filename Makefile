@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 OUT ?= out
 STAGE ?= dev
 
-.PHONY: install run test test-fast lint bench sample-data clean
+.PHONY: install run test test-fast lint bench clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -35,3 +35,6 @@ bench: install
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .hypothesis
+
+# make deploy STAGE=dev / make destroy STAGE=dev (see infra/README.md)
+include infra/deploy.mk
