@@ -129,6 +129,7 @@ class KpiTableStore:
         *,
         date_field: str = "order_date",
         date_index: str | None = None,
+        page_size: int | None = None,
     ) -> None:
         if not 1 <= len(key_fields) <= 2:
             raise ValueError("a DynamoDB key has one or two fields")
@@ -140,6 +141,9 @@ class KpiTableStore:
         self.key_fields = tuple(key_fields)
         self.date_field = date_field
         self.date_index = date_index
+        # Query page size (None: DynamoDB's 1 MB pages). Smaller pages bound the read capacity one request
+        # consumes; tests use it to exercise the pagination loop.
+        self._page = {"Limit": page_size} if page_size else {}
 
     @property
     def name(self) -> str:
@@ -156,11 +160,19 @@ class KpiTableStore:
         }
         if self.key_fields[0] == self.date_field:
             items = _paginate(
-                self.table.query, KeyConditionExpression=Key(self.date_field).eq(date), ConsistentRead=True, **projection
+                self.table.query,
+                KeyConditionExpression=Key(self.date_field).eq(date),
+                ConsistentRead=True,
+                **projection,
+                **self._page,
             )
         else:
             items = _paginate(
-                self.table.query, IndexName=self.date_index, KeyConditionExpression=Key(self.date_field).eq(date), **projection
+                self.table.query,
+                IndexName=self.date_index,
+                KeyConditionExpression=Key(self.date_field).eq(date),
+                **projection,
+                **self._page,
             )
         return {self.key_of(item) for item in items}
 
@@ -206,7 +218,7 @@ class KpiTableStore:
                 condition = condition & sort.gte(sort_from)
             elif sort_to is not None:
                 condition = condition & sort.lte(sort_to)
-        return list(_paginate(self.table.query, KeyConditionExpression=condition))
+        return list(_paginate(self.table.query, KeyConditionExpression=condition, **self._page))
 
     def partition_exists(self, value: str) -> bool:
         response = self.table.query(KeyConditionExpression=Key(self.key_fields[0]).eq(value), Limit=1)
@@ -217,7 +229,12 @@ class KpiTableStore:
         if self.key_fields[0] == self.date_field:
             return self.partition(date)
         return list(
-            _paginate(self.table.query, IndexName=self.date_index, KeyConditionExpression=Key(self.date_field).eq(date))
+            _paginate(
+                self.table.query,
+                IndexName=self.date_index,
+                KeyConditionExpression=Key(self.date_field).eq(date),
+                **self._page,
+            )
         )
 
 
@@ -230,11 +247,21 @@ class KpiStore:
     CATEGORY = "CategoryKPI"
     CATEGORY_DATE_INDEX = "order_date-index"
 
-    def __init__(self, dynamodb: Any, order_table: str = ORDER, category_table: str = CATEGORY) -> None:
+    def __init__(
+        self,
+        dynamodb: Any,
+        order_table: str = ORDER,
+        category_table: str = CATEGORY,
+        *,
+        page_size: int | None = None,
+    ) -> None:
         self.dynamodb = dynamodb
-        self.orders = KpiTableStore(dynamodb.Table(order_table), ("order_date",))
+        self.orders = KpiTableStore(dynamodb.Table(order_table), ("order_date",), page_size=page_size)
         self.categories = KpiTableStore(
-            dynamodb.Table(category_table), ("category", "order_date"), date_index=self.CATEGORY_DATE_INDEX
+            dynamodb.Table(category_table),
+            ("category", "order_date"),
+            date_index=self.CATEGORY_DATE_INDEX,
+            page_size=page_size,
         )
         self.tables: dict[str, KpiTableStore] = {self.ORDER: self.orders, self.CATEGORY: self.categories}
 
@@ -283,11 +310,13 @@ class KpiStore:
         return sorted(self.categories.of_date(date), key=lambda item: item["category"])
 
 
-def dump_table(table: Any, key_fields: Iterable[str] | None = None) -> list[dict[str, Any]]:
+def dump_table(
+    table: Any, key_fields: Iterable[str] | None = None, *, page_size: int | None = None
+) -> list[dict[str, Any]]:
     """Every item of a table (paginated Scan), sorted by its key, for OUT/*.json. Numbers stay Decimal:
     pass the result through `plain` to write JSON."""
     fields = list(key_fields) if key_fields is not None else [k["AttributeName"] for k in table.key_schema]
-    items = [dict(item) for item in _paginate(table.scan)]
+    items = [dict(item) for item in _paginate(table.scan, **({"Limit": page_size} if page_size else {}))]
     return sorted(items, key=lambda item: tuple(_sort_value(item.get(f)) for f in fields))
 
 
