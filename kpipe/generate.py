@@ -61,11 +61,6 @@ BRANDS = [
 ADJECTIVES = ["Classic", "Slim Fit", "Relaxed", "Vintage", "Essential", "Premium", "Stretch", "Heritage"]
 COLOURS = ["Black", "Navy", "Heather Grey", "Dark Stonewash", "Olive", "Burgundy", "White", "Khaki"]
 
-# Status of an order: (name, cumulative probability). Roughly TheLook's mix.
-_STATUS_CUM = [("Shipped", 0.30), ("Complete", 0.55), ("Processing", 0.75), ("Cancelled", 0.90),
-               ("Returned", 1.0)]
-# Items per order: P(1)=.35, P(2)=.28, P(3)=.20, P(4)=.17 -> mean 2.19.
-_ITEMS_CUM = [(1, 0.35), (2, 0.63), (3, 0.83), (4, 1.0)]
 _OFFSETS_MIN = [120, -300, 330, -180, 60, 540, -420, 0]
 
 _PRODUCT_KINDS = ["id_alpha", "id_float", "id_missing", "category_missing", "price_zero", "price_negative",
@@ -89,6 +84,7 @@ class _Catalog:
     """The product catalog as parallel lists: 40k products as objects would dominate a small heap."""
 
     ids: list[int] = field(default_factory=list)
+    id_text: list[str] = field(default_factory=list)
     skus: list[str] = field(default_factory=list)
     categories: list[str] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
@@ -169,6 +165,7 @@ def _new_product(cat: _Catalog, rng: random.Random, pid: int) -> None:
         name = f"{brand} {adj} {category}"
     cents = int(499 + rng.random() ** 2.5 * 29_500)
     cat.ids.append(pid)
+    cat.id_text.append(str(pid))
     cat.skus.append(f"{rng.getrandbits(128):032X}")
     cat.categories.append(category)
     cat.names.append(name)
@@ -399,7 +396,9 @@ def _write_batch(
                 status, item_returned = "Returned", True
             elif roll < 0.80:
                 status = {"Processing": "Shipped", "Shipped": "Complete"}.get(status, status)
-            owrite(j, _order_row(old.order_id, old.user_id, status, created, old.style, len(old.items), fmt))
+            times = _times(old.order_id, status, created, old.style, fmt)
+            owrite(j, _order_row(old.order_id, old.user_id, status, times, len(old.items)))
+            soid, suid = str(old.order_id), str(old.user_id)
             for iid, pid_idx, cents, qty in old.items:
                 if rand() >= 0.5:
                     continue
@@ -407,8 +406,7 @@ def _write_batch(
                     cents = max(1, cents * 9 // 10)
                 ist = "Returned" if item_returned and rand() < 0.8 else status
                 jj = j if has_qty[j] or qty == 1 else 0
-                row = _item_row(iid, old.order_id, old.user_id, cat.ids[pid_idx], ist, created,
-                                old.style, _money(cents), fmt)
+                row = _item_row(iid, soid, suid, cat.id_text[pid_idx], ist, times, _money(cents))
                 if has_qty[jj]:
                     row.append(str(qty))
                 iwrite(jj, row)
@@ -422,11 +420,12 @@ def _write_batch(
             r = rand()
             uid = 1 + int(n_users * r * r * r) if rand() < 0.6 else 1 + int(n_users * rand())
             r = rand()
-            status = next(s for s, p in _STATUS_CUM if r < p)
+            status = ("Shipped" if r < 0.30 else "Complete" if r < 0.55 else "Processing" if r < 0.75
+                      else "Cancelled" if r < 0.90 else "Returned")
             created = int(rand() * window)
             style = _pick_style(rand())
             r = rand()
-            n_items = next(k for k, p in _ITEMS_CUM if r < p)
+            n_items = 1 if r < 0.35 else 2 if r < 0.63 else 3 if r < 0.83 else 4  # mean 2.19
 
             order_bad = dirty and rand() < f
             if order_bad:
@@ -439,8 +438,10 @@ def _write_batch(
                 else:
                     n_items = 1
                     owrite(j, _bad_order(kind, oid, uid, status, created, style, fmt))
+            times = _times(oid, status, created, style, fmt)
+            soid, suid = str(oid), str(uid)
             if not order_bad:
-                orow = _order_row(oid, uid, status, created, style, n_items, fmt)
+                orow = _order_row(oid, uid, status, times, n_items)
                 owrite(j, orow)
                 last_order[j] = orow
 
@@ -451,14 +452,16 @@ def _write_batch(
                 r = rand()
                 pidx = int(n_cat * r * r)
                 cents = cat.cents[pidx]
+                price = cat.price_text[pidx]
                 if rand() < 0.12:
                     cents = max(1, cents * 4 // 5)
+                    price = _money(cents)
                 ist = ("Returned" if rand() < 0.8 else "Complete") if status == "Returned" else status
                 qty = 1
                 if has_qty[j]:
                     r = rand()
                     qty = 1 if r < 0.85 else (2 if r < 0.95 else 3)
-                row = _item_row(iid, oid, uid, cat.ids[pidx], ist, created, style, _money(cents), fmt)
+                row = _item_row(iid, soid, suid, cat.id_text[pidx], ist, times, price)
                 if has_qty[j]:
                     row.append(str(qty))
                 if bad_utf8_pending and n >= 2 and not order_bad:
@@ -491,8 +494,12 @@ def _write_batch(
     return resend_out
 
 
-def _order_row(oid: int, uid: int, status: str, created: int, style: int, n_items: int,
-               fmt: Callable[[int, int], str]) -> list[str]:
+def _times(oid: int, status: str, created: int, style: int,
+           fmt: Callable[[int, int], str]) -> tuple[str, str, str, str]:
+    """(created, shipped, delivered, returned) of an order, formatted once and shared by its items.
+
+    Offsets derive from the order id rather than the RNG so timestamps cost no random draws.
+    """
     shipped = delivered = returned = ""
     if status in ("Shipped", "Complete", "Returned"):
         shipped = fmt(created + 3600 + (oid * 7919) % 172800, style)
@@ -500,20 +507,19 @@ def _order_row(oid: int, uid: int, status: str, created: int, style: int, n_item
             delivered = fmt(created + 180000 + (oid * 104729) % 259200, style)
             if status == "Returned":
                 returned = fmt(created + 500000 + (oid * 15485863) % 604800, style)
-    return [str(oid), str(uid), status, fmt(created, style), returned, shipped, delivered, str(n_items)]
+    return fmt(created, style), shipped, delivered, returned
 
 
-def _item_row(iid: int, oid: int, uid: int, pid: int, status: str, created: int, style: int, price: str,
-              fmt: Callable[[int, int], str]) -> list[str]:
-    shipped = delivered = returned = ""
-    if status in ("Shipped", "Complete", "Returned"):
-        shipped = fmt(created + 3600 + (oid * 7919) % 172800, style)
-        if status != "Shipped":
-            delivered = fmt(created + 180000 + (oid * 104729) % 259200, style)
-            if status == "Returned":
-                returned = fmt(created + 500000 + (iid * 15485863) % 604800, style)
-    return [str(iid), str(oid), str(uid), str(pid), status, fmt(created + iid % 60, style), shipped,
-            delivered, returned, price]
+def _order_row(oid: int, uid: int, status: str, times: tuple[str, str, str, str], n_items: int) -> list[str]:
+    created, shipped, delivered, returned = times
+    return [str(oid), str(uid), status, created, returned, shipped, delivered, str(n_items)]
+
+
+def _item_row(iid: int, oid: str, uid: str, pid: str, status: str, times: tuple[str, str, str, str],
+              price: str) -> list[str]:
+    created, shipped, delivered, returned = times
+    return [str(iid), oid, uid, pid, status, created, shipped, delivered,
+            returned if status == "Returned" else "", price]
 
 
 def _bad_product(kind: str, cat: _Catalog, rng: random.Random, i: int,
@@ -553,7 +559,7 @@ def _bad_product(kind: str, cat: _Catalog, rng: random.Random, i: int,
 
 def _bad_order(kind: str, oid: int, uid: int, status: str, created: int, style: int,
                fmt: Callable[[int, int], str]) -> list[str]:
-    row = _order_row(oid, uid, status, created, style, 1, fmt)
+    row = _order_row(oid, uid, status, _times(oid, status, created, style, fmt), 1)
     if kind == "id_float":
         row[0] = f"{oid}.0"
     elif kind == "id_alpha":
