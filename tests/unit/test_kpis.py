@@ -78,10 +78,15 @@ def rows_for(plan: KpiPlan, dataset: str, rows: list[dict[str, Any]]) -> list[tu
     return [tuple(row[f] for f in plan.fields[dataset]) for row in rows]
 
 
+def feed(agg: DateAggregator, dataset: str, rows: list[tuple[Any, ...]]) -> None:
+    """Hand typed rows to the aggregator (`add_rows` takes rows; `add` takes value columns)."""
+    agg.add_rows(dataset, rows)
+
+
 def aggregate(plan: KpiPlan, **datasets: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     agg = DateAggregator(plan)
     for name, rows in datasets.items():
-        agg.add(name, rows_for(plan, name, rows))
+        feed(agg, name, rows_for(plan, name, rows))
     return agg.items()
 
 
@@ -184,12 +189,20 @@ def test_rows_added_in_chunks_equal_rows_added_at_once(plan: KpiPlan) -> None:
     at_once = aggregate(plan, sales=rows)
     agg = DateAggregator(plan)
     for chunk in (rows[:5], rows[5:6], rows[6:]):
-        agg.add("sales", rows_for(plan, "sales", chunk))
+        feed(agg, "sales", rows_for(plan, "sales", chunk))
     assert agg.items() == at_once
 
 
 def test_no_rows_no_items(plan: KpiPlan) -> None:
     assert aggregate(plan, sales=[]) == {"Daily": [], "ByShop": []}
+
+
+def test_rows_and_columns_feed_the_same(plan: KpiPlan) -> None:
+    rows = rows_for(plan, "sales", [sale(1, "10", 2, customer=3), sale(2, "0.5", shop="B", kind="gift")])
+    by_rows, by_cols = DateAggregator(plan), DateAggregator(plan)
+    by_rows.add_rows("sales", rows)
+    by_cols.add("sales", [list(col) for col in zip(*rows, strict=True)])
+    assert by_rows.items() == by_cols.items()
 
 
 def test_stored_numbers_are_decimal_or_int_never_float(plan: KpiPlan) -> None:
