@@ -367,3 +367,20 @@ def test_rerun_of_unknown_or_malformed_batch(chalice_client: Client, kpipe_env: 
     assert chalice_client.http.post("/batches/b-0123456789abcdef0123/rerun").status_code == 404
     assert chalice_client.http.post("/batches/not-a-batch/rerun").status_code == 400
     assert kpipe_env.executions() == []
+
+
+def test_handler_is_callable_as_lambda_calls_it(
+    kpipe_env: KpipeEnv, load_event: LoadEvent, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The local pump's contract (docs/contracts.md): `app.on_raw_data(event, context)` with a raw event dict."""
+    import app as app_module
+
+    class Context:
+        aws_request_id = "req-123"
+
+    _upload_complete(kpipe_env)
+    result = app_module.on_raw_data(load_event("s3_put_orders_encoded"), Context())
+    assert [o["status"] for o in result["outcomes"]] == ["started"]
+    (line,) = [entry for entry in _logs(capsys.readouterr().out) if entry.get("event") == "execution_started"]
+    assert line["request_id"] == "req-123"
+    assert line["batch_id"] == result["outcomes"][0]["batch_id"]
