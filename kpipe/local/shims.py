@@ -1,0 +1,156 @@
+"""Compatibility shims for moto 5.2's Step Functions interpreter: the gaps between it and AWS that the
+pipeline's definitions run into, and nothing else. Local-run code only (never imported by the Lambda or
+the tasks); `install()` is idempotent and is called by the embedded emulator and by the tests.
+
+1. Service integrations pass the ASL's parameters to boto3 unchanged. AWS's integrations take the API's
+   members in PascalCase (`Cluster`, `TaskDefinition`, `Overrides.ContainerOverrides[].Environment`) and
+   answer in PascalCase; moto stubbed out the normalisation (LocalStack's `_normalise_parameters` /
+   `_normalise_response`), so `ecs:runTask` fails with a KeyError in botocore's serializer and the
+   `aws-sdk:*` integrations of camelCase APIs (Step Functions itself) likewise. We restore it for the
+   ECS and aws-sdk integrations, driven by botocore's service model. DynamoDB needs none: its API is
+   PascalCase already.
+2. CloudFormation's `AWS::StepFunctions::StateMachine` ignores `DefinitionSubstitutions` and registers
+   the state machine with the plain backend, not with the executing one that
+   `{"stepfunctions": {"execute_state_machine": true}}` switches the API to, so a stack-created state
+   machine is invisible to StartExecution. We apply the substitutions and register it where the API
+   looks (same name, hence the same ARN as the stack output).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+from typing import Any
+
+_lock = threading.Lock()
+_installed = False
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. PascalCase service integrations
+
+
+@functools.cache
+def _operation_model(service: str, snake_action: str) -> Any | None:
+    """botocore's model of `service`'s operation whose snake_case name is `snake_action` (None if unknown)."""
+    import botocore.session
+    from botocore import xform_name
+
+    try:
+        model = botocore.session.get_session().get_service_model(service)
+    except Exception:  # unknown service: leave the parameters alone, the call will fail with a clear error
+        return None
+    for name in model.operation_names:
+        if xform_name(name) == snake_action:
+            return model.operation_model(name)
+    return None
+
+
+def _normalise_parameters(
+    self: Any, parameters: dict, boto_service_name: str | None = None, service_action_name: str | None = None
+) -> None:
+    op = _operation_model(
+        self._get_boto_service_name(boto_service_name=boto_service_name),
+        self._get_boto_service_action(service_action_name=service_action_name),
+    )
+    if op is not None and op.input_shape is not None:
+        self._to_boto_request(parameters, op.input_shape)
+
+
+def _normalise_response(
+    self: Any, response: Any, boto_service_name: str | None = None, service_action_name: str | None = None
+) -> None:
+    op = _operation_model(
+        self._get_boto_service_name(boto_service_name=boto_service_name),
+        self._get_boto_service_action(service_action_name=service_action_name),
+    )
+    if op is not None and op.output_shape is not None:
+        self._from_boto_response(response, op.output_shape)
+
+
+def _patch_integrations() -> None:
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
+        state_task_service_aws_sdk as aws_sdk,
+    )
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
+        state_task_service_ecs as ecs,
+    )
+
+    for cls in (ecs.StateTaskServiceEcs, aws_sdk.StateTaskServiceAwsSdk):
+        cls._normalise_parameters = _normalise_parameters  # type: ignore[method-assign]
+        cls._normalise_response = _normalise_response  # type: ignore[method-assign]
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. CloudFormation state machines: substitutions, and the executing backend
+
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
+
+
+def substitute(definition: str, substitutions: dict[str, Any] | None) -> str:
+    """Apply `DefinitionSubstitutions` as AWS does: each `${Key}` with a given key becomes its value.
+
+    >>> substitute('{"Cluster": "${ClusterArn}", "Other": "${Unknown}"}', {"ClusterArn": "arn:c"})
+    '{"Cluster": "arn:c", "Other": "${Unknown}"}'
+    """
+    if not substitutions:
+        return definition
+    return _PLACEHOLDER.sub(lambda m: str(substitutions.get(m.group(1), m.group(0))), definition)
+
+
+def _executing_backend(account_id: str, region_name: str) -> Any:
+    from moto.stepfunctions.responses import get_backend
+
+    return get_backend(account_id, region_name)
+
+
+def _patch_cloudformation() -> None:
+    from moto.stepfunctions import models
+
+    cls = models.StateMachine
+
+    def create_from_cloudformation_json(
+        klass: Any, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str, **kwargs: Any
+    ) -> Any:
+        props = cloudformation_json["Properties"]
+        name = props.get("StateMachineName", resource_name)
+        definition = substitute(props.get("DefinitionString", ""), props.get("DefinitionSubstitutions"))
+        tags = models.cfn_to_api_tags(props.get("Tags", []))
+        backend = _executing_backend(account_id, region_name)
+        return backend.create_state_machine(name, definition, props.get("RoleArn", ""), tags=tags)
+
+    def delete_from_cloudformation_json(
+        klass: Any, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str
+    ) -> None:
+        _executing_backend(account_id, region_name).delete_state_machine(resource_name)
+
+    def update_from_cloudformation_json(
+        klass: Any, original_resource: Any, new_resource_name: str, cloudformation_json: Any,
+        account_id: str, region_name: str,
+    ) -> Any:
+        props = cloudformation_json.get("Properties", {})
+        name = props.get("StateMachineName", original_resource.name)
+        if name != original_resource.name:
+            new = klass.create_from_cloudformation_json(name, cloudformation_json, account_id, region_name)
+            klass.delete_from_cloudformation_json(original_resource.arn, cloudformation_json, account_id, region_name)
+            return new
+        definition = substitute(props.get("DefinitionString", ""), props.get("DefinitionSubstitutions"))
+        return _executing_backend(account_id, region_name).update_state_machine(
+            original_resource.arn, definition=definition, role_arn=props.get("RoleArn")
+        )
+
+    cls.create_from_cloudformation_json = classmethod(create_from_cloudformation_json)  # type: ignore[assignment]
+    cls.delete_from_cloudformation_json = classmethod(delete_from_cloudformation_json)  # type: ignore[assignment]
+    cls.update_from_cloudformation_json = classmethod(update_from_cloudformation_json)  # type: ignore[assignment]
+
+
+def install() -> None:
+    """Apply every shim once per process (the moto server runs in-process, so this covers it too)."""
+    global _installed
+    with _lock:
+        if _installed:
+            return
+        _patch_integrations()
+        _patch_cloudformation()
+        _installed = True
