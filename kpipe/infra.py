@@ -7,18 +7,26 @@ locally and on AWS. The template carries only a marker where the definition goes
 `DefinitionSubstitutions` that map the ASL's `${Placeholder}`s to `!Ref`/`!GetAtt`s; rendering
 inlines the ASL (whitespace-compacted), so no copy of the definition ever exists to drift.
 
-moto gaps handled here (measured against moto 5.2.5, see tests/infra):
-- `AWS::StepFunctions::StateMachine` ignores `DefinitionSubstitutions`. For an emulated endpoint the
-  definition is rendered as `Fn::Join` of the ASL text split at its placeholders, with the very same
-  `!Ref`/`!GetAtt` expressions in between. CloudFormation evaluates them either way, so the result is
-  the textual substitution AWS performs (`Fn::Sub`'s list form is no alternative: moto runs it through
-  `string.Template`, which turns the ASL's `$$.Task.Token` into `$.Task.Token`).
+moto gaps handled here (measured against moto 5.2.5; tests/infra pins each one):
+- `AWS::StepFunctions::StateMachine` ignores `DefinitionSubstitutions`, and a stack update does not
+  re-resolve resources that merely depend on a changed one (new task definition revisions leave the
+  state machine as it was). The emulator's copy of the template therefore also outputs every
+  substitution expression (`KpipeSubstitution<Key>`), so moto's CloudFormation evaluates exactly the
+  `!Ref`/`!GetAtt`s AWS would; after each create or update the definition is set to the ASL with
+  those values substituted, as Step Functions does. (Neither `Fn::Sub`'s list form, which moto runs
+  through `string.Template` and so turns `$$.Task.Token` into `$.Task.Token`, nor an `Fn::Join`,
+  which moto would not refresh on update, gives that.)
 - `AWS::S3::Bucket` keeps only the encryption, and `AWS::DynamoDB::Table` drops point-in-time
   recovery. After an emulated deploy the bucket's versioning (the manifest pins object versions),
   public access block, ownership controls and lifecycle rules, and the tables' PITR are applied
   through the service APIs from the same template properties.
 - moto names an unnamed `AWS::ECR::Repository` with upper-case letters, which its own ECR then
-  refuses; the emulator rendering names it `<stack>-taskrepository` (AWS generates a valid name).
+  refuses; the emulator's copy names it `<stack>-taskrepository` (AWS generates a valid name).
+- moto's task definition *update* keeps CloudFormation's PascalCase container keys (no `image`,
+  `command` afterwards); the emulator's copy writes them in camelCase, which both paths keep.
+- moto's stack update treats a parameter it was not given at creation as changed, re-creates the
+  resources that reference it and drops tables and log groups (no update support) from the stack;
+  emulated updates therefore pass only the parameters that differ from their defaults.
 - Not created by moto (it skips them with a warning; nothing in the pipeline's data path uses them):
   `AWS::S3::BucketPolicy`, `AWS::Logs::MetricFilter`, `AWS::CloudWatch::Alarm`. moto's ECS task
   definitions keep family, containers and memory but not the task-level cpu, network mode or roles.
@@ -46,6 +54,8 @@ TEMPLATE_PATH = ROOT / "infra" / "template.yaml"
 ASL_PATH = ROOT / "stepfunctions" / "pipeline.asl.json"
 STATE_MACHINE_ID = "PipelineStateMachine"
 ASL_MARKER = "@@KPIPE_ASL@@"
+# Emulator-only outputs carrying the evaluated DefinitionSubstitutions (stripped from what callers get).
+SUBSTITUTION_OUTPUT = "KpipeSubstitution"
 # CloudFormation's limit for an inline TemplateBody.
 MAX_TEMPLATE_BODY = 51_200
 
@@ -109,69 +119,47 @@ def apply_substitutions(asl_text: str, values: Mapping[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), asl_text)
 
 
-def _join_form(asl_text: str, substitutions: Mapping[str, Any]) -> dict[str, Any]:
-    """`Fn::Join` that CloudFormation (and moto) evaluates to `apply_substitutions(asl, values)`."""
-    parts: list[Any] = []
-    pos = 0
-    for m in _PLACEHOLDER.finditer(asl_text):
-        parts.append(asl_text[pos : m.start()])
-        parts.append(substitutions[m.group(1)])
-        pos = m.end()
-    parts.append(asl_text[pos:])
-    return {"Fn::Join": ["", [p for p in parts if p != ""]]}
-
-
 # ------------------------------------------------------------------------------------------------
 # Rendering
 # ------------------------------------------------------------------------------------------------
-def render_template_dict(
-    template_path: Path = TEMPLATE_PATH,
-    asl_path: Path = ASL_PATH,
-    *,
-    inline_substitutions: bool = False,
-) -> dict[str, Any]:
-    """The deployable template as a dict.
-
-    `inline_substitutions=False` (AWS): `DefinitionString` is the ASL text, `DefinitionSubstitutions`
-    as written in the template. `True` (emulator): the same expressions joined into the text, for
-    CloudFormation implementations that ignore `DefinitionSubstitutions` (moto)."""
+def render_template_dict(template_path: Path = TEMPLATE_PATH, asl_path: Path = ASL_PATH) -> dict[str, Any]:
+    """The deployable template as a dict: `DefinitionString` is the ASL, `DefinitionSubstitutions` as
+    written in the template (which must substitute every placeholder the ASL uses)."""
     template = load_template(template_path)
     asl_text = compact_asl(Path(asl_path).read_text())  # a broken definition fails here, not mid-deployment
     sm = template["Resources"][STATE_MACHINE_ID]["Properties"]
     if sm.get("DefinitionString") != ASL_MARKER:
         raise ValueError(f"{template_path}: {STATE_MACHINE_ID}.DefinitionString must be the marker {ASL_MARKER!r}")
-    substitutions: dict[str, Any] = sm["DefinitionSubstitutions"]
-    missing = placeholders(asl_text) - set(substitutions)
+    missing = placeholders(asl_text) - set(sm["DefinitionSubstitutions"])
     if missing:
         raise ValueError(
             f"{asl_path} uses placeholders the template does not substitute: {sorted(missing)}; "
             f"add them to {STATE_MACHINE_ID}.DefinitionSubstitutions in {template_path}"
         )
-    if inline_substitutions:
-        sm["DefinitionString"] = _join_form(asl_text, substitutions)
-        del sm["DefinitionSubstitutions"]
-    else:
-        sm["DefinitionString"] = asl_text
+    sm["DefinitionString"] = asl_text
     return template
+
+
+def render_template(template_path: Path = TEMPLATE_PATH, asl_path: Path = ASL_PATH) -> str:
+    """The deployable template as compact JSON (CloudFormation caps an inline body at 51,200 bytes)."""
+    return json.dumps(render_template_dict(template_path, asl_path), separators=(",", ":"))
+
+
+def emulator_template(template: dict[str, Any], stack_name: str) -> dict[str, Any]:
+    """The copy of a rendered template that moto's CloudFormation deploys faithfully (module docstring):
+    the same resources, plus one output per DefinitionSubstitutions entry, with the moto adaptations."""
+    copy = json.loads(json.dumps(template))
+    subs = copy["Resources"][STATE_MACHINE_ID]["Properties"]["DefinitionSubstitutions"]
+    for key, expression in subs.items():
+        copy.setdefault("Outputs", {})[SUBSTITUTION_OUTPUT + key] = {"Value": expression}
+    _adapt_for_moto(copy, stack_name)
+    return copy
 
 
 def compact_asl(asl_text: str) -> str:
     """The definition as inlined: the same JSON without insignificant whitespace (keys in file order).
     Why: CloudFormation caps an inline template at 51,200 bytes and the indented ASL alone is ~23 kB."""
     return json.dumps(json.loads(asl_text), separators=(",", ":"))
-
-
-def render_template(
-    template_path: Path = TEMPLATE_PATH,
-    asl_path: Path = ASL_PATH,
-    *,
-    inline_substitutions: bool = False,
-) -> str:
-    """The deployable template as compact JSON (CloudFormation caps an inline body at 51,200 bytes)."""
-    return json.dumps(
-        render_template_dict(template_path, asl_path, inline_substitutions=inline_substitutions),
-        separators=(",", ":"),
-    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -250,9 +238,9 @@ def deploy_stack(
     picks the emulator rendering for moto (see `is_emulated`), the `DefinitionSubstitutions` one
     otherwise."""
     emulated = is_emulated(cfn_client) if target == "auto" else target == "emulator"
-    template = render_template_dict(template_path, asl_path, inline_substitutions=emulated)
+    template = render_template_dict(template_path, asl_path)
     if emulated:
-        _name_repositories(template, stack_name)
+        template = emulator_template(template, stack_name)
     body = json.dumps(template, separators=(",", ":"))
     if len(body.encode()) > MAX_TEMPLATE_BODY:
         raise DeployError(
@@ -289,6 +277,12 @@ def deploy_stack(
                 if p["ParameterKey"] in declared
             }
             merged = {**previous, **{k: str(v) for k, v in parameters.items()}}
+            if emulated:
+                # moto re-creates (and, for tables and log groups, loses track of) every resource that
+                # references a parameter it did not see at creation; a value left at its default is
+                # the same value unpassed, so leave those out.
+                defaults = {k: str(v["Default"]) for k, v in template["Parameters"].items() if "Default" in v}
+                merged = {k: v for k, v in merged.items() if v != defaults.get(k) or previous.get(k) != v}
             params = [{"ParameterKey": k, "ParameterValue": v} for k, v in merged.items()]
             try:
                 cfn_client.update_stack(
@@ -300,9 +294,10 @@ def deploy_stack(
             else:
                 _wait(cfn_client, stack_name, {"UPDATE_COMPLETE"}, poll_seconds, timeout_seconds)
 
+        outputs = stack_outputs(cfn_client, stack_name)
         if emulated:
-            _complete_on_emulator(cfn_client, stack_name, template)
-        return stack_outputs(cfn_client, stack_name)
+            _complete_on_emulator(cfn_client, stack_name, template, outputs)
+        return {k: v for k, v in outputs.items() if not k.startswith(SUBSTITUTION_OUTPUT)}
 
 
 @contextmanager
@@ -366,12 +361,32 @@ def _sibling_client(cfn: Any, service: str) -> Any:
     return boto3.client(service, **kwargs)
 
 
-def _name_repositories(template: dict[str, Any], stack_name: str) -> None:
-    """moto names an unnamed ECR repository `<stack>-<LogicalId>-<suffix>`, which breaks ECR's
-    lowercase rule; AWS generates a valid lowercase name. Name it the lowercase way for moto."""
+def _adapt_for_moto(template: dict[str, Any], stack_name: str) -> None:
+    """Two moto CloudFormation bugs, worked around in the emulator's copy of the template only:
+
+    - an unnamed ECR repository gets `<stack>-<LogicalId>-<suffix>`, which moto's own ECR refuses
+      (upper case); AWS generates a valid name. Name it `<stack>-<logicalid>`.
+    - a task definition *update* registers the ContainerDefinitions with their CloudFormation
+      (PascalCase) keys, where creation converts them to the ECS API's camelCase, so after an update
+      `describe_task_definition` has no `image`/`command`. Written in camelCase, both paths agree
+      (creation's conversion leaves camelCase keys as they are)."""
     for logical_id, resource in template["Resources"].items():
+        props = resource.setdefault("Properties", {})
         if resource["Type"] == "AWS::ECR::Repository":
-            resource.setdefault("Properties", {}).setdefault("RepositoryName", f"{stack_name}-{logical_id}".lower())
+            props.setdefault("RepositoryName", f"{stack_name}-{logical_id}".lower())
+        elif resource["Type"] == "AWS::ECS::TaskDefinition" and "ContainerDefinitions" in props:
+            props["ContainerDefinitions"] = _camel_keys(props["ContainerDefinitions"])
+
+
+def _camel_keys(value: Any) -> Any:
+    """PascalCase keys to camelCase, recursively, leaving intrinsic functions (`Ref`, `Fn::*`) intact."""
+    if isinstance(value, list):
+        return [_camel_keys(v) for v in value]
+    if isinstance(value, dict):
+        if len(value) == 1 and next(iter(value)) in {"Ref", "Condition"} | {k for k in value if k.startswith("Fn::")}:
+            return value
+        return {k[:1].lower() + k[1:]: _camel_keys(v) for k, v in value.items()}
+    return value
 
 
 def _lifecycle_rule(rule: dict[str, Any]) -> dict[str, Any]:
@@ -394,7 +409,15 @@ def _lifecycle_rule(rule: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _complete_on_emulator(cfn: Any, stack_name: str, template: dict[str, Any]) -> None:
+def _complete_on_emulator(cfn: Any, stack_name: str, template: dict[str, Any], outputs: dict[str, str]) -> None:
+    sm = template["Resources"][STATE_MACHINE_ID]["Properties"]
+    values = {key: outputs[SUBSTITUTION_OUTPUT + key] for key in sm["DefinitionSubstitutions"]}
+    definition = apply_substitutions(sm["DefinitionString"], values)
+    sfn = _sibling_client(cfn, "stepfunctions")
+    arn = outputs["StateMachineArn"]
+    if sfn.describe_state_machine(stateMachineArn=arn)["definition"] != definition:
+        sfn.update_state_machine(stateMachineArn=arn, definition=definition)
+
     physical = {
         r["LogicalResourceId"]: r.get("PhysicalResourceId")
         for r in cfn.describe_stack_resources(StackName=stack_name)["StackResources"]
@@ -452,7 +475,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kpipe.infra", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_render = sub.add_parser("render", help="print the deployable template (JSON)")
-    p_render.add_argument("--emulator", action="store_true", help="the Fn::Join form moto needs")
     p_render.add_argument("--out", type=Path, help="write to this file instead of stdout")
     p_render.add_argument("--asl", type=Path, default=ASL_PATH, help="state machine definition to inline")
     p_deploy = sub.add_parser("deploy", help="create or update the stack, print its outputs as JSON")
@@ -471,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.cmd == "render":
-        text = render_template(asl_path=args.asl, inline_substitutions=args.emulator)
+        text = render_template(asl_path=args.asl)
         if args.out:
             args.out.write_text(text)
         else:

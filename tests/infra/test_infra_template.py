@@ -6,23 +6,23 @@ import json
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import yaml
 from cfnlint.api import ManualArgs, lint
+from moto import mock_aws
 
 from kpipe import infra
-from tests.infra.support import ROOT, contract_env, contract_placeholders, contract_stack_names
+from tests.infra.support import REGION, ROOT, contract_env, contract_placeholders, contract_stack_names
 
 TASKS = {"Validate": "validate", "Transform": "transform", "Finalize": "finalize"}
 
 
-@pytest.mark.parametrize("inline", [False, True], ids=["aws", "emulator"])
-def test_cfn_lint_passes_on_the_rendered_template(asl_path: Path, inline: bool) -> None:
-    """Errors, warnings and (for the AWS rendering) informational findings all count."""
-    text = infra.render_template(asl_path=asl_path, inline_substitutions=inline)
-    # The emulator form is a Fn::Join on purpose (moto ignores DefinitionSubstitutions), which I1022 dislikes.
-    config = ManualArgs(regions=["us-east-1"], include_checks=[] if inline else ["I"])
-    findings = [str(m) for m in lint(text, config=config)]
+def test_cfn_lint_passes_on_the_rendered_template(asl_path: Path) -> None:
+    """Errors, warnings and informational findings all count. (The emulator's rendering is not for AWS;
+    test_emulator_rendering_is_the_same_substitution ties it to this one.)"""
+    text = infra.render_template(asl_path=asl_path)
+    findings = [str(m) for m in lint(text, config=ManualArgs(regions=["us-east-1"], include_checks=["I"]))]
     assert findings == []
 
 
@@ -64,32 +64,29 @@ def test_render_refuses_a_placeholder_the_template_does_not_substitute(tmp_path:
         infra.render_template(asl_path=bad)
 
 
-def test_emulator_rendering_is_the_same_substitution(rendered: dict[str, Any], asl_path: Path) -> None:
-    """The Fn::Join pieces, with each expression replaced by a token, read back as the ASL with the
-    DefinitionSubstitutions applied: the same expressions in the same places, nothing else changed."""
-    emulator = infra.render_template_dict(asl_path=asl_path, inline_substitutions=True)
-    sm = emulator["Resources"][infra.STATE_MACHINE_ID]["Properties"]
-    assert "DefinitionSubstitutions" not in sm
+def test_emulator_template_is_the_same_stack(rendered: dict[str, Any]) -> None:
+    """What the emulator deploys is this rendering plus one output per substitution (the very
+    expressions, so moto's CloudFormation evaluates them) and the two moto adaptations."""
+    emulator = infra.emulator_template(rendered, "kpipe-local")
     subs = rendered["Resources"][infra.STATE_MACHINE_ID]["Properties"]["DefinitionSubstitutions"]
-    token = {json.dumps(v, sort_keys=True): f"<<{k}>>" for k, v in subs.items()}
-    joined = "".join(
-        p if isinstance(p, str) else token[json.dumps(p, sort_keys=True)] for p in sm["DefinitionString"]["Fn::Join"][1]
-    )
-    values = {k: f"<<{k}>>" if isinstance(v, dict) else v for k, v in subs.items()}  # literals are joined in as is
-    expected = infra.apply_substitutions(infra.compact_asl(asl_path.read_text()), values)
-    assert joined == expected
-    assert "$$." in joined or "$$." not in asl_path.read_text()
-    # everything else is the AWS rendering
-    emulator["Resources"][infra.STATE_MACHINE_ID] = rendered["Resources"][infra.STATE_MACHINE_ID]
+    extra = {k: v for k, v in emulator["Outputs"].items() if k not in rendered["Outputs"]}
+    assert extra == {infra.SUBSTITUTION_OUTPUT + k: {"Value": v} for k, v in subs.items()}
+    assert emulator["Resources"]["TaskRepository"]["Properties"].pop("RepositoryName") == "kpipe-local-taskrepository"
+    for name in TASKS:
+        props = emulator["Resources"][f"{name}TaskDefinition"]["Properties"]
+        camel = props["ContainerDefinitions"][0]
+        pascal = rendered["Resources"][f"{name}TaskDefinition"]["Properties"]["ContainerDefinitions"][0]
+        assert camel["command"] == pascal["Command"] and camel["image"] == pascal["Image"]
+        props["ContainerDefinitions"] = [pascal]
+    for key in extra:
+        del emulator["Outputs"][key]
     assert emulator == rendered
 
 
 def test_rendered_template_fits_an_inline_body(asl_path: Path) -> None:
-    for inline in (False, True):
-        assert (
-            len(infra.render_template(asl_path=asl_path, inline_substitutions=inline).encode())
-            < infra.MAX_TEMPLATE_BODY
-        )
+    assert len(infra.render_template(asl_path=asl_path).encode()) < infra.MAX_TEMPLATE_BODY
+    emulator = infra.emulator_template(infra.render_template_dict(asl_path=asl_path), "kpipe-local")
+    assert len(json.dumps(emulator, separators=(",", ":")).encode()) < infra.MAX_TEMPLATE_BODY
 
 
 def test_parameters_and_outputs_follow_the_contract(rendered: dict[str, Any]) -> None:
@@ -185,3 +182,47 @@ def test_template_yaml_parses_with_plain_cfn_tags() -> None:
     with pytest.raises(yaml.constructor.ConstructorError):
         yaml.safe_load(text)  # plain YAML cannot read it: the short forms need kpipe.infra's loader
     assert '"!' not in json.dumps(infra.load_template())
+
+
+def test_is_emulated() -> None:
+    """The emulator rendering is chosen for moto's in-process mock and for non-AWS endpoints only."""
+    aws = boto3.client("cloudformation", region_name=REGION)
+    local = boto3.client("cloudformation", region_name=REGION, endpoint_url="http://127.0.0.1:5000")
+    assert not infra.is_emulated(aws)
+    assert infra.is_emulated(local)
+    with mock_aws():
+        assert infra.is_emulated(boto3.client("cloudformation", region_name=REGION))
+
+
+def test_moto_adaptation_camel_cases_container_keys_but_not_intrinsics() -> None:
+    template = {
+        "Resources": {
+            "Repo": {"Type": "AWS::ECR::Repository", "Properties": {}},
+            "Td": {
+                "Type": "AWS::ECS::TaskDefinition",
+                "Properties": {
+                    "Family": "f",
+                    "ContainerDefinitions": [
+                        {
+                            "Name": "kpipe",
+                            "Image": {"Fn::If": ["C", {"Ref": "ImageUri"}, "x"]},
+                            "Environment": [{"Name": "A", "Value": {"Ref": "B"}}],
+                            "LogConfiguration": {"LogDriver": "awslogs", "Options": {"awslogs-group": {"Ref": "G"}}},
+                        }
+                    ],
+                },
+            },
+        }
+    }
+    infra._adapt_for_moto(template, "Kpipe-Dev")
+    assert template["Resources"]["Repo"]["Properties"]["RepositoryName"] == "kpipe-dev-repo"
+    props = template["Resources"]["Td"]["Properties"]
+    assert props["Family"] == "f"
+    assert props["ContainerDefinitions"] == [
+        {
+            "name": "kpipe",
+            "image": {"Fn::If": ["C", {"Ref": "ImageUri"}, "x"]},
+            "environment": [{"name": "A", "value": {"Ref": "B"}}],
+            "logConfiguration": {"logDriver": "awslogs", "options": {"awslogs-group": {"Ref": "G"}}},
+        }
+    ]
