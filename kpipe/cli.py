@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,14 +63,23 @@ def schema() -> None:
 @click.argument("batch_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON instead of tables")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=lambda: min(os.cpu_count() or 1, 4),
+    show_default="cores, at most 4",
+    help="processes for the per-date KPI recompute",
+)
 @CONFIG_OPTION
-def process(batch_dirs: tuple[Path, ...], out_dir: Path, as_json: bool, config_path: Path | None) -> None:
+def process(batch_dirs: tuple[Path, ...], out_dir: Path, as_json: bool, workers: int, config_path: Path | None) -> None:
     """Validate and transform BATCH_DIRs (in order) on local files; OUT keeps state across calls."""
     from kpipe.process import BatchIncomplete, process_batches
 
     cfg = _load(config_path)
     try:
-        report = process_batches(cfg, list(batch_dirs), out_dir, progress=lambda m: err.print(m, highlight=False))
+        report = process_batches(
+            cfg, list(batch_dirs), out_dir, progress=lambda m: err.print(m, highlight=False), workers=workers
+        )
     except BatchIncomplete as exc:
         err.print(f"[red]{exc}[/red]")
         sys.exit(2)

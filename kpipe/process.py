@@ -46,7 +46,11 @@ def missing_parts(cfg: PipelineConfig, batch_dir: Path) -> list[str]:
 
 
 def process_batches(
-    cfg: PipelineConfig, batch_dirs: list[Path], out: Path, progress: Progress | None = None
+    cfg: PipelineConfig,
+    batch_dirs: list[Path],
+    out: Path,
+    progress: Progress | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     say = progress or (lambda _msg: None)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,18 +69,25 @@ def process_batches(
         say(f"{batch_id}: validating {batch_dir}")
         report = validate_batch(cfg, batch_dir, work, batch_id)
         report["source"] = str(batch_dir)
+        report["validate_seconds"] = round(time.perf_counter() - started, 3)
         _keep_rejected(out / "rejected" / batch_id, work / "rejected")
         if report["threshold_exceeded"]:
             report["status"] = "REJECTED"
             say(f"{batch_id}: rejected - {'; '.join(report['threshold_problems'])}")
         else:
             say(f"{batch_id}: transforming")
-            result = transform_batch(cfg, batch_id, work / "validated", store, work / "transform")
+            result = transform_batch(cfg, batch_id, work / "validated", store, work / "transform", workers=workers)
             for table_name, by_date in result.tables.items():
                 path = out / f"{table_name}.json"
                 items = replace_dates(load_table(path), by_date, date_field)
                 save_table(path, items, cfg.kpis[table_name].key)
-            report.update(status="SUCCEEDED", seq=result.seq, dates=result.dates, rows_carried=result.rows_carried)
+            report.update(
+                status="SUCCEEDED",
+                seq=result.seq,
+                dates=result.dates,
+                rows_carried=result.rows_carried,
+                transform_seconds=round(time.perf_counter() - started - report["validate_seconds"], 3),
+            )
         for table_name, table in cfg.kpis.items():
             path = out / f"{table_name}.json"
             if not path.exists():

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
+import shutil
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -33,7 +36,7 @@ from chalicelib.config import PipelineConfig
 from kpipe.engine.keys import KeyTable
 from kpipe.engine.kpis import DateAggregator, KpiPlan
 from kpipe.engine.parsing import reader_for
-from kpipe.engine.store import ProcessedStore
+from kpipe.engine.store import LocalStore, ProcessedStore
 
 STATE = "_meta/state.json"
 CHUNK_ROWS = 8192
@@ -90,21 +93,62 @@ def _partition_dir(cfg: PipelineConfig, dataset: str, date: str) -> str:
 
 
 class _Cache:
-    """Local copies of store files, so the transform reads each at most once."""
+    """Local copies of store files, so the transform reads each at most once (a local store's
+    files are read in place)."""
 
     def __init__(self, store: ProcessedStore, root: Path) -> None:
         self.store, self.root = store, root
 
     def path(self, name: str) -> Path | None:
+        if isinstance(self.store, LocalStore):
+            in_place = self.store.root / name
+            return in_place if in_place.is_file() else None
         local = self.root / name
-        if local.exists():
+        if local.exists():  # fetched or published earlier in this run
             return local
         return local if self.store.fetch(name, local) else None
 
+    def publish(self, name: str, src: Path) -> None:
+        """Publish to the store and keep what was published as the local copy."""
+        self.store.publish(name, src)
+        if not isinstance(self.store, LocalStore):
+            local = self.root / name
+            local.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, local)
+
 
 def transform_batch(
-    cfg: PipelineConfig, batch_id: str, validated_dir: Path, store: ProcessedStore, work_dir: Path
+    cfg: PipelineConfig,
+    batch_id: str,
+    validated_dir: Path,
+    store: ProcessedStore,
+    work_dir: Path,
+    workers: int = 1,
 ) -> TransformResult:
+    """Index the batch into the store, then recompute the KPIs of every date it touched."""
+    indexed = index_batch(cfg, batch_id, validated_dir, store, work_dir)
+    if workers > 1 and isinstance(store, LocalStore) and len(indexed.dates) > 1:
+        tables = _recompute_in_processes(cfg, indexed.dates, store, Path(work_dir), workers)
+    else:
+        tables = recompute(cfg, indexed.dates, store, Path(work_dir))
+    return TransformResult(batch_id, indexed.seq, indexed.dates, tables, indexed.rows_written, indexed.rows_carried)
+
+
+@dataclass
+class IndexResult:
+    batch_id: str
+    seq: int
+    dates: list[str]
+    rows_written: dict[str, int]
+    rows_carried: int
+
+
+def index_batch(
+    cfg: PipelineConfig, batch_id: str, validated_dir: Path, store: ProcessedStore, work_dir: Path
+) -> IndexResult:
+    """Write the batch's rows into the store's partitions and move the index to them.
+
+    Sequential by nature (the index is one structure); must run under the pipeline's lease."""
     validated_dir, work_dir = Path(validated_dir), Path(work_dir)
     cache = _Cache(store, work_dir / "store")
     out_root = work_dir / "out"
@@ -156,22 +200,53 @@ def transform_batch(
         carried += _carry_children(cfg, d, moved[d.parent], indexes, cache, out_root, stem, new_files)
 
     for name in new_files:
-        store.publish(name, out_root / name)
-        target = cache.root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        (out_root / name).replace(target)
+        cache.publish(name, out_root / name)
     dates = sorted(touched)
-    _publish_json(store, work_dir, f"_meta/batches/{batch_id}.json", {"seq": seq, "dates": dates})
+    _publish_json(cache, work_dir, f"_meta/batches/{batch_id}.json", {"seq": seq, "dates": dates})
     for d in datasets:
         path = work_dir / f"{d.name}.idx"
         indexes[d.name].save(path)
-        store.publish(f"_index/{d.name}.idx", path)
+        cache.publish(f"_index/{d.name}.idx", path)
     state["batches"][batch_id] = seq
     state["next_seq"] = max(state["next_seq"], seq + 1)
-    _publish_json(store, work_dir, STATE, state)
+    _publish_json(cache, work_dir, STATE, state)
+    return IndexResult(batch_id, seq, dates, written, carried)
 
-    tables = recompute_dates(cfg, dates, datasets, indexes, cache, store)
-    return TransformResult(batch_id, seq, dates, tables, written, carried)
+
+def recompute(
+    cfg: PipelineConfig, dates: list[str], store: ProcessedStore, work_dir: Path
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Every table's complete items of each date, from all live rows of that date.
+
+    Independent per date, so groups of dates can run in parallel (processes here, Map-state
+    ECS tasks on AWS) once `index_batch` has published the index."""
+    cache = _Cache(store, Path(work_dir) / "store")
+    datasets = partitioned_datasets(cfg)
+    indexes = {d.name: _load_index(cache, d.name) for d in datasets}
+    return recompute_dates(cfg, dates, datasets, indexes, cache, store)
+
+
+def date_groups(dates: list[str], groups: int) -> list[list[str]]:
+    """Split dates into at most `groups` interleaved groups (neighbouring days spread the load)."""
+    groups = max(1, min(groups, len(dates)))
+    return [dates[i::groups] for i in range(groups)] if dates else []
+
+
+def _recompute_group(args: tuple[PipelineConfig, list[str], Path, Path]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    cfg, dates, root, work = args
+    return recompute(cfg, dates, LocalStore(root), work)
+
+
+def _recompute_in_processes(
+    cfg: PipelineConfig, dates: list[str], store: LocalStore, work_dir: Path, workers: int
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    jobs = [(cfg, group, store.root, work_dir / f"recompute-{i}") for i, group in enumerate(date_groups(dates, workers))]
+    tables: dict[str, dict[str, list[dict[str, Any]]]] = {name: {} for name in cfg.kpis}
+    with ProcessPoolExecutor(max_workers=len(jobs), mp_context=multiprocessing.get_context("fork")) as pool:
+        for part in pool.map(_recompute_group, jobs):
+            for name, by_date in part.items():
+                tables[name].update(by_date)
+    return tables
 
 
 class _PartitionWriters:
@@ -319,8 +394,8 @@ def _read_json(cache: _Cache, name: str) -> Any:
     return json.loads(path.read_text()) if path is not None else None
 
 
-def _publish_json(store: ProcessedStore, work_dir: Path, name: str, data: Any) -> None:
+def _publish_json(cache: _Cache, work_dir: Path, name: str, data: Any) -> None:
     path = work_dir / "json" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, sort_keys=True))
-    store.publish(name, path)
+    cache.publish(name, path)
