@@ -8,7 +8,8 @@ fraction of its memory. It is also a second independent implementation the tests
 Exactness: money is parsed into int64 fixed-point units (10**k, k = the longest fraction seen, at most 6)
 so sums are exact, as the spec demands; rounding is ROUND_HALF_UP like the test oracle. Where the spec
 leaves room, this follows the same reading as ``tests/oracle.py`` (a duplicate is a later row whose key
-an earlier *accepted* row already has; a fraction needs digits; datetimes need seconds).
+an earlier row of the batch already carried, accepted or not; a fraction needs digits; datetimes need
+seconds).
 
 Usage: ``python bench/pandas_baseline.py BATCH_DIR --out OUT [--tz UTC]`` writes ``OUT/OrderKPI.json``,
 ``OUT/CategoryKPI.json`` and ``OUT/report.json`` in the shape ``kpipe process`` uses.
@@ -269,10 +270,10 @@ def parse_dates(s: pd.Series, tz: str) -> tuple[pd.Series, pd.Series]:
     return pd.Series(day.to_numpy(), index=s.index), pd.Series(ok, index=s.index)
 
 
-def _accept_unique(ok: pd.Series, key: pd.Series) -> pd.Series:
-    """``ok`` minus later rows whose key an earlier accepted row already has."""
+def _accept_unique(ok: pd.Series, key: pd.Series, claims: pd.Series) -> pd.Series:
+    """``ok`` minus later rows whose key an earlier claiming row (any row with a parseable key) had."""
     dup = pd.Series(False, index=key.index)
-    dup[ok] = key[ok].duplicated(keep="first")
+    dup[claims] = key[claims].duplicated(keep="first")
     return ok & ~dup
 
 
@@ -294,7 +295,7 @@ def compute(batch_dir: Path, tz: str = "UTC") -> dict[str, Any]:
     price, price_ok, _ = parse_fixed(p["retail_price"])
     category = p["category"].astype(str).str.strip()
     ok = p["_ok"] & pid_ok & (category != "") & price_ok & (price > 0)
-    ok = _accept_unique(ok, pid)
+    ok = _accept_unique(ok, pid, p["_ok"] & pid_ok)
     report["products"] = _counts(ok)
     categories = pd.Series(category[ok].to_numpy(), index=pid[ok].to_numpy())
 
@@ -304,7 +305,7 @@ def compute(batch_dir: Path, tz: str = "UTC") -> dict[str, Any]:
     uid, uid_ok = parse_int(o["user_id"])
     day, day_ok = parse_dates(o["created_at"], tz)
     ok = o["_ok"] & oid_ok & uid_ok & day_ok
-    ok = _accept_unique(ok, oid)
+    ok = _accept_unique(ok, oid, o["_ok"] & oid_ok)
     report["orders"] = _counts(ok)
     orders = pd.DataFrame({"order_id": oid[ok], "user_id": uid[ok], "order_date": day[ok],
                            "returned": _returned(o["status"][ok])})
@@ -319,7 +320,7 @@ def compute(batch_dir: Path, tz: str = "UTC") -> dict[str, Any]:
     qty, qty_ok = parse_int(it["quantity"].where(~qnull, "1"))
     ok = (it["_ok"] & iid_ok & ioid_ok & ipid_ok & sale_ok & (sale > 0) & qty_ok & (qty > 0)
           & ioid.isin(orders["order_id"]) & ipid.isin(categories.index))
-    ok = _accept_unique(ok, iid)
+    ok = _accept_unique(ok, iid, it["_ok"] & iid_ok)
     report["order_items"] = _counts(ok)
     items = pd.DataFrame({"order_id": ioid[ok], "quantity": qty[ok], "revenue": sale[ok] * qty[ok],
                           "returned": _returned(it["status"][ok]),

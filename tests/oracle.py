@@ -8,8 +8,10 @@ in dicts, no cleverness, no speed), and deliberately imports nothing from ``kpip
 Decisions where the spec leaves room (each is a plain reading, stated so a disagreement is easy to find):
 - Rounding is ``ROUND_HALF_UP`` (money to 2 places, rates to 4); ratios are computed from the unrounded
   sums and rounded once.
-- "Unique in the batch": a row is a duplicate when an earlier row of the batch with the same key was
-  *accepted*; a rejected earlier row (bad price, unknown order, ...) does not block a later one.
+- "Unique in the batch (a later duplicate row is rejected)", read literally: a row is a duplicate when
+  any earlier row of the batch carried the same parseable key, even if that earlier row was rejected for
+  another field. Rows that are out as a whole before their fields are read (their file lacks a required
+  column, or they hold non-UTF-8 bytes) claim no key.
 - Decimal fraction needs digits: ``12.5`` and ``.5`` parse, ``12.`` does not. Digits are ASCII only.
 - Datetime needs seconds (``HH:MM:SS``); fraction of any length (truncated to microseconds); the offset
   is ``Z`` or ``±HH:MM`` with hours < 24 and minutes < 60.
@@ -197,6 +199,14 @@ def _each_row(batch_dir: Path, dataset: str) -> Any:
 # ---------------------------------------------------------------- one batch
 
 
+def _claim(seen: set[int], key: int) -> bool:
+    """Register ``key``; True when an earlier row of the batch already had it (this row is the duplicate)."""
+    if key in seen:
+        return True
+    seen.add(key)
+    return False
+
+
 def _process_batch(batch_dir: Path, tz: ZoneInfo, state: _State,
                    reasons: dict[str, Counter[str]]) -> dict[str, dict[str, int]]:
     """Validate one batch into ``state``; fill ``reasons`` (dataset -> reason -> rows); return the counts."""
@@ -214,15 +224,17 @@ def _process_batch(batch_dir: Path, tz: ZoneInfo, state: _State,
         reasons[ds] = Counter()
 
     categories: dict[int, str] = {}
+    seen: set[int] = set()
     for row, problem in _each_row(batch_dir, "products"):
         try:
             if problem:
                 raise Invalid(problem)
             pid = _required(row, "id", parse_int)
+            duplicate = _claim(seen, pid)
             category = _required(row, "category", str)
             if _required(row, "retail_price", parse_decimal) <= 0:
                 raise Invalid("retail_price: not > 0")
-            if pid in categories:
+            if duplicate:
                 raise Invalid("id: duplicate")
         except Invalid as exc:
             count("products", False, str(exc))
@@ -231,14 +243,16 @@ def _process_batch(batch_dir: Path, tz: ZoneInfo, state: _State,
         count("products", True)
 
     orders: dict[int, _Order] = {}
+    seen = set()
     for row, problem in _each_row(batch_dir, "orders"):
         try:
             if problem:
                 raise Invalid(problem)
             oid = _required(row, "order_id", parse_int)
+            duplicate = _claim(seen, oid)
             uid = _required(row, "user_id", parse_int)
             day = _required(row, "created_at", lambda t: parse_datetime_date(t, tz))
-            if oid in orders:
+            if duplicate:
                 raise Invalid("order_id: duplicate")
         except Invalid as exc:
             count("orders", False, str(exc))
@@ -248,11 +262,13 @@ def _process_batch(batch_dir: Path, tz: ZoneInfo, state: _State,
         count("orders", True)
 
     items: dict[int, _Item] = {}
+    seen = set()
     for row, problem in _each_row(batch_dir, "order_items"):
         try:
             if problem:
                 raise Invalid(problem)
             iid = _required(row, "id", parse_int)
+            duplicate = _claim(seen, iid)
             oid = _required(row, "order_id", parse_int)
             pid = _required(row, "product_id", parse_int)
             price = _required(row, "sale_price", parse_decimal)
@@ -265,7 +281,7 @@ def _process_batch(batch_dir: Path, tz: ZoneInfo, state: _State,
                 raise Invalid("order_id: no valid order in this batch")
             if pid not in categories:
                 raise Invalid("product_id: no valid product in this batch")
-            if iid in items:
+            if duplicate:
                 raise Invalid("id: duplicate")
         except Invalid as exc:
             count("order_items", False, str(exc))

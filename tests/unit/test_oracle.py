@@ -151,6 +151,31 @@ def test_rejections_cascade_and_count_per_dataset(tmp_path: Path) -> None:
     assert res.order_kpi["2025-03-01"]["total_items_sold"] == 3
 
 
+def test_a_later_duplicate_is_rejected_even_when_the_first_row_was(tmp_path: Path) -> None:
+    # Literal reading of "unique in the batch (a later duplicate row is rejected)": the key is taken by
+    # the first row that carries it, valid or not. Rows out before their fields are read (a file lacking
+    # a required column, undecodable bytes) take no key.
+    b = write_batch(
+        tmp_path, "b",
+        PRODUCTS + "1,S,1,Books,n,X,0,D\n1,S,1,Books,n,X,10.00,D\n2,S,1,Toys,n,X,5.00,D\n",
+        {"a.csv": ORDERS + "1,7,Complete,2025-03-01 10:00:00,,,,1\n"},
+        {"a.csv": "id,order_id,product_id\n5,1,2\n",                    # lacks sale_price: takes no key
+         "b.csv": ITEMS + "5,1,7,2,,,,,,5.00,\n"                       # so this one is valid
+                          "6,1,7,2,,,,,,NaN,\n6,1,7,2,,,,,,5.00,\n"},  # the 2nd 6 is a duplicate
+    )
+    with (b / "order_items" / "c.csv").open("wb") as fh:
+        fh.write(ITEMS.encode() + b"7,1,7,2,\xff,,,,,1.00,\n7,1,7,2,,,,,,2.00,\n")
+    res = oracle([b])
+    assert res.reports[0]["products"] == {"rows_in": 3, "rows_valid": 1, "rows_rejected": 2}
+    assert res.reasons[0]["products"] == {"retail_price: not > 0": 1, "id: duplicate": 1}
+    assert res.reports[0]["order_items"] == {"rows_in": 6, "rows_valid": 2, "rows_rejected": 4}
+    assert res.reasons[0]["order_items"] == {
+        "file lacks required column sale_price": 1, "sale_price: not a decimal": 1, "id: duplicate": 1,
+        "row is not UTF-8": 1,
+    }
+    assert res.order_kpi["2025-03-01"]["total_revenue"] == D("7.00")
+
+
 @pytest.mark.parametrize("text", ["12", "-3", "+4", "007"])
 def test_ints(text: str) -> None:
     assert parse_int(text) == int(text)
