@@ -68,7 +68,7 @@ def schema() -> None:
     type=click.IntRange(1, 64),
     default=lambda: min(os.cpu_count() or 1, 4),
     show_default="cores, at most 4",
-    help="processes for the per-date KPI recompute",
+    help="processes: raw files are validated and dates recomputed in parallel",
 )
 @CONFIG_OPTION
 def process(batch_dirs: tuple[Path, ...], out_dir: Path, as_json: bool, workers: int, config_path: Path | None) -> None:

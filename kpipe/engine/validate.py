@@ -14,8 +14,12 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import multiprocessing
+import shutil
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -49,7 +53,9 @@ def validated_header(cfg: PipelineConfig, dataset: str) -> list[str]:
     return cfg.datasets[dataset].fields()
 
 
-def validate_batch(cfg: PipelineConfig, raw_dir: Path, out_dir: Path, batch_id: str) -> dict[str, Any]:
+def validate_batch(
+    cfg: PipelineConfig, raw_dir: Path, out_dir: Path, batch_id: str, workers: int = 1
+) -> dict[str, Any]:
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     (out_dir / "validated").mkdir(parents=True, exist_ok=True)
     (out_dir / "rejected").mkdir(parents=True, exist_ok=True)
@@ -63,7 +69,7 @@ def validate_batch(cfg: PipelineConfig, raw_dir: Path, out_dir: Path, batch_id: 
         "threshold_problems": [],
     }
     for name in cfg.dataset_order():
-        stats, per_file = _validate_dataset(cfg, name, raw_dir, files[name], out_dir, refs)
+        stats, per_file = _validate_dataset(cfg, name, raw_dir, files[name], out_dir, refs, workers)
         report["datasets"][name] = stats
         report["files"].update(per_file)
         threshold = cfg.datasets[name].reject_threshold
@@ -79,26 +85,74 @@ def validate_batch(cfg: PipelineConfig, raw_dir: Path, out_dir: Path, batch_id: 
 
 
 def _validate_dataset(
-    cfg: PipelineConfig, name: str, raw_dir: Path, rels: list[str], out_dir: Path, refs: BatchRefs
+    cfg: PipelineConfig, name: str, raw_dir: Path, rels: list[str], out_dir: Path, refs: BatchRefs, workers: int
 ) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
-    ds = cfg.datasets[name]
+    part_dir = out_dir / "parts" / name
+    shutil.rmtree(part_dir, ignore_errors=True)
+    part_dir.mkdir(parents=True)
     seen: dict[str, KeyTable] = {}
     valid_keys = KeyTable()
-    reasons: Counter[str] = Counter()
-    per_file: dict[str, dict[str, int]] = {}
+    if workers > 1 and len(rels) > 1:
+        outcomes = _validate_files_in_processes(cfg, name, raw_dir, rels, part_dir, refs, seen, valid_keys, workers)
+    else:
+        outcomes = [_validate_file(cfg, name, raw_dir, i, rel, part_dir, refs, seen, valid_keys) for i, rel in enumerate(rels)]
+    refs.tables[name] = valid_keys
+
+    ds = cfg.datasets[name]
+    _concatenate(out_dir / "validated" / f"{name}.csv", validated_header(cfg, name), [o.valid_path for o in outcomes])
     source_headers = [col.header(col_name) for col_name, col in ds.columns.items()]
-    rejected_path = out_dir / "rejected" / f"{name}.csv"
+    _concatenate(out_dir / "rejected" / f"{name}.csv", [*REJECT_META, *source_headers, "_other"], [o.rejected_path for o in outcomes])
+    shutil.rmtree(part_dir, ignore_errors=True)
+
     totals = {"rows_in": 0, "rows_valid": 0, "rows_rejected": 0}
+    reasons: Counter[str] = Counter()
+    for outcome in outcomes:
+        reasons.update(outcome.reasons)
+        for k in totals:
+            totals[k] += outcome.counts[k]
+    return {**totals, "reasons": dict(sorted(reasons.items()))}, {o.rel: o.counts for o in outcomes}
 
-    with open(rejected_path, "w", encoding="utf-8", errors="surrogateescape", newline="") as rej_fh:
+
+@dataclass
+class _FileOutcome:
+    rel: str
+    counts: dict[str, int]
+    reasons: Counter[str]
+    valid_path: Path
+    rejected_path: Path
+    seen: dict[str, KeyTable] | None = None  # a worker's own uniqueness tables, merged by the parent
+    valid_keys: list[Any] = field(default_factory=list)
+    lookups: list[Any] = field(default_factory=list)
+
+
+def _validate_file(
+    cfg: PipelineConfig,
+    name: str,
+    raw_dir: Path,
+    number: int,
+    rel: str,
+    part_dir: Path,
+    refs: BatchRefs,
+    seen: dict[str, KeyTable],
+    valid_keys: KeyTable | None,
+) -> _FileOutcome:
+    """Stream one raw file through petl: valid rows to a part file, rejected rows to another.
+
+    `valid_keys` None (in a worker process): the file's valid keys come back in the outcome instead."""
+    ds = cfg.datasets[name]
+    source_headers = [col.header(col_name) for col_name, col in ds.columns.items()]
+    declared = set(source_headers)
+    counts = {"rows_in": 0, "rows_valid": 0, "rows_rejected": 0}
+    outcome = _FileOutcome(rel, counts, Counter(), part_dir / f"{number:05d}.valid.csv", part_dir / f"{number:05d}.rejected.csv")
+    path = raw_dir / rel
+    clean = _is_utf8(path)
+
+    with open(outcome.rejected_path, "w", encoding="utf-8", errors="surrogateescape", newline="") as rej_fh:
         rejected = csv.writer(rej_fh)
-        rejected.writerow([*REJECT_META, *source_headers, "_other"])
 
-        declared = set(source_headers)
-
-        def reject(rel: str, line: int, row: Sequence[str], header: Sequence[str], why: list[str], counts: dict[str, int]) -> None:
+        def reject(line: int, row: Sequence[str], header: Sequence[str], why: list[str]) -> None:
             counts["rows_rejected"] += 1
-            reasons.update(why)
+            outcome.reasons.update(why)
             other = {h: v for h, v in zip(header, row, strict=False) if h.strip() not in declared}
             rejected.writerow(
                 [
@@ -112,48 +166,105 @@ def _validate_dataset(
 
         def valid_rows() -> Iterator[Sequence[str]]:
             yield validated_header(cfg, name)
-            for rel in rels:
-                counts = {"rows_in": 0, "rows_valid": 0, "rows_rejected": 0}
-                per_file[rel] = counts
-                path = raw_dir / rel
-                clean = _is_utf8(path)
-                table = petl.fromcsv(str(path), encoding="utf-8-sig", errors="surrogateescape")
-                rows = iter(table)
-                header = next(rows, None)
-                if header is None:
-                    continue  # an empty file: no header, no rows
-                rules = FileRules(cfg, name, header, refs, seen)
-                line = 1
-                while chunk := list(islice(rows, CHUNK_ROWS)):
-                    lines = range(line + 1, line + 1 + len(chunk))
-                    line += len(chunk)
-                    if () in chunk or not clean:  # blank lines are not rows; undecodable rows are rejected
-                        pairs = [(r, ln) for r, ln in zip(chunk, lines, strict=True) if r]
-                        bad = [(r, ln) for r, ln in pairs if not clean and _has_bad_bytes(r)]
-                        for r, ln in bad:
-                            reject(rel, ln, r, header, ["row.encoding"], counts)
-                        if bad:
-                            pairs = [(r, ln) for r, ln in pairs if clean or not _has_bad_bytes(r)]
-                        counts["rows_in"] += len(bad)
-                        chunk = [r for r, _ in pairs]
-                        lines = [ln for _, ln in pairs]
-                    counts["rows_in"] += len(chunk)
-                    cols, rejected_rows = rules.apply_chunk(chunk)
-                    for i, why in rejected_rows:
-                        reject(rel, lines[i], chunk[i], header, why, counts)
-                    if not cols or not cols[0]:
-                        continue
-                    counts["rows_valid"] += len(cols[0])
+            rows = iter(petl.fromcsv(str(path), encoding="utf-8-sig", errors="surrogateescape"))
+            header = next(rows, None)
+            if header is None:
+                return  # an empty file: no header, no rows
+            rules = FileRules(cfg, name, header, refs, seen)
+            line = 1
+            while chunk := list(islice(rows, CHUNK_ROWS)):
+                lines: Sequence[int] = range(line + 1, line + 1 + len(chunk))
+                line += len(chunk)
+                if () in chunk or not clean:  # blank lines are not rows; undecodable rows are rejected
+                    pairs = [(r, ln) for r, ln in zip(chunk, lines, strict=True) if r]
+                    if not clean:
+                        for r, ln in pairs:
+                            if _has_bad_bytes(r):
+                                counts["rows_in"] += 1
+                                reject(ln, r, header, ["row.encoding"])
+                        pairs = [(r, ln) for r, ln in pairs if not _has_bad_bytes(r)]
+                    chunk = [r for r, _ in pairs]
+                    lines = [ln for _, ln in pairs]
+                counts["rows_in"] += len(chunk)
+                cols, rejected_rows = rules.apply_chunk(chunk)
+                for i, why in rejected_rows:
+                    reject(lines[i], chunk[i], header, why)
+                if not cols or not cols[0]:
+                    continue
+                counts["rows_valid"] += len(cols[0])
+                if valid_keys is not None:
                     valid_keys.put_many(cols[rules.key_pos], rules.lookup_values(cols))
-                    yield from zip(*rules.format_columns(cols), strict=True)
+                elif refs.lookup_fields[name] or _is_referenced(cfg, name):
+                    outcome.valid_keys.extend(cols[rules.key_pos])
+                    outcome.lookups.extend(rules.lookup_values(cols))
+                yield from zip(*rules.format_columns(cols), strict=True)
 
-        petl.tocsv(valid_rows(), str(out_dir / "validated" / f"{name}.csv"), encoding="utf-8")
+        petl.tocsv(valid_rows(), str(outcome.valid_path), encoding="utf-8")
+    return outcome
 
-    refs.tables[name] = valid_keys
-    for counts in per_file.values():
-        for k in totals:
-            totals[k] += counts[k]
-    return {**totals, "reasons": dict(sorted(reasons.items()))}, per_file
+
+def _is_referenced(cfg: PipelineConfig, name: str) -> bool:
+    return any(c.references == name for ds in cfg.datasets.values() for c in ds.columns.values())
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _validate_in_worker(job: tuple[int, str]) -> _FileOutcome:
+    ctx = _WORKER
+    seen: dict[str, KeyTable] = {}
+    outcome = _validate_file(ctx["cfg"], ctx["name"], ctx["raw_dir"], job[0], job[1], ctx["part_dir"], ctx["refs"], seen, None)
+    outcome.seen = seen
+    return outcome
+
+
+def _validate_files_in_processes(
+    cfg: PipelineConfig,
+    name: str,
+    raw_dir: Path,
+    rels: list[str],
+    part_dir: Path,
+    refs: BatchRefs,
+    seen: dict[str, KeyTable],
+    valid_keys: KeyTable,
+    workers: int,
+) -> list[_FileOutcome]:
+    """Files in parallel (forked workers see the referenced datasets' key tables), then merged in
+    file order. Uniqueness is the one rule that crosses files: a file whose keys were already seen
+    in an earlier file is validated again, in order, against everything seen before it (rare: it
+    takes a key repeated across files), so the result is exactly the sequential one."""
+    _WORKER.update(cfg=cfg, name=name, raw_dir=raw_dir, part_dir=part_dir, refs=refs)
+    try:
+        with ProcessPoolExecutor(max_workers=min(workers, len(rels)), mp_context=multiprocessing.get_context("fork")) as pool:
+            outcomes = list(pool.map(_validate_in_worker, list(enumerate(rels))))
+    finally:
+        _WORKER.clear()
+    merged: list[_FileOutcome] = []
+    for number, outcome in enumerate(outcomes):
+        local = outcome.seen or {}
+        clash = any(
+            any(seen[col].contains_many([k for k, _ in table.items()])) for col, table in local.items() if col in seen
+        )
+        if clash:
+            outcome = _validate_file(cfg, name, raw_dir, number, outcome.rel, part_dir, refs, seen, valid_keys)
+        else:
+            for col, table in local.items():
+                seen.setdefault(col, KeyTable()).put_many([k for k, _ in table.items()], [True] * len(table))
+            valid_keys.put_many(outcome.valid_keys, outcome.lookups)
+        outcome.seen, outcome.valid_keys, outcome.lookups = None, [], []
+        merged.append(outcome)
+    return merged
+
+
+def _concatenate(dest: Path, header: list[str], parts: list[Path]) -> None:
+    """Join part files under one header (each part starts with its own header line)."""
+    with open(dest, "w", encoding="utf-8", errors="surrogateescape", newline="") as out:
+        csv.writer(out).writerow(header)
+        for part in parts:
+            with open(part, encoding="utf-8", errors="surrogateescape", newline="") as src:
+                if part.name.endswith(".valid.csv"):
+                    src.readline()  # petl wrote the part's own header; the joined file has one
+                shutil.copyfileobj(src, out, 1 << 20)
 
 
 def _positions(header: Sequence[str], names: list[str]) -> list[int]:

@@ -30,7 +30,8 @@ from chalicelib.config import PipelineConfig, default_config_path, load_config, 
 from chalicelib.kpi_store import dump_table
 from chalicelib.layout import Layout
 from kpipe.engine.validate import dataset_files
-from kpipe.local.agent import EcsAgent, InProcessRunner, RunResult, SubprocessRunner, TaskRun
+from kpipe.local import shims
+from kpipe.local.agent import EcsAgent, InProcessRunner, Runner, RunResult, SubprocessRunner, TaskRun
 from kpipe.local.pump import S3EventPump, chalice_handler
 from kpipe.local.resources import Resources, create_resources
 from kpipe.local.server import REGION, MotoServer, emulator_environment, pointed_at
@@ -62,23 +63,37 @@ def _environ(values: Mapping[str, str]) -> Iterator[None]:
 
 
 class Emulator:
-    """Everything `kpipe run` and `kpipe serve` start, as one context manager."""
+    """Everything `kpipe run` and `kpipe serve` start, as one context manager.
+
+    `backend="server"` (the commands): moto server on a port, tasks as subprocesses.
+    `backend="mock"` (tests): moto's in-process mock, tasks called in threads (InProcessRunner); the same
+    stack, state machine, pump, handler and agent, minus the HTTP hops and interpreter start-ups.
+    `wrap_runner` lets a test wrap the task runner (inject a crash, act between two tasks)."""
 
     def __init__(
         self,
         *,
+        backend: str = "server",
         host: str = "127.0.0.1",
         port: int = 0,
         log_dir: Path | None = None,
         progress: Progress | None = None,
         in_process_tasks: bool = False,
+        wrap_runner: Callable[[Runner], Runner] | None = None,
+        pump_wait_seconds: int = 1,
     ) -> None:
+        if backend not in ("server", "mock"):
+            raise ValueError(f"backend {backend!r}; allowed: server, mock")
+        self.backend = backend
         self.server = MotoServer(host, port)
         self.log_dir = log_dir
         self.say = progress or (lambda _msg: None)
-        self.in_process_tasks = in_process_tasks
+        self.in_process_tasks = in_process_tasks or backend == "mock"
+        self.wrap_runner = wrap_runner
+        self.pump_wait_seconds = pump_wait_seconds
         self._stack = contextlib.ExitStack()
         self._session: Any = None
+        self._endpoint: str | None = None
         self.resources: Resources
         self.pump: S3EventPump
         self.agent: EcsAgent
@@ -97,31 +112,45 @@ class Emulator:
 
     def _start(self) -> None:
         started = time.perf_counter()
-        self._stack.enter_context(self.server)
-        endpoint = self.server.endpoint
-        self._stack.enter_context(pointed_at(endpoint))
+        if self.backend == "server":
+            self._stack.enter_context(self.server)
+            self._endpoint = self.server.endpoint
+            self._stack.enter_context(pointed_at(self._endpoint))
+        else:
+            from moto import mock_aws
+
+            shims.install()
+            self._stack.enter_context(pointed_at(None))  # credentials and region before moto starts
+            self._stack.enter_context(mock_aws(config={"stepfunctions": {"execute_state_machine": True}}))
         self._session = boto3.session.Session(region_name=REGION)
         self.resources = create_resources(self.client)
         task_env = self.resources.task_environment()
         self._stack.enter_context(_environ(task_env))  # the in-process Lambda handler reads these per call
-        runner: Callable[[TaskRun], RunResult]
-        base = {**emulator_environment(endpoint), **task_env}
-        runner = InProcessRunner(base) if self.in_process_tasks else SubprocessRunner(base, self.log_dir)
+        base = {**emulator_environment(self._endpoint), **task_env}
+        runner: Runner = InProcessRunner(base) if self.in_process_tasks else SubprocessRunner(base, self.log_dir)
+        if self.wrap_runner is not None:
+            runner = self.wrap_runner(runner)
         self.agent = EcsAgent(self.client("ecs"), self.client("stepfunctions"), self.resources.cluster_arn, runner,
                               on_event=self._agent_event)
         self._stack.callback(self.agent.stop)
         self.agent.start()
-        self.pump = S3EventPump(self.client("sqs"), self.resources.queue_url, chalice_handler(), on_event=self._pump_event)
+        self.pump = S3EventPump(self.client("sqs"), self.resources.queue_url, chalice_handler(),
+                                wait_seconds=self.pump_wait_seconds, on_event=self._pump_event)
         self._stack.callback(self.pump.stop)
         self.pump.start()
-        self.say(f"emulator up at {endpoint} in {time.perf_counter() - started:.1f} s")
+        self.say(f"emulator up at {self._endpoint or 'moto (in-process)'} in {time.perf_counter() - started:.1f} s")
 
     def client(self, service: str) -> Any:
-        return self._session.client(service, endpoint_url=self.server.endpoint)
+        return self._session.client(service, endpoint_url=self._endpoint)
+
+    def resource(self, service: str) -> Any:
+        return self._session.resource(service, endpoint_url=self._endpoint)
 
     @property
     def endpoint(self) -> str:
-        return self.server.endpoint
+        if self._endpoint is None:
+            raise RuntimeError("the in-process emulator has no endpoint")
+        return self._endpoint
 
     # progress -----------------------------------------------------------------------------------
     def _pump_event(self, key: str, outcome: Mapping[str, Any]) -> None:
@@ -176,7 +205,7 @@ class Emulator:
             for path in sorted(p for p in local.rglob("*") if p.is_file() and not p.name.endswith(".tmp")):
                 s3.upload_file(str(path), bucket, layout.processed_prefix + path.relative_to(local).as_posix())
                 count += 1
-        dynamodb = self._session.resource("dynamodb", endpoint_url=self.endpoint)
+        dynamodb = self.resource("dynamodb")
         for table_name, spec in cfg.kpis.items():
             items = load_table(out / f"{table_name}.json")
             if not items:
@@ -189,7 +218,7 @@ class Emulator:
 
     def save_state(self, out: Path, cfg: PipelineConfig, layout: Layout, since: float) -> None:
         """Write OUT's KPI tables (as `kpipe process` writes them) and the processed files changed since `since`."""
-        dynamodb = self._session.resource("dynamodb", endpoint_url=self.endpoint)
+        dynamodb = self.resource("dynamodb")
         for table_name, spec in cfg.kpis.items():
             items = dump_table(dynamodb.Table(self._table(table_name)), spec.key)
             save_table(out / f"{table_name}.json", items, list(spec.key))

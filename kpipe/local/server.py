@@ -82,27 +82,28 @@ class MotoServer:
         self.stop()
 
 
-def emulator_environment(endpoint: str, region: str = REGION) -> dict[str, str]:
-    """What boto3 needs to talk to the emulator and nothing else (for subprocesses and this process)."""
-    return {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_DEFAULT_REGION": region,
-        "AWS_REGION": region,
-        **CREDENTIALS,
-    }
+def emulator_environment(endpoint: str | None, region: str = REGION) -> dict[str, str]:
+    """What boto3 needs to talk to the emulator and nothing else (for subprocesses and this process).
+    `endpoint=None`: moto's in-process mock, which intercepts every client whatever its endpoint."""
+    env = {"AWS_DEFAULT_REGION": region, "AWS_REGION": region, **CREDENTIALS}
+    if endpoint is not None:
+        env["AWS_ENDPOINT_URL"] = endpoint
+    return env
 
 
 @contextmanager
-def pointed_at(endpoint: str, extra: Mapping[str, str] | None = None, region: str = REGION) -> Iterator[None]:
+def pointed_at(endpoint: str | None, extra: Mapping[str, str] | None = None, region: str = REGION) -> Iterator[None]:
     """Point this process's boto3 (and chalicelib.aws's cached clients) at the emulator, then restore."""
-    from chalicelib import aws
+    from chalicelib import aws, trigger
 
     wanted = {**emulator_environment(endpoint, region), **(extra or {})}
-    saved = {name: os.environ.get(name) for name in (*wanted, *_STRIPPED)}
-    for name in _STRIPPED:
+    stripped = (*_STRIPPED, "AWS_ENDPOINT_URL") if endpoint is None else _STRIPPED
+    saved = {name: os.environ.get(name) for name in (*wanted, *stripped)}
+    for name in stripped:
         os.environ.pop(name, None)
     os.environ.update(wanted)
     aws.reset()
+    trigger.clear_config_cache()
     try:
         yield
     finally:
@@ -112,3 +113,4 @@ def pointed_at(endpoint: str, extra: Mapping[str, str] | None = None, region: st
             else:
                 os.environ[name] = value
         aws.reset()
+        trigger.clear_config_cache()

@@ -1,0 +1,62 @@
+"""Parallel validation and recompute (`workers > 1`) decide exactly what the sequential path does,
+including uniqueness across files, which is the one rule that crosses file boundaries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from chalicelib.config import default_config_path, load_config
+from kpipe.generate import generate_batches
+from kpipe.process import process_batches
+
+ORDERS = "order_id,user_id,status,created_at\n"
+ITEMS = "id,order_id,user_id,product_id,status,sale_price\n"
+
+
+def _write(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return root
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    """Every output file's bytes (rejected files keep the original, possibly non-UTF-8, bytes)."""
+    names = ["OrderKPI.json", "CategoryKPI.json"]
+    files = [out / n for n in names] + sorted((out / "rejected").rglob("*.csv")) + sorted((out / "processed").rglob("*"))
+    return {str(p.relative_to(out)): p.read_bytes() for p in files if p.is_file()}
+
+
+def test_cross_file_duplicates_are_rejected_like_the_sequential_path(tmp_path: Path) -> None:
+    batch = _write(
+        tmp_path / "batch",
+        {
+            "products.csv": "id,category,retail_price\n1,Books,10\n",
+            "orders/a.csv": ORDERS + "1,7,Complete,2025-03-01T10:00:00\n2,7,Complete,2025-03-01T11:00:00\n",
+            # order 2 again (a later duplicate in a later file: rejected), order 3 new
+            "orders/b.csv": ORDERS + "2,8,Returned,2025-03-02T10:00:00\n3,8,Complete,2025-03-02T10:00:00\n",
+            "order_items/a.csv": ITEMS + "10,1,7,1,,5.00\n11,2,7,1,,6.00\n",
+            "order_items/b.csv": ITEMS + "11,3,8,1,,7.00\n12,3,8,1,,8.00\n",
+        },
+    )
+    cfg = load_config(default_config_path())
+    sequential = process_batches(cfg, [batch], tmp_path / "w1", workers=1)
+    parallel = process_batches(cfg, [batch], tmp_path / "w2", workers=2)
+    for report in (sequential, parallel):
+        orders = report["batches"][0]["datasets"]["orders"]
+        items = report["batches"][0]["datasets"]["order_items"]
+        assert (orders["rows_valid"], orders["reasons"]) == (3, {"order_id.unique": 1})
+        assert (items["rows_valid"], items["reasons"]) == (3, {"id.unique": 1})
+    assert _outputs(tmp_path / "w1") == _outputs(tmp_path / "w2")
+
+
+def test_generated_batches_identical_with_two_workers(tmp_path: Path) -> None:
+    batches = generate_batches(tmp_path / "gen", 400, batches=2, invalid_fraction=0.05, seed=5)
+    cfg = load_config(default_config_path())
+    one = process_batches(cfg, batches, tmp_path / "w1", workers=1)
+    two = process_batches(cfg, batches, tmp_path / "w2", workers=2)
+    assert [b["datasets"] for b in one["batches"]] == [b["datasets"] for b in two["batches"]]
+    outputs = _outputs(tmp_path / "w1")
+    assert outputs == _outputs(tmp_path / "w2")
+    assert any(name.startswith("processed/orders/order_date=") for name in outputs)
