@@ -6,6 +6,7 @@ does one thing and they compose:
 
     aws_credentials -> moto -> s3 / sfn / dynamodb -> pipeline_bucket / kpi_tables / state_machine_arn
                                                     -> kpipe_env (all of it + the KPIPE_* env) -> chalice_client
+    shared_kpipe_env -> shared_chalice_client: the same, once per module (see shared_kpipe_env)
 
 Nothing here touches a real AWS account: credentials are fake and AWS_ENDPOINT_URL/AWS_PROFILE are unset.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,9 +41,7 @@ EVENTS_DIR = Path(__file__).resolve().parent.parent / "events"
 PASS_DEFINITION = json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}})
 
 
-@pytest.fixture
-def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fake credentials and region; no endpoint or profile leaks in from the developer's shell."""
+def _fake_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -53,6 +53,12 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
     for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake credentials and region; no endpoint or profile leaks in from the developer's shell."""
+    _fake_credentials(monkeypatch)
 
 
 @pytest.fixture
@@ -82,14 +88,18 @@ def dynamodb(moto: None) -> Any:
     return boto3.resource("dynamodb", region_name=REGION)
 
 
-@pytest.fixture
-def pipeline_bucket(s3: Any) -> str:
+def create_pipeline_bucket(s3: Any) -> str:
     """The pipeline bucket, versioned (the manifest pins object versions), with the repo's pipeline.yaml
     uploaded at config/pipeline.yaml, where the Lambda reads it."""
     s3.create_bucket(Bucket=BUCKET)
     s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
     s3.put_object(Bucket=BUCKET, Key=CONFIG_KEY, Body=default_config_path().read_bytes())
     return BUCKET
+
+
+@pytest.fixture
+def pipeline_bucket(s3: Any) -> str:
+    return create_pipeline_bucket(s3)
 
 
 def create_kpi_tables(dynamodb: Any) -> dict[str, Any]:
@@ -138,8 +148,7 @@ def kpi_tables(dynamodb: Any) -> dict[str, Any]:
     return create_kpi_tables(dynamodb)
 
 
-@pytest.fixture
-def state_machine_arn(sfn: Any) -> str:
+def create_state_machine(sfn: Any) -> str:
     """A Pass state machine. moto leaves its executions RUNNING (not executed), which is what trigger
     tests want: they count executions and names, and stop_execution stands in for a failed attempt."""
     response = sfn.create_state_machine(
@@ -148,6 +157,11 @@ def state_machine_arn(sfn: Any) -> str:
         roleArn="arn:aws:iam::123456789012:role/kpipe-sfn",
     )
     return str(response["stateMachineArn"])
+
+
+@pytest.fixture
+def state_machine_arn(sfn: Any) -> str:
+    return create_state_machine(sfn)
 
 
 @dataclass(frozen=True)
@@ -184,8 +198,13 @@ def kpipe_env(
     sfn: Any,
     dynamodb: Any,
 ) -> KpipeEnv:
+    _set_kpipe_env(monkeypatch, pipeline_bucket, state_machine_arn)
+    return KpipeEnv(pipeline_bucket, state_machine_arn, kpi_tables, s3, sfn, dynamodb)
+
+
+def _set_kpipe_env(monkeypatch: pytest.MonkeyPatch, bucket: str, state_machine_arn: str) -> None:
     for name, value in {
-        "KPIPE_BUCKET": pipeline_bucket,
+        "KPIPE_BUCKET": bucket,
         "KPIPE_STATE_MACHINE_ARN": state_machine_arn,
         "KPIPE_ORDER_TABLE": ORDER_TABLE,
         "KPIPE_CATEGORY_TABLE": CATEGORY_TABLE,
@@ -193,17 +212,54 @@ def kpipe_env(
         "KPIPE_CONFIG_KEY": CONFIG_KEY,
     }.items():
         monkeypatch.setenv(name, value)
-    return KpipeEnv(pipeline_bucket, state_machine_arn, kpi_tables, s3, sfn, dynamodb)
+
+
+def _client(project_dir: Path) -> Client:
+    from app import app
+
+    return Client(app, stage_name="test", project_dir=str(project_dir))
 
 
 @pytest.fixture
-def chalice_client(kpipe_env: KpipeEnv, tmp_path: Path) -> Iterator[Client]:
+def chalice_client(kpipe_env: KpipeEnv, tmp_path: Path) -> Client:
     """chalice's test client on app.py. Its project dir is an empty temp dir, so no stage environment from
     .chalice/config.json overrides the moto env set by `kpipe_env`."""
-    from app import app
+    return _client(tmp_path)
 
-    with Client(app, stage_name="test", project_dir=str(tmp_path)) as client:
-        yield client
+
+@contextmanager
+def kpipe_stack() -> Iterator[KpipeEnv]:
+    """The whole `kpipe_env` as a context manager, for wider scopes than one test."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _fake_credentials(monkeypatch)
+        aws.reset()
+        trigger.clear_config_cache()
+        try:
+            with mock_aws():
+                s3 = boto3.client("s3", region_name=REGION)
+                sfn = boto3.client("stepfunctions", region_name=REGION)
+                dynamodb = boto3.resource("dynamodb", region_name=REGION)
+                bucket, arn = create_pipeline_bucket(s3), create_state_machine(sfn)
+                tables = create_kpi_tables(dynamodb)
+                _set_kpipe_env(monkeypatch, bucket, arn)
+                yield KpipeEnv(bucket, arn, tables, s3, sfn, dynamodb)
+        finally:
+            aws.reset()
+            trigger.clear_config_cache()
+
+
+@pytest.fixture(scope="module")
+def shared_kpipe_env() -> Iterator[KpipeEnv]:
+    """One `kpipe_env` for a whole module, for read-mostly suites (the API tests) where per-test setup would
+    dominate the run time. A module using it must not also use the function-scoped moto fixtures (moto's
+    backends are process-global) and its tests must not depend on each other's writes."""
+    with kpipe_stack() as env:
+        yield env
+
+
+@pytest.fixture(scope="module")
+def shared_chalice_client(shared_kpipe_env: KpipeEnv, tmp_path_factory: pytest.TempPathFactory) -> Client:
+    return _client(tmp_path_factory.mktemp("chalice-project"))
 
 
 @pytest.fixture

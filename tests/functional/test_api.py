@@ -20,9 +20,10 @@ if TYPE_CHECKING:
 BID = "b-0123456789abcdef0123"
 
 
-@pytest.fixture
-def seeded(kpipe_env: KpipeEnv) -> KpipeEnv:
-    store = KpiStore(kpipe_env.dynamodb)
+@pytest.fixture(scope="module")
+def seeded(shared_kpipe_env: KpipeEnv) -> KpipeEnv:
+    """Seeded once for the module: every test here only reads these items."""
+    store = KpiStore(shared_kpipe_env.dynamodb)
     d = Decimal
     store.replace_dates(
         "OrderKPI",
@@ -67,7 +68,17 @@ def seeded(kpipe_env: KpipeEnv) -> KpipeEnv:
             "2025-03-05": [cat("Home & Garden", "2025-03-05", "12.25", "12.25", "0.5")],
         },
     )
-    return kpipe_env
+    return shared_kpipe_env
+
+
+@pytest.fixture
+def chalice_client(shared_chalice_client: Client, seeded: KpipeEnv) -> Client:
+    return shared_chalice_client
+
+
+@pytest.fixture
+def kpipe_env(seeded: KpipeEnv) -> KpipeEnv:
+    return seeded
 
 
 def test_order_kpi_of_a_date(chalice_client: Client, seeded: KpipeEnv) -> None:
