@@ -53,7 +53,6 @@ class Run:
     rows: int = 0
     rows_per_s: float = 0.0
     out: str = ""
-    note: str = ""
     stderr_tail: str = field(default="", repr=False)
 
 
@@ -303,6 +302,7 @@ def table(runs: list[Run]) -> str:
 
 def bench_once(orders: int, seed: int, data_dir: Path, keep: Path | None, log: Any) -> dict[str, Any]:
     batch, rows, gen_s = ensure_batch(orders, seed, data_dir, log)
+    load_before = os.getloadavg()[0]  # other work on the machine skews wall times: say how busy it was
     work = Path(tempfile.mkdtemp(prefix="kpipe-bench-", dir=keep))
     try:
         runs, notes = contenders(batch, work, log)
@@ -317,7 +317,7 @@ def bench_once(orders: int, seed: int, data_dir: Path, keep: Path | None, log: A
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)
     return {"orders": orders, "rows": rows, "batch": str(batch), "generate_s": gen_s, "notes": notes,
-            "runs": runs, "mismatches": mismatches}
+            "runs": runs, "mismatches": mismatches, "load": [load_before, os.getloadavg()[0]]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for res in results:
             gen = f", generated in {res['generate_s']:.1f} s" if res["generate_s"] else " (cached)"
-            print(f"\n== {res['orders']:,} orders, {res['rows']:,} rows{gen}; {os.cpu_count()} CPUs ==")
+            print(f"\n== {res['orders']:,} orders, {res['rows']:,} rows{gen}; {os.cpu_count()} CPUs, "
+                  f"load average before/after {res['load'][0]:.1f}/{res['load'][1]:.1f} ==")
             print(table(res["runs"]))
             for name, diffs in res["mismatches"].items():
                 print(f"KPI tables {name} vs pandas: {'IDENTICAL' if not diffs else f'{len(diffs)} MISMATCHES'}")
