@@ -313,6 +313,12 @@ def _write_batch(
     resend_in: list[_Resend],
     keep_for_resend: bool,
 ) -> list[_Resend]:
+    """Write one batch in a single pass; return the orders picked for re-sending in the next batch.
+
+    Rows go straight to their files as they are made (nothing per row is kept except the few re-send
+    picks and the last valid row of each file, the source of the "later duplicate" rows), which is what
+    keeps memory flat at millions of rows.
+    """
     dirty = invalid_fraction > 0
     f = invalid_fraction
     rand = rng.random
