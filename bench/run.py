@@ -73,7 +73,8 @@ def ensure_batch(orders: int, seed: int, data_dir: Path, log: Any) -> tuple[Path
     root = data_dir / f"orders-{orders}-seed-{seed}-{_generator_fingerprint()}"
     marker = root / "meta.json"
     if not marker.is_file():
-        shutil.rmtree(root, ignore_errors=True)
+        for stale in data_dir.glob(f"orders-{orders}-seed-{seed}-*"):  # from an older generator: ~100 MB each
+            shutil.rmtree(stale, ignore_errors=True)
         log(f"generating {orders:,} orders into {root} ...")
         subprocess.run([sys.executable, __file__, "--generate-into", str(root), "--orders", str(orders),
                         "--seed", str(seed)], check=True, cwd=ROOT)
