@@ -61,7 +61,7 @@ def lambda_policy(outputs: dict[str, str], stage: str) -> dict[str, Any]:
     if missing:
         raise KeyError(f"stack outputs lack {missing}")
     arn = outputs["StateMachineArn"].split(":")
-    partition, region, account, sm_name = arn[1], arn[3], arn[4], arn[6]
+    partition, region, account = arn[1], arn[3], arn[4]
     bucket = f"arn:{partition}:s3:::{outputs['BucketName']}"
 
     def table(name: str) -> str:
@@ -78,6 +78,15 @@ def lambda_policy(outputs: dict[str, str], stage: str) -> dict[str, Any]:
                 "Effect": "Allow",
                 "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
                 "Resource": [log_group, f"{log_group}:*", f"{log_group}-*", f"{log_group}-*:*"],
+            },
+            {
+                # Key names only: S3 answers 404 NoSuchKey for a missing manifest, report or config (the
+                # API's 404s, the trigger's "no config yet") only to a principal allowed to list the
+                # bucket; to any other it answers 403.
+                "Sid": "ListKeys",
+                "Effect": "Allow",
+                "Action": "s3:ListBucket",
+                "Resource": bucket,
             },
             {
                 # trigger.list_raw_objects: the current version of every raw object (the manifest pins versions).
@@ -110,12 +119,6 @@ def lambda_policy(outputs: dict[str, str], stage: str) -> dict[str, Any]:
                 "Resource": outputs["StateMachineArn"],
             },
             {
-                "Sid": "DescribePipelineExecutions",
-                "Effect": "Allow",
-                "Action": "states:DescribeExecution",
-                "Resource": f"arn:{partition}:states:{region}:{account}:execution:{sm_name}:*",
-            },
-            {
                 # The KPI read API (kpi_store): point reads, BatchGetItem date ranges, partition queries.
                 "Sid": "ReadKpis",
                 "Effect": "Allow",
@@ -128,13 +131,6 @@ def lambda_policy(outputs: dict[str, str], stage: str) -> dict[str, Any]:
                 "Effect": "Allow",
                 "Action": "dynamodb:Query",
                 "Resource": f"{table(outputs['CategoryTableName'])}/index/{CATEGORY_INDEX}",
-            },
-            {
-                # Batch records (status, seq) for the batch API.
-                "Sid": "ReadBatchRecords",
-                "Effect": "Allow",
-                "Action": "dynamodb:GetItem",
-                "Resource": table(outputs["ControlTableName"]),
             },
         ],
     }

@@ -39,12 +39,11 @@ def moto_stack(asl_path: Path) -> Iterator[dict[str, Any]]:
     with mock_aws():
         clients = {
             name: boto3.client(name, region_name=REGION)
-            for name in ("cloudformation", "ec2", "s3", "dynamodb", "ecs", "stepfunctions", "logs", "sns", "ecr", "iam")
+            for name in ("cloudformation", "s3", "dynamodb", "ecs", "stepfunctions", "logs", "sns", "ecr", "iam")
         }
-        ec2 = clients["ec2"]
-        vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
-        subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.9.{i}.0/24")["Subnet"]["SubnetId"] for i in (1, 2)]
-        sg = ec2.create_security_group(GroupName="kpipe-test", Description="kpipe tasks", VpcId=vpc)["GroupId"]
+        # Literal ids: CloudFormation only passes them on (moto does not check them), and building a VPC in
+        # moto costs seconds of EC2 backend loading.
+        subnets, sg = ["subnet-0aaaaaaaaaaaaaaa1", "subnet-0bbbbbbbbbbbbbbb2"], "sg-0ccccccccccccccc3"
         params = {
             "SubnetA": subnets[0],
             "SubnetB": subnets[1],

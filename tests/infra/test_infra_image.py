@@ -4,7 +4,6 @@ import, pinned as in constraints.txt."""
 
 from __future__ import annotations
 
-import ast
 import importlib.metadata
 import json
 import re
@@ -13,11 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.infra.support import ROOT
+from tests.infra.support import FIRST_PARTY, ROOT, module_file, runtime_imports
 
 DOCKERFILE = ROOT / "ecs_tasks" / "Dockerfile"
 REQUIREMENTS = ROOT / "ecs_tasks" / "requirements.txt"
-FIRST_PARTY = {"chalicelib", "kpipe", "ecs_tasks"}
 
 
 def normalize(name: str) -> str:
@@ -46,46 +44,9 @@ def copied_paths() -> list[str]:
     return paths
 
 
-def module_file(module: str) -> Path | None:
-    """The repository file of a first-party module, or None."""
-    base = ROOT.joinpath(*module.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def in_image(path: Path) -> bool:
     rel = path.relative_to(ROOT).as_posix()
     return any(rel == c.rstrip("/") or rel.startswith(c.rstrip("/") + "/") for c in copied_paths())
-
-
-def runtime_imports(path: Path) -> list[tuple[str, int]]:
-    """Absolute module names imported by `path` at run time (`if TYPE_CHECKING:` blocks skipped)."""
-    tree = ast.parse(path.read_text(), str(path))
-    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
-    found: list[tuple[str, int]] = []
-
-    def visit(nodes: list[ast.stmt]) -> None:
-        for node in nodes:
-            if isinstance(node, ast.If):
-                if "TYPE_CHECKING" not in ast.unparse(node.test):
-                    visit(node.body)
-                visit(node.orelse)
-                continue
-            for child in ast.walk(node):
-                if isinstance(child, ast.Import):
-                    found.extend((a.name, child.lineno) for a in child.names)
-                elif isinstance(child, ast.ImportFrom):
-                    base = child.module or ""
-                    if child.level:
-                        parent = package.split(".")[: len(package.split(".")) - child.level + 1]
-                        base = ".".join([*parent, base] if base else parent)
-                    found.append((base, child.lineno))
-                    found.extend((f"{base}.{a.name}", child.lineno) for a in child.names)
-
-    visit(tree.body)
-    return found
 
 
 def task_modules() -> list[str]:

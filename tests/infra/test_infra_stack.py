@@ -188,10 +188,7 @@ def test_cli_deploy_outputs_and_destroy(
     """What `make deploy-stack` / `make destroy` run, end to end on moto."""
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     with mock_aws():
-        ec2 = boto3.client("ec2", region_name=REGION)
-        vpc = ec2.create_vpc(CidrBlock="10.8.0.0/16")["Vpc"]["VpcId"]
-        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.8.1.0/24")["Subnet"]["SubnetId"]
-        sg = ec2.create_security_group(GroupName="t", Description="t", VpcId=vpc)["GroupId"]
+        subnet, sg = "subnet-0ddddddddddddddd4", "sg-0eeeeeeeeeeeeeee5"
         outputs_file = tmp_path / "outputs.json"
         argv = ["deploy", "--stack-name", "kpipe-cli", "--asl", str(asl_path), "--outputs-file", str(outputs_file)]
         argv += ["--param", f"SubnetA={subnet}", "--param", f"SubnetB={subnet}", "--param", f"SecurityGroupId={sg}"]
