@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from array import array
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,7 @@ class KeyTable:
         self.put(key, value)
         return True
 
-    def _reserve(self, keys: list[Any]) -> None:
+    def _reserve(self, keys: Sequence[Any]) -> None:
         top = max((k for k in keys if type(k) is int and 0 <= k < DENSE_LIMIT), default=-1)
         if top >= len(self._dense):
             grow = max(top + 1 - len(self._dense), len(self._dense) // 2, 1024)
@@ -86,6 +86,25 @@ class KeyTable:
                 append(True)
         self._count += sum(added)
         return added
+
+    def code(self, value: Any) -> int:
+        """The code a value is stored under (for `put_codes`)."""
+        return self._code(value)
+
+    def put_codes(self, keys: Sequence[Any], codes: Sequence[int]) -> None:
+        """`put_many` with values already encoded: one code lookup per distinct value, not per key."""
+        self._reserve(list(keys))
+        dense, sparse, count = self._dense, self._sparse, 0
+        for key, code in zip(keys, codes, strict=True):
+            if type(key) is int and 0 <= key < DENSE_LIMIT:
+                if not dense[key]:
+                    count += 1
+                dense[key] = code
+            else:
+                if key not in sparse:
+                    count += 1
+                sparse[key] = code
+        self._count += count
 
     def put_many(self, keys: list[Any], values: list[Any]) -> None:
         self._reserve(keys)

@@ -111,6 +111,11 @@ class DateAggregator:
                     buckets[key] = [i]
                 else:
                     bucket.append(i)
+            masks: dict[int, list[bool]] = {}
+            for m_index, _kind, _fpos, conds in source.metrics:
+                if conds and m_index not in masks:
+                    masks[m_index] = _mask(cols, conds)
+            whole = len(buckets) == 1
             for key, idxs in buckets.items():
                 if None in key:
                     continue  # a row without its key fields cannot be placed in this table
@@ -119,13 +124,11 @@ class DateAggregator:
                     accs = groups[key] = [None] * len(table.metrics)
                 for m_index, kind, fpos, conds in source.metrics:
                     col = cols[fpos]
-                    values = [col[i] for i in idxs] if len(idxs) != len(col) else col
                     if conds:
-                        values = [
-                            v
-                            for v, i in zip(values, idxs, strict=True)
-                            if all(cols[cp][i] is not None and pred(cols[cp][i]) for cp, pred in conds)
-                        ]
+                        mask = masks[m_index]
+                        values = [v for v, keep in zip(col, mask, strict=True) if keep] if whole else [col[i] for i in idxs if mask[i]]
+                    else:
+                        values = col if whole else [col[i] for i in idxs]
                     if None in values:
                         values = [v for v in values if v is not None]
                     accs[m_index] = _reduce(kind, accs[m_index], values)
@@ -146,6 +149,16 @@ class DateAggregator:
                 items.append(item)
             out[table.name] = items
         return out
+
+
+def _mask(cols: list[list[Any]], conds: list[tuple[int, Any]]) -> list[bool]:
+    """Which rows pass every `where` condition (a null never passes), evaluated once per chunk."""
+    mask: list[bool] | None = None
+    for cp, pred in conds:
+        passed = [v is not None and pred(v) for v in cols[cp]]
+        mask = passed if mask is None else [a and b for a, b in zip(mask, passed, strict=True)]
+    assert mask is not None
+    return mask
 
 
 def _reduce(kind: str, acc: Any, values: list[Any]) -> Any:

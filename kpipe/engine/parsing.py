@@ -98,9 +98,9 @@ def reader_for(type_name: str) -> Callable[[str], Any]:
     if type_name == "decimal":
         return Decimal
     if type_name == "bool":
-        return _read_bool
+        return read_bool
     return str  # string, date (kept as YYYY-MM-DD text), datetime (ISO text)
 
 
-def _read_bool(text: str) -> bool:
+def read_bool(text: str) -> bool:
     return text == "true"

@@ -51,6 +51,8 @@ def check_predicate(check: Check) -> Predicate:
     if op == "between":
         lo, hi = (Decimal(x) for x in operand)
         return lambda v: lo <= v <= hi
+    if isinstance(operand, bool) and op in ("eq", "ne"):  # bool fields hold the True/False singletons
+        return (lambda v: v is operand) if op == "eq" else (lambda v: v is not operand)
     fold = _folder(check.ignore_case)
     if op == "one_of":
         allowed = {fold(_normal(x)) for x in operand}

@@ -35,7 +35,7 @@ import petl
 from chalicelib.config import PipelineConfig
 from kpipe.engine.keys import KeyTable
 from kpipe.engine.kpis import DateAggregator, KpiPlan
-from kpipe.engine.parsing import reader_for
+from kpipe.engine.parsing import read_bool, reader_for
 from kpipe.engine.store import LocalStore, ProcessedStore
 
 STATE = "_meta/state.json"
@@ -177,7 +177,8 @@ def index_batch(
             touched.update(dates)
             olds = index.get_many(keys)
             if olds.count(None) == len(olds):  # all keys new: the first-batch fast path
-                index.put_many(keys, [(seq, date) for date in dates])
+                code_of = {date: index.code((seq, date)) for date in set(dates)}
+                index.put_codes(keys, list(map(code_of.__getitem__, dates)))
                 continue
             put_keys, put_values = [], []
             for key, date, old in zip(keys, dates, olds, strict=True):
@@ -379,6 +380,10 @@ def recompute_dates(
 
 def _read_column(reader: Any, texts: Sequence[str]) -> list[Any]:
     """Canonical text back to typed values; empty text is null."""
+    if reader is str:
+        return [t if t != "" else None for t in texts] if "" in texts else list(texts)
+    if reader is read_bool:
+        return [t == "true" if t != "" else None for t in texts] if "" in texts else list(map("true".__eq__, texts))
     if "" in texts:
         return [reader(t) if t != "" else None for t in texts]
     return list(map(reader, texts))

@@ -89,6 +89,10 @@ class S3EventPump:
         self.stop()
 
     @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    @property
     def idle(self) -> bool:
         """No message being handled and none waiting (visible or in flight) in the queue."""
         with self._lock:

@@ -183,7 +183,8 @@ class Emulator:
         """Until every expected key's event is handled, the queue is empty and no execution runs."""
         deadline = time.monotonic() + timeout
         while True:
-            if self.pump.has_handled(expect_keys) and self.pump.idle and not self.running() and not self.agent.busy:
+            pump_done = self.pump.stopped or (self.pump.has_handled(expect_keys) and self.pump.idle)
+            if pump_done and not self.running() and not self.agent.busy:
                 return
             if time.monotonic() > deadline:
                 raise RunError(

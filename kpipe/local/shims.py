@@ -14,6 +14,8 @@ the tasks); `install()` is idempotent and is called by the embedded emulator and
    `{"stepfunctions": {"execute_state_machine": true}}` switches the API to, so a stack-created state
    machine is invisible to StartExecution. We apply the substitutions and register it where the API
    looks (same name, hence the same ARN as the stack output).
+3. `SendTaskFailure` drops the `cause` (moto's response handler passes only the error), so a failed
+   task's explanation would never reach the Catch and the report. We pass it on.
 """
 
 from __future__ import annotations
@@ -145,6 +147,23 @@ def _patch_cloudformation() -> None:
     cls.update_from_cloudformation_json = classmethod(update_from_cloudformation_json)  # type: ignore[assignment]
 
 
+# --------------------------------------------------------------------------------------------------
+# 3. SendTaskFailure: the response handler drops `cause`
+
+
+def _patch_send_task_failure() -> None:
+    from moto.core.responses import EmptyResult
+    from moto.stepfunctions.responses import StepFunctionResponse
+
+    def send_task_failure(self: Any) -> Any:
+        self.stepfunction_backend.send_task_failure(
+            self._get_param("taskToken"), error=self._get_param("error"), cause=self._get_param("cause")
+        )
+        return EmptyResult()
+
+    StepFunctionResponse.send_task_failure = send_task_failure  # type: ignore[method-assign]
+
+
 def install() -> None:
     """Apply every shim once per process (the moto server runs in-process, so this covers it too)."""
     global _installed
@@ -153,4 +172,5 @@ def install() -> None:
             return
         _patch_integrations()
         _patch_cloudformation()
+        _patch_send_task_failure()
         _installed = True
