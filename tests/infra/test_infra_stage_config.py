@@ -1,0 +1,100 @@
+"""The chalice stages: `.chalice/config.json` and the per-stage policies written from stack outputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from infra import write_stage_config as wsc
+from tests.infra.support import ROOT, contract_env
+
+CHALICE = ROOT / ".chalice"
+
+
+def config() -> dict[str, Any]:
+    return json.loads((CHALICE / "config.json").read_text())
+
+
+def test_config_has_dev_and_prod_with_their_own_policy_files() -> None:
+    cfg = config()
+    assert cfg["app_name"] == "kpipe"
+    assert {"dev", "prod"} <= set(cfg["stages"])
+    for stage in ("dev", "prod"):
+        st = cfg["stages"][stage]
+        assert st["autogen_policy"] is False
+        assert st["iam_policy_file"] == f"policy-{stage}.json"
+        assert (CHALICE / st["iam_policy_file"]).is_file()
+
+
+def test_committed_policies_are_the_generators_output() -> None:
+    """Each policy file is what write_stage_config renders: for placeholder outputs as committed, or for
+    the outputs a `make deploy` wrote into the stage's environment."""
+    for stage in ("dev", "prod"):
+        on_disk = json.loads((CHALICE / f"policy-{stage}.json").read_text())
+        env = config()["stages"][stage].get("environment_variables", {})
+        candidates = [wsc.lambda_policy(wsc.placeholder_outputs(stage), stage)]
+        if "KPIPE_BUCKET" in env:
+            deployed = {
+                "BucketName": env["KPIPE_BUCKET"],
+                "StateMachineArn": env["KPIPE_STATE_MACHINE_ARN"],
+                "OrderTableName": env["KPIPE_ORDER_TABLE"],
+                "CategoryTableName": env["KPIPE_CATEGORY_TABLE"],
+                "ControlTableName": env["KPIPE_CONTROL_TABLE"],
+            }
+            candidates.append(wsc.lambda_policy(deployed, stage))
+        assert on_disk in candidates, f"regenerate: python infra/write_stage_config.py --stage {stage} --placeholder"
+
+
+def test_write_stage_config_from_outputs(tmp_path: Path, moto_stack: dict[str, Any]) -> None:
+    chalice = tmp_path / ".chalice"
+    shutil.copytree(CHALICE, chalice)
+    before = json.loads((chalice / "config.json").read_text())
+    outputs = moto_stack["outputs"]
+    outputs_file = tmp_path / "outputs.json"
+    outputs_file.write_text(json.dumps(outputs))
+    assert wsc.main(["--stage", "dev", "--outputs", str(outputs_file), "--chalice-dir", str(chalice)]) == 0
+    after = json.loads((chalice / "config.json").read_text())
+    env = after["stages"]["dev"]["environment_variables"]
+    lambda_vars = [
+        v
+        for v in contract_env()
+        if v not in {"KPIPE_BATCH_ID", "KPIPE_MANIFEST_KEY", "KPIPE_TASK_TOKEN", "AWS_ENDPOINT_URL"}
+    ]
+    assert set(lambda_vars) <= set(env)
+    assert env["KPIPE_BUCKET"] == outputs["BucketName"]
+    assert env["KPIPE_STATE_MACHINE_ARN"] == outputs["StateMachineArn"]
+    assert env["KPIPE_ORDER_TABLE"] == outputs["OrderTableName"]
+    assert env["KPIPE_CATEGORY_TABLE"] == outputs["CategoryTableName"]
+    assert env["KPIPE_CONTROL_TABLE"] == outputs["ControlTableName"]
+    assert env["KPIPE_CONFIG_KEY"] == "config/pipeline.yaml"
+    assert after["stages"]["prod"] == before["stages"]["prod"]  # other stages untouched
+    policy = json.loads((chalice / "policy-dev.json").read_text())
+    assert policy == wsc.lambda_policy(outputs, "dev")
+    text = json.dumps(policy)
+    assert outputs["BucketName"] in text and outputs["StateMachineArn"] in text
+    # idempotent
+    assert wsc.main(["--stage", "dev", "--outputs", str(outputs_file), "--chalice-dir", str(chalice)]) == 0
+    assert json.loads((chalice / "config.json").read_text()) == after
+
+
+def test_missing_output_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    chalice = tmp_path / ".chalice"
+    shutil.copytree(CHALICE, chalice)
+    outputs_file = tmp_path / "outputs.json"
+    outputs_file.write_text(json.dumps({"BucketName": "b"}))
+    assert wsc.main(["--stage", "dev", "--outputs", str(outputs_file), "--chalice-dir", str(chalice)]) == 2
+    assert "StateMachineArn" in capsys.readouterr().err
+
+
+def test_lambda_prefixes_are_pipeline_yaml_storage() -> None:
+    storage = yaml.safe_load((ROOT / "pipeline.yaml").read_text())["storage"]
+    assert (storage["raw"], storage["config"], storage["reports"]) == (
+        wsc.RAW_PREFIX,
+        wsc.CONFIG_PREFIX,
+        wsc.REPORTS_PREFIX,
+    )
