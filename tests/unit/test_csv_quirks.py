@@ -126,6 +126,12 @@ def test_blank_lines_are_not_rows(validate: Any) -> None:
     assert [o["order_id"] for o in valid["orders"]] == ["1"]
 
 
+def test_header_then_only_blank_lines(validate: Any) -> None:
+    report, _, _ = validate(orders={"a.csv": ORDERS, "b.csv": ORDERS_HEADER + "\n\n"})
+    assert counts(report, "orders") == (2, 2, 0)
+    assert report["files"]["orders/b.csv"]["rows_in"] == 0
+
+
 def test_short_rows(validate: Any) -> None:
     # row 1 stops after created_at (the optional columns are simply absent);
     # row 2 stops before created_at (a required value is missing)
@@ -159,6 +165,14 @@ def test_non_utf8_row_is_rejected_alone_and_kept_byte_for_byte(tmp_path: Path, v
     assert b"Retourn\xe9" in raw  # the original bytes, not a replacement character
     # the item of the rejected order cascades
     assert report["datasets"]["order_items"]["reasons"] == {"order_id.references": 1}
+
+
+def test_a_file_whose_only_row_is_not_utf8(validate: Any) -> None:
+    orders = {"a.csv": ORDERS, "b.csv": ORDERS_HEADER.encode() + b"3,9,Retourn\xe9,2025-03-02T10:00:00,,,,1\n"}
+    report, _, rejected = validate(orders=orders)
+    assert counts(report, "orders") == (3, 2, 1)
+    assert [(r["_file"], r["_line"], r["_reasons"]) for r in rejected["orders"]] == [("orders/b.csv", "2",
+                                                                                    "row.encoding")]
 
 
 def test_non_utf8_bytes_in_products_reject_only_that_product(validate: Any) -> None:
