@@ -254,6 +254,12 @@ def deploy_stack(
     status = stack_status(cfn_client, stack_name)
     if status in {"ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "CREATE_FAILED"}:
         # A stack that never got created cannot be updated; CloudFormation wants it deleted first.
+        # Its parameters (say, the networking) carry over to the new attempt unless given again.
+        failed = cfn_client.describe_stacks(StackName=stack_name)["Stacks"][0].get("Parameters", [])
+        parameters = {
+            **{p["ParameterKey"]: p["ParameterValue"] for p in failed if p["ParameterKey"] in declared},
+            **parameters,
+        }
         cfn_client.delete_stack(StackName=stack_name)
         _wait(cfn_client, stack_name, {"DELETE_COMPLETE"}, poll_seconds, timeout_seconds)
         status = None
