@@ -50,11 +50,22 @@ def test_committed_policies_are_the_generators_output() -> None:
         assert on_disk in candidates, f"regenerate: python infra/write_stage_config.py --stage {stage} --placeholder"
 
 
-def test_write_stage_config_from_outputs(tmp_path: Path, moto_stack: dict[str, Any]) -> None:
+OUTPUTS = {  # as `python -m kpipe.infra outputs` prints them (a moto deployment's, trimmed)
+    "BucketName": "kpipe-dev-pipelinebucket-4mxq2v1k9z0a",
+    "StateMachineArn": "arn:aws:states:us-east-1:123456789012:stateMachine:kpipe-dev-pipeline",
+    "OrderTableName": "OrderKPI-dev",
+    "CategoryTableName": "CategoryKPI-dev",
+    "ControlTableName": "KpipeControl-dev",
+    "ClusterArn": "arn:aws:ecs:us-east-1:123456789012:cluster/kpipe-dev-Cluster-1X2Y3Z",
+    "RepositoryUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/kpipe-dev-taskrepository",
+}
+
+
+def test_write_stage_config_from_outputs(tmp_path: Path) -> None:
     chalice = tmp_path / ".chalice"
     shutil.copytree(CHALICE, chalice)
     before = json.loads((chalice / "config.json").read_text())
-    outputs = moto_stack["outputs"]
+    outputs = OUTPUTS
     outputs_file = tmp_path / "outputs.json"
     outputs_file.write_text(json.dumps(outputs))
     assert wsc.main(["--stage", "dev", "--outputs", str(outputs_file), "--chalice-dir", str(chalice)]) == 0
