@@ -134,11 +134,51 @@ class Emulator:
                               on_event=self._agent_event)
         self._stack.callback(self.agent.stop)
         self.agent.start()
+        self.base_runner = runner
+        self._stack.callback(lambda: self.pump.stop())
+        self._new_pump()
+        self.say(f"emulator up at {self._endpoint or 'moto (in-process)'} in {time.perf_counter() - started:.1f} s")
+
+    def _new_pump(self) -> None:
         self.pump = S3EventPump(self.client("sqs"), self.resources.queue_url, chalice_handler(),
                                 wait_seconds=self.pump_wait_seconds, on_event=self._pump_event)
-        self._stack.callback(self.pump.stop)
         self.pump.start()
-        self.say(f"emulator up at {self._endpoint or 'moto (in-process)'} in {time.perf_counter() - started:.1f} s")
+
+    def reset(self, wrap_runner: Callable[[Runner], Runner] | None = None, timeout: float = 60) -> None:
+        """Back to an empty pipeline on the same emulator (a test suite's next test; `kpipe serve` users):
+        no objects but the config, empty tables, an empty queue and a fresh pump, the agent's record
+        cleared and its runner re-wrapped. Earlier executions stay listed (Step Functions keeps them)."""
+        self.wait_idle(set(), timeout)
+        self.pump.stop()
+        s3, bucket = self.client("s3"), self.resources.bucket
+        for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+            doomed = [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
+                      if not v["Key"].startswith("config/")]
+            if doomed:
+                s3.delete_objects(Bucket=bucket, Delete={"Objects": doomed, "Quiet": True})
+        dynamodb = self.resource("dynamodb")
+        for key in ("OrderTableName", "CategoryTableName", "ControlTableName"):
+            table = dynamodb.Table(self.resources.outputs[key])
+            names = [k["AttributeName"] for k in table.key_schema]
+            scan: dict[str, Any] = {
+                "ProjectionExpression": ", ".join(f"#k{i}" for i in range(len(names))),
+                "ExpressionAttributeNames": {f"#k{i}": n for i, n in enumerate(names)},
+            }
+            with table.batch_writer() as writer:
+                while True:
+                    page = table.scan(**scan)
+                    for item in page.get("Items", []):
+                        writer.delete_item(Key=item)
+                    if "LastEvaluatedKey" not in page:
+                        break
+                    scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        sqs = self.client("sqs")  # drain (PurgeQueue is allowed once a minute)
+        while messages := sqs.receive_message(QueueUrl=self.resources.queue_url, MaxNumberOfMessages=10).get("Messages"):
+            for message in messages:
+                sqs.delete_message(QueueUrl=self.resources.queue_url, ReceiptHandle=message["ReceiptHandle"])
+        self.agent.completed.clear()
+        self.agent.runner = wrap_runner(self.base_runner) if wrap_runner is not None else self.base_runner
+        self._new_pump()
 
     def client(self, service: str) -> Any:
         return self._session.client(service, endpoint_url=self._endpoint)
