@@ -273,6 +273,15 @@ def compare(kpipe_out: Path, pandas_out: Path) -> list[str]:
                 for m in METRICS[table]:
                     if a[key][m] != b[key][m]:
                         diffs.append(f"{table}{key}.{m}: kpipe {a[key][m]} != pandas {b[key][m]}")
+    try:  # the validation counts too: same KPIs from different rows would be luck, not agreement
+        ka = json.loads((kpipe_out / "report.json").read_text(encoding="utf-8"))["batches"][0]["datasets"]
+        pa = json.loads((pandas_out / "report.json").read_text(encoding="utf-8"))["batches"][0]["datasets"]
+        for ds, counts in pa.items():
+            got = {k: ka.get(ds, {}).get(k) for k in counts}
+            if got != counts:
+                diffs.append(f"report.{ds}: kpipe {got} != pandas {counts}")
+    except (OSError, ValueError, KeyError, IndexError) as exc:
+        diffs.append(f"report.json: cannot compare ({exc!r})")
     return diffs
 
 
