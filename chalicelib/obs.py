@@ -104,14 +104,15 @@ def configure(level: int | str = logging.INFO, *, force: bool = False) -> None:
         _configured = True
 
 
-def get_logger(**bound: Any) -> Any:
+def get_logger(**bound: Any) -> structlog.typing.FilteringBoundLogger:
     """A structlog BoundLogger emitting one JSON object per line to stdout, with `bound` on every line.
 
     Example: `log = get_logger(component="trigger", batch_id=bid); log.info("execution_started")` prints
     `{"component":"trigger","batch_id":"b-...","event":"execution_started","level":"info","timestamp":...}`.
     """
     configure()
-    return structlog.get_logger().bind(**bound)
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger().bind(**bound)
+    return logger
 
 
 def emf_record(
