@@ -192,14 +192,29 @@ def stack_outputs(cfn: Any, stack_name: str) -> dict[str, str]:
     return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
 
 
-def _wait(cfn: Any, stack_name: str, ok: set[str], poll_seconds: float, timeout_seconds: float) -> str:
+Progress = Callable[[str], None]
+
+
+def _wait(
+    cfn: Any,
+    stack_name: str,
+    ok: set[str] | None,
+    poll_seconds: float,
+    timeout_seconds: float,
+    progress: Progress | None = None,
+) -> str | None:
+    """Poll until the stack is out of *_IN_PROGRESS; raise unless it ends in `ok` (None: any end)."""
     deadline = time.monotonic() + timeout_seconds
+    last = ""
     while True:
         status = stack_status(cfn, stack_name)
-        if status is None and "DELETE_COMPLETE" in ok:
-            return "DELETE_COMPLETE"
+        if progress is not None and status != last:
+            progress(f"stack {stack_name}: {status or 'not present'}")
+            last = status or ""
+        if status is None and (ok is None or "DELETE_COMPLETE" in ok):
+            return None
         if status is not None and not status.endswith("_IN_PROGRESS"):
-            if status in ok:
+            if ok is None or status in ok:
                 return status
             raise DeployError(f"stack {stack_name} ended {status}:\n" + _failure_reasons(cfn, stack_name))
         if time.monotonic() > deadline:
@@ -230,13 +245,14 @@ def deploy_stack(
     asl_path: Path = ASL_PATH,
     poll_seconds: float = 5.0,
     timeout_seconds: float = 3600.0,
+    progress: Progress | None = None,
 ) -> dict[str, str]:
     """Create or update `stack_name` from the rendered template; return its outputs.
 
     Parameters not given keep their previous value on an update (as `aws cloudformation deploy`
     does), so a re-run without `ImageUri` does not roll the tasks back to `:latest`. `target="auto"`
-    picks the emulator rendering for moto (see `is_emulated`), the `DefinitionSubstitutions` one
-    otherwise."""
+    deploys the emulator copy (`emulator_template`) to moto (see `is_emulated`), the rendering as is
+    otherwise. `progress` receives a line per stack status change."""
     emulated = is_emulated(cfn_client) if target == "auto" else target == "emulator"
     template = render_template_dict(template_path, asl_path)
     if emulated:
@@ -251,7 +267,8 @@ def deploy_stack(
     if unknown:
         raise ValueError(f"unknown stack parameters {sorted(unknown)}; the template declares {sorted(declared)}")
 
-    status = stack_status(cfn_client, stack_name)
+    # Another deployment still running: let it finish first (an update would be refused).
+    status = _wait(cfn_client, stack_name, None, poll_seconds, timeout_seconds, progress)
     if status in {"ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "CREATE_FAILED"}:
         # A stack that never got created cannot be updated; CloudFormation wants it deleted first.
         # Its parameters (say, the networking) carry over to the new attempt unless given again.
@@ -261,7 +278,7 @@ def deploy_stack(
             **parameters,
         }
         cfn_client.delete_stack(StackName=stack_name)
-        _wait(cfn_client, stack_name, {"DELETE_COMPLETE"}, poll_seconds, timeout_seconds)
+        _wait(cfn_client, stack_name, {"DELETE_COMPLETE"}, poll_seconds, timeout_seconds, progress)
         status = None
 
     with _quiet_moto():
@@ -273,7 +290,7 @@ def deploy_stack(
                 Capabilities=["CAPABILITY_IAM"],
                 Tags=[{"Key": "project", "Value": "kpipe"}],
             )
-            _wait(cfn_client, stack_name, {"CREATE_COMPLETE"}, poll_seconds, timeout_seconds)
+            _wait(cfn_client, stack_name, {"CREATE_COMPLETE"}, poll_seconds, timeout_seconds, progress)
         else:
             # The previous values spelled out rather than UsePreviousValue: same effect on AWS, and
             # moto only remembers the parameters passed explicitly at creation.
@@ -298,7 +315,7 @@ def deploy_stack(
                 if "No updates are to be performed" not in str(exc):
                     raise
             else:
-                _wait(cfn_client, stack_name, {"UPDATE_COMPLETE"}, poll_seconds, timeout_seconds)
+                _wait(cfn_client, stack_name, {"UPDATE_COMPLETE"}, poll_seconds, timeout_seconds, progress)
 
         outputs = stack_outputs(cfn_client, stack_name)
         if emulated:
@@ -322,13 +339,18 @@ def _quiet_moto() -> Iterator[None]:
 
 
 def delete_stack(
-    cfn_client: Any, stack_name: str, *, poll_seconds: float = 5.0, timeout_seconds: float = 3600.0
+    cfn_client: Any,
+    stack_name: str,
+    *,
+    poll_seconds: float = 5.0,
+    timeout_seconds: float = 3600.0,
+    progress: Progress | None = None,
 ) -> None:
     """Delete the stack and wait until it is gone (a missing stack is not an error)."""
     if stack_status(cfn_client, stack_name) is None:
         return
     cfn_client.delete_stack(StackName=stack_name)
-    _wait(cfn_client, stack_name, {"DELETE_COMPLETE"}, poll_seconds, timeout_seconds)
+    _wait(cfn_client, stack_name, {"DELETE_COMPLETE"}, poll_seconds, timeout_seconds, progress)
 
 
 def empty_bucket(s3_client: Any, bucket: str) -> int:
@@ -476,6 +498,10 @@ def _parse_params(items: list[str]) -> dict[str, str]:
     return params
 
 
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m kpipe.infra render|deploy|outputs|empty-bucket|destroy` (see infra/README.md)."""
     parser = argparse.ArgumentParser(prog="python -m kpipe.infra", description=__doc__.split("\n\n")[0])
@@ -511,7 +537,9 @@ def main(argv: list[str] | None = None) -> int:
     cfn = boto3.client("cloudformation")
     if args.cmd in {"deploy", "outputs"}:
         if args.cmd == "deploy":
-            outputs = deploy_stack(cfn, args.stack_name, _parse_params(args.param), asl_path=args.asl)
+            outputs = deploy_stack(
+                cfn, args.stack_name, _parse_params(args.param), asl_path=args.asl, progress=_to_stderr
+            )
         else:
             if stack_status(cfn, args.stack_name) is None:
                 print(f"stack {args.stack_name} does not exist", file=sys.stderr)
@@ -534,8 +562,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     bucket = stack_outputs(cfn, args.stack_name).get("BucketName")
     if bucket:
-        print(f"deleted {empty_bucket(boto3.client('s3'), bucket)} object versions from s3://{bucket}")
-    delete_stack(cfn, args.stack_name)
+        s3 = boto3.client("s3")
+        try:
+            print(f"deleted {empty_bucket(s3, bucket)} object versions from s3://{bucket}")
+        except s3.exceptions.NoSuchBucket:
+            print(f"s3://{bucket} is already gone")
+    delete_stack(cfn, args.stack_name, progress=_to_stderr)
     print(f"deleted stack {args.stack_name}")
     return 0
 
