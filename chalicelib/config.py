@@ -8,6 +8,7 @@ small closed vocabulary that this module spells out.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from decimal import Decimal
@@ -176,13 +177,13 @@ class Metric(_Strict):
         kinds = self.kinds()
         if len(kinds) != 1:
             raise ValueError(
-                "a metric needs exactly one of: sum, count, count_distinct, min, max, ratio"
+                f"a metric needs exactly one kind, found {kinds or 'none'}; allowed: one of sum, count, count_distinct, min, max, ratio"
             )
         if kinds[0] == "ratio":
             if self.from_ is not None or self.where:
-                raise ValueError("a ratio combines two metrics; `from` and `where` are not allowed on it")
+                raise ValueError("a ratio combines two metrics; allowed: ratio, round, store (no `from` or `where`)")
         elif self.from_ is None:
-            raise ValueError(f"`{kinds[0]}` needs `from: <dataset>`")
+            raise ValueError(f"`{kinds[0]}` needs the dataset it reads; allowed: from: <one of the datasets>")
         return self
 
     def kinds(self) -> list[str]:
@@ -246,7 +247,7 @@ class PipelineConfig(_Strict):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError("an IANA time zone name, e.g. UTC or Europe/Berlin") from exc
+            raise ValueError(f"{value!r} is not a time zone; allowed: an IANA name, e.g. UTC or Europe/Berlin") from exc
         return value
 
     @property
@@ -349,6 +350,14 @@ def _semantic_problems(cfg: PipelineConfig) -> list[str]:
     return problems
 
 
+def _safe_type(cfg: PipelineConfig, dataset: str, field: str) -> str | None:
+    """A field's type, or None when it rests on a field that is itself in error (reported elsewhere)."""
+    try:
+        return cfg.field_type(dataset, field)
+    except (KeyError, AssertionError, ValueError):
+        return None
+
+
 def _derived_problems(cfg: PipelineConfig, ds_name: str, spec: Derived, seen: list[str], path: str) -> list[str]:
     ds = cfg.datasets[ds_name]
     problems: list[str] = []
@@ -356,8 +365,8 @@ def _derived_problems(cfg: PipelineConfig, ds_name: str, spec: Derived, seen: li
     def need(field: str, types: tuple[str, ...], where: str) -> None:
         if field not in seen:
             problems.append(f"{where}: unknown field '{field}'; allowed: a column or an earlier derived field {seen}")
-        elif cfg.field_type(ds_name, field) not in types:
-            problems.append(f"{where}: '{field}' has type {cfg.field_type(ds_name, field)}; allowed types: {list(types)}")
+        elif (found := _safe_type(cfg, ds_name, field)) is not None and found not in types:
+            problems.append(f"{where}: '{field}' has type {found}; allowed types: {list(types)}")
 
     if spec.date_of:
         need(spec.date_of, ("datetime",), path)
@@ -424,10 +433,8 @@ def _table_problems(cfg: PipelineConfig, t_name: str, table: KpiTable) -> list[s
         assert field is not None
         if field not in fields:
             problems.append(f"{mpath}.{metric.kind}: unknown field '{field}' of {src}; allowed: {fields}")
-        elif metric.kind == "sum" and cfg.field_type(src, field) not in ("int", "decimal"):
-            problems.append(
-                f"{mpath}.sum: '{field}' has type {cfg.field_type(src, field)}; allowed: an int or decimal field"
-            )
+        elif metric.kind == "sum" and (found := _safe_type(cfg, src, field)) not in ("int", "decimal", None):
+            problems.append(f"{mpath}.sum: '{field}' has type {found}; allowed: an int or decimal field")
         for i, cond in enumerate(metric.where):
             if cond.field not in fields:
                 problems.append(f"{mpath}.where[{i}].field: unknown field '{cond.field}' of {src}; allowed: {fields}")
@@ -441,16 +448,40 @@ def _table_problems(cfg: PipelineConfig, t_name: str, table: KpiTable) -> list[s
 def _format_pydantic(err: ValidationError) -> list[str]:
     problems = []
     for e in err.errors():
-        path = ".".join(_loc_part(p) for p in e["loc"] if not str(p).startswith("function-after"))
-        path = path.replace(".[", "[")
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            allowed = _allowed_keys(e["loc"][:-1])
-            msg = f"unknown key; allowed: {', '.join(allowed)}" if allowed else "unknown key"
-        elif e["type"] == "missing":
-            msg = "required key is missing"
-        problems.append(f"{path or '<root>'}: {msg}")
+        path = _error_path(e["loc"])
+        problems.append(f"{path or '<root>'}: {_describe(e)}")
     return problems
+
+
+def _error_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(_loc_part(p) for p in loc if not str(p).startswith("function-after")).replace(".[", "[")
+
+
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+_PATTERN_HINTS = {Prefix.__metadata__[0].pattern: "a prefix of letters, digits, _ . - / ending in '/'"}  # type: ignore[attr-defined]
+
+
+def _describe(e: Any) -> str:
+    """One pydantic error as `what is wrong; allowed: what is allowed`."""
+    kind, ctx, given = e["type"], e.get("ctx") or {}, e.get("input")
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(e["loc"][:-1])
+        return f"unknown key; allowed: {', '.join(allowed)}" if allowed else "unknown key; allowed: no keys here"
+    if kind == "missing":
+        return "required key is missing; allowed: it must be given"
+    if kind == "value_error":
+        return str(e["msg"]).removeprefix("Value error, ")
+    if kind == "literal_error":
+        return f"{given!r} is not allowed; allowed: {ctx.get('expected')}"
+    if kind in _BOUNDS:
+        bound = next(iter(ctx.values()), "?")
+        return f"{given!r} is out of range; allowed: a value {_BOUNDS[kind]} {bound}"
+    if kind == "string_pattern_mismatch":
+        hint = _PATTERN_HINTS.get(ctx.get("pattern"), f"text matching {ctx.get('pattern')}")
+        return f"{given!r} is not allowed; allowed: {hint}"
+    if kind in ("too_short", "too_long"):
+        return f"{e['msg']}; allowed: between {ctx.get('min_length', 0)} and {ctx.get('max_length', 'any number of')} entries"
+    return f"{e['msg']} (got {given!r}); allowed: see pipeline.schema.json"
 
 
 def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
@@ -510,11 +541,42 @@ def parse_config(text: str, source: str = "pipeline.yaml") -> PipelineConfig:
     try:
         cfg = PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_pydantic(exc), source) from exc
+        problems = _format_pydantic(exc)
+        pruned = _prune_to_valid(data, exc)
+        if pruned is not None:  # also report what the rest of the file gets wrong
+            problems += [p for p in _semantic_problems(pruned) if p not in problems]
+        raise ConfigError(problems, source) from exc
     problems = _semantic_problems(cfg)
     if problems:
         raise ConfigError(problems, source)
     return cfg
+
+
+def _prune_to_valid(data: dict[str, Any], exc: ValidationError, rounds: int = 20) -> PipelineConfig | None:
+    """Drop each unknown key until the rest validates, so cross-field checks can still run on it
+    and a user sees every mistake in one pass. Only unknown keys are dropped: dropping a wrong value
+    would let its default stand in and invent problems that are not in the file (None then)."""
+    data = copy.deepcopy(data)
+    for _ in range(rounds):
+        for e in exc.errors():
+            loc = [p for p in e["loc"] if not str(p).startswith("function-after")]
+            if e["type"] != "extra_forbidden" or not loc:
+                return None
+            parent: Any = data
+            for part in loc[:-1]:
+                try:
+                    parent = parent[part]
+                except (KeyError, IndexError, TypeError):
+                    return None
+            try:
+                del parent[loc[-1]]
+            except (KeyError, IndexError, TypeError):
+                return None
+        try:
+            return PipelineConfig.model_validate(data)
+        except ValidationError as again:
+            exc = again
+    return None
 
 
 def load_config(path: str | Path) -> PipelineConfig:

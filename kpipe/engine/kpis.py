@@ -72,7 +72,7 @@ class KpiPlan:
                 source = plan.sources.get(src)
                 if source is None:
                     source = plan.sources[src] = _Source([pos(src, k) for k in table.key], [])
-                conds = [(pos(src, c.field), check_predicate(c)) for c in metric.where]
+                conds = [(pos(src, c.field), check_predicate(c, cfg.field_type(src, c.field))) for c in metric.where]
                 source.metrics.append((i, metric.kind, pos(src, metric.field), conds))
             tables.append(plan)
         types = {ds: [cfg.field_type(ds, f) for f in names] for ds, names in fields.items()}

@@ -43,8 +43,11 @@ def parser_for(type_name: str, tz: ZoneInfo) -> Callable[[str], Any]:
     return parse_string
 
 
-def check_predicate(check: Check) -> Predicate:
-    """A check as a plain predicate on a parsed, non-null value."""
+def check_predicate(check: Check, field_type: str = "") -> Predicate:
+    """A check as a plain predicate on a parsed, non-null value of a field of `field_type`.
+
+    Operands are read the way the field is: on a string field `one_of: [1, 2]` means the texts
+    "1" and "2" (YAML gave ints); on a numeric field `eq: "5"` means the number 5."""
     op, operand = check.op, check.operand
     if op in _COMPARE:
         return getattr(Decimal(operand), _REFLECTED[op])
@@ -53,18 +56,27 @@ def check_predicate(check: Check) -> Predicate:
         return lambda v: lo <= v <= hi
     if isinstance(operand, bool) and op in ("eq", "ne"):  # bool fields hold the True/False singletons
         return (lambda v: v is operand) if op == "eq" else (lambda v: v is not operand)
+    normal = _normaliser(field_type)
     fold = _folder(check.ignore_case)
     if op == "one_of":
-        allowed = {fold(_normal(x)) for x in operand}
-        return lambda v: fold(_normal(v)) in allowed
-    target = fold(_normal(operand))
+        allowed = {fold(normal(x)) for x in operand}
+        return lambda v: fold(normal(v)) in allowed
+    target = fold(normal(operand))
     if op == "eq":
-        return lambda v: fold(_normal(v)) == target
-    return lambda v: fold(_normal(v)) != target  # ne
+        return lambda v: fold(normal(v)) == target
+    return lambda v: fold(normal(v)) != target  # ne
+
+
+def _normaliser(field_type: str) -> Callable[[Any], Any]:
+    if field_type in ("int", "decimal"):
+        return lambda x: x if isinstance(x, bool) else Decimal(str(x))
+    if field_type in ("string", "date", "datetime"):
+        return lambda x: x if isinstance(x, bool) else (x.isoformat() if hasattr(x, "isoformat") else str(x))
+    return _normal
 
 
 def _normal(value: Any) -> Any:
-    """Compare numbers as Decimal, everything else as text, so `eq: 5` matches "5" and 5.0 alike."""
+    """Compare numbers as Decimal, everything else as it is."""
     if isinstance(value, bool):
         return value
     if isinstance(value, int | float | Decimal):
@@ -145,13 +157,15 @@ class FileRules:
                     parser_for(col.type, tz),
                     col.required,
                     default_value(col, tz),
-                    [(f"{name}.{c.op}", check_predicate(c)) for c in col.checks],
+                    [(f"{name}.{c.op}", check_predicate(c, col.type)) for c in col.checks],
                     seen.setdefault(name, KeyTable()) if (col.unique or name == ds.key) else None,
                     ref,
                 )
             )
         fields = ds.fields()
-        self.derived: list[ColumnStep] = [_derive_step(ds, spec, refs, fields) for spec in ds.derived.values()]
+        self.derived: list[ColumnStep] = [
+            _derive_step(cfg, dataset, spec, refs, fields) for spec in ds.derived.values()
+        ]
         self.key_pos = fields.index(ds.key)
         self.lookup_pos = [fields.index(f) for f in refs.lookup_fields[dataset]]
         never_null = {n for n, c in ds.columns.items() if c.required or c.default is not None}
@@ -195,12 +209,11 @@ class FileRules:
         """The value columns of the valid rows (declared columns, then derived fields) and
         `(row position, reasons)` for each rejected row; same decisions as `apply`."""
         n = len(rows)
-        if self.missing:
+        if self.missing or not n:
             return [[] for _ in range(len(self.columns) + len(self.derived))], [(i, self.missing) for i in range(n)]
         width = self.width
         suspect: set[int] = set()
-        if any(len(r) < width for r in rows):
-            suspect = {i for i, r in enumerate(rows) if len(r) < width}
+        if any(len(r) < width for r in rows):  # a short row's missing fields are empty values
             rows = [r if len(r) >= width else (*r, *([""] * (width - len(r)))) for r in rows]
         raw_cols = list(zip(*rows, strict=False))
         cols: list[list[Any]] = []
@@ -256,8 +269,9 @@ class FileRules:
         return list(zip(*(cols[i] for i in self.lookup_pos), strict=True))
 
 
-def _derive_step(ds: Dataset, spec: Derived, refs: BatchRefs, fields: list[str]) -> ColumnStep:
+def _derive_step(cfg: PipelineConfig, dataset: str, spec: Derived, refs: BatchRefs, fields: list[str]) -> ColumnStep:
     """A derived field as a function of the value columns computed so far."""
+    ds = cfg.datasets[dataset]
     pos = fields.index
     if spec.date_of:
         i = pos(spec.date_of)
@@ -274,7 +288,7 @@ def _derive_step(ds: Dataset, spec: Derived, refs: BatchRefs, fields: list[str])
         if isinstance(value, str) and spec.equals.ignore_case:
             target = value.casefold()
             return lambda cols: [isinstance(v, str) and v.casefold() == target for v in cols[i]]
-        pred = check_predicate(Check(eq=value, ignore_case=spec.equals.ignore_case))
+        pred = check_predicate(Check(eq=value, ignore_case=spec.equals.ignore_case), cfg.field_type(dataset, spec.equals.field))
         return lambda cols: [v is not None and pred(v) for v in cols[i]]
     assert spec.lookup is not None
     via = pos(spec.lookup.via)
