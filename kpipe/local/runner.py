@@ -376,8 +376,10 @@ def run_batches(
     progress: Progress | None = None,
     timeout_seconds: float = 1800,
     in_process_tasks: bool = False,
+    backend: str = "server",
 ) -> dict[str, Any]:
-    """The full event-driven path on the embedded emulator; writes OUT and returns the report."""
+    """The full event-driven path on the embedded emulator; writes OUT and returns the report.
+    (`backend="mock"`: moto in-process and tasks in threads, for tests; see `Emulator`.)"""
     from kpipe.process import BatchIncomplete, missing_parts
 
     say = progress or (lambda _msg: None)
@@ -400,7 +402,7 @@ def run_batches(
     with (
         open(log_dir / "lambda.log", "w", encoding="utf-8") as lambda_log,
         contextlib.redirect_stdout(lambda_log),
-        Emulator(log_dir=log_dir, progress=say, in_process_tasks=in_process_tasks) as emu,
+        Emulator(backend=backend, log_dir=log_dir, progress=say, in_process_tasks=in_process_tasks) as emu,
     ):
         emu.upload_config(text, layout)
         restored = emu.restore_state(out, cfg, layout)
