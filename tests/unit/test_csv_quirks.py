@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from chalicelib.config import PipelineConfig
+from kpipe.engine import validate as validate_module
 from kpipe.engine.validate import validate_batch
 from kpipe.process import process_batches
 from tests.oracle import oracle
@@ -225,3 +226,37 @@ def test_all_quirks_in_one_batch_match_the_oracle(tmp_path: Path, cfg: PipelineC
     assert report["orders"]["reasons"] == {"row.encoding": 1}
     assert report["order_items"]["reasons"] == {"id.unique": 1, "order_id.references": 1, "product_id.references": 1,
                                                 "quantity.gt": 1}
+
+
+def test_quirks_beyond_the_first_chunk_match_the_oracle(tmp_path: Path, cfg: PipelineConfig, write_batch: Any,
+                                                        kpis_of: Any) -> None:
+    """Validation streams files in chunks: duplicates across a chunk boundary, and a short row, a blank line and
+    a non-UTF-8 row in a later chunk, are decided exactly as in a small file."""
+    chunk = getattr(validate_module, "CHUNK_ROWS", 8192)
+    n = chunk + 50
+    orders = io.StringIO()
+    orders.write(ORDERS_HEADER)
+    for i in range(1, n + 1):
+        day = 1 + i % 3
+        if i == chunk + 5:
+            orders.write("5,99,Complete,2025-03-09T10:00:00,,,,1\n")  # a duplicate of an order of chunk 1
+        elif i == chunk + 7:
+            orders.write(f"{i},7,Returned,2025-03-0{day}T10:00:00\n")  # short: trailing optional columns absent
+        elif i == chunk + 9:
+            orders.write("\n")  # a blank line
+        else:
+            orders.write(f"{i},{i % 50},{'Returned' if i % 7 == 0 else 'Complete'},2025-03-0{day}T10:00:00,,,,1\n")
+    raw_orders = orders.getvalue().encode() + b"999999,7,Retourn\xe9,2025-03-01T10:00:00,,,,1\n"
+    items = io.StringIO()
+    items.write(ITEMS_HEADER)
+    for i in range(1, n + 1):
+        items.write(f"{i},{i},7,{1 + i % 2},,,,,,{i % 13 + 1}.{i % 100:02d}\n")
+    items.write(f"{n + 1},999999,7,1,,,,,,1.00\n{n + 2},{chunk + 7},7,2,,,,,,3.00\n{n + 3},5,7,1,,,,,,2.00\n")
+    batch = write_batch(tmp_path / "big", PRODUCTS, {"a.csv": raw_orders}, {"a.csv": items.getvalue()})
+    report = process_batches(cfg, [batch], tmp_path / "out")["batches"][0]["datasets"]
+    expected = oracle([batch])
+    assert {ds: {k: v for k, v in s.items() if k != "reasons"} for ds, s in report.items()} == expected.reports[0]
+    assert report["orders"]["reasons"] == {"order_id.unique": 1, "row.encoding": 1}
+    # items of: the order replaced by the duplicate line, the blank line, the non-UTF-8 order
+    assert report["order_items"]["reasons"] == {"order_id.references": 3}
+    assert kpis_of(tmp_path / "out") == (expected.order_kpi, expected.category_kpi)
