@@ -434,3 +434,22 @@ def test_edit_renames_a_column_mapping(tmp_path: Path, config_text: str, cfg: Pi
     assert report["order_items"]["rows_valid"] == 3
     _, cats = kpis_of(tmp_path / "renamed")
     assert cats[("Toys", "2025-03-01")]["daily_revenue"] == Decimal("300")
+
+
+def test_edit_sets_a_reject_threshold(tmp_path: Path, config_text: str, write_batch: Any, kpis_of: Any) -> None:
+    """A fraction of rejected rows *above* the threshold fails the batch: nothing of it reaches the KPIs."""
+    cfg = edited(tmp_path, config_text, "    files: order_items/*.csv\n",
+                 "    files: order_items/*.csv\n    reject_threshold: 0.25\n")
+    four = [{"id": i, "order_id": 1, "product_id": 1, "sale_price": "5.00"} for i in range(1, 5)]
+    at = write_batch(tmp_path / "at", PRODUCTS, ORDERS, [*four[:3], {**four[3], "sale_price": "0"}])  # 1/4
+    above = write_batch(tmp_path / "above", PRODUCTS, ORDERS, [*four[:2], *({**i, "sale_price": "x"} for i in four[2:])])
+
+    ok = process_batches(cfg, [at], tmp_path / "out")["batches"][0]
+    assert ok["threshold_exceeded"] is False and ok["status"] == "SUCCEEDED"
+    before = kpis_of(tmp_path / "out")
+    assert before[0]["2025-03-01"]["total_revenue"] == Decimal("15.00")
+
+    failed = process_batches(cfg, [above], tmp_path / "out")["batches"][0]
+    assert failed["threshold_exceeded"] is True and failed["status"] != "SUCCEEDED"
+    assert any(p.startswith("order_items") for p in failed["threshold_problems"])
+    assert kpis_of(tmp_path / "out") == before  # the failed batch changed nothing

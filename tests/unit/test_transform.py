@@ -258,3 +258,15 @@ def test_a_then_b_then_a_again_changes_nothing(engine: Engine, cfg: PipelineConf
     assert tables_bytes(out) == after_ab
     process_batches(cfg, [a, b, a, b, a], tmp_path / "many")
     assert tables_bytes(tmp_path / "many") == after_ab
+
+
+def test_worker_processes_give_the_same_result(tmp_path: Path, cfg: PipelineConfig, kpis_of: Any) -> None:
+    from kpipe.generate import generate_batches
+
+    batches = generate_batches(tmp_path / "gen", 500, batches=3, invalid_fraction=0.05, seed=2, days=4,
+                               files_per_dataset=3)
+    serial = process_batches(cfg, batches, tmp_path / "serial", workers=1)
+    parallel = process_batches(cfg, batches, tmp_path / "parallel", workers=2)
+    assert tables_bytes(tmp_path / "parallel") == tables_bytes(tmp_path / "serial")
+    assert [b["datasets"] for b in parallel["batches"]] == [b["datasets"] for b in serial["batches"]]
+    assert_oracle(batches, kpis_of(tmp_path / "serial"))
