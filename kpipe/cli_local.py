@@ -19,7 +19,7 @@ def _err() -> Any:
 
 
 def _progress(message: str) -> None:
-    _err().print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}", highlight=False)
+    _err().print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}", highlight=False, soft_wrap=True)
 
 
 _config_option = click.option(

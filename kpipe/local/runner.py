@@ -94,6 +94,7 @@ class Emulator:
         self._stack = contextlib.ExitStack()
         self._session: Any = None
         self._endpoint: str | None = None
+        self.trigger_counts: dict[str, int] = {}
         self.resources: Resources
         self.pump: S3EventPump
         self.agent: EcsAgent
@@ -195,10 +196,9 @@ class Emulator:
     # progress -----------------------------------------------------------------------------------
     def _pump_event(self, key: str, outcome: Mapping[str, Any]) -> None:
         for o in outcome.get("outcomes", []):
+            self.trigger_counts[o.get("status", "?")] = self.trigger_counts.get(o.get("status", "?"), 0) + 1
             if o.get("status") == "started":
                 self.say(f"  {key}: batch complete -> execution {o['batch_id']}")
-            elif o.get("status") == "duplicate":
-                self.say(f"  {key}: duplicate event for {o['batch_id']}")
 
     def _agent_event(self, what: str, run: TaskRun, result: RunResult | None) -> None:
         bid = run.environment.get("KPIPE_BATCH_ID", "?")
@@ -289,7 +289,10 @@ class Emulator:
             s3.upload_file(str(batch_dir / rel), bucket, key)
             keys.add(key)
         self.say(f"{batch_dir}: uploaded {len(keys)} files to s3://{bucket}/{layout.raw_prefix}")
+        self.trigger_counts.clear()
         self.wait_idle(keys, timeout)
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(self.trigger_counts.items()))
+        self.say(f"{batch_dir}: S3 events handled by the Lambda handler: {counts or 'none'}")
 
         entries = []
         sfn = self.client("stepfunctions")
