@@ -260,3 +260,15 @@ def test_quirks_beyond_the_first_chunk_match_the_oracle(tmp_path: Path, cfg: Pip
     # items of: the order replaced by the duplicate line, the blank line, the non-UTF-8 order
     assert report["order_items"]["reasons"] == {"order_id.references": 3}
     assert kpis_of(tmp_path / "out") == (expected.order_kpi, expected.category_kpi)
+
+
+@pytest.mark.parametrize("content", [b"", b"\xef\xbb\xbf", None, b"\r\n"], ids=["0-byte", "bom-only", "header-only",
+                                                                                "one-empty-line"])
+def test_a_batch_with_no_rows_at_all(tmp_path: Path, cfg: PipelineConfig, write_batch: Any, kpis_of: Any,
+                                     content: bytes | None) -> None:
+    batch = write_batch(tmp_path / "b", content, content, content)
+    report = process_batches(cfg, [batch], tmp_path / "out")["batches"][0]
+    assert report["status"] == "SUCCEEDED"
+    assert {ds: s["rows_in"] for ds, s in report["datasets"].items()} == {"products": 0, "orders": 0,
+                                                                          "order_items": 0}
+    assert kpis_of(tmp_path / "out") == ({}, {})

@@ -24,7 +24,7 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from chalicelib.config import default_config_path, load_config
+from chalicelib.config import default_config_path, load_config, parse_config
 from kpipe.engine.validate import validate_batch
 from kpipe.process import process_batches
 from tests.oracle import oracle
@@ -264,11 +264,31 @@ def test_category_revenue_adds_up_to_order_revenue(batch_list: list[dict[str, An
             assert item["avg_order_value"] <= item["daily_revenue"]
 
 
-def assert_engine_equals_oracle(batch_list: list[dict[str, Any]]) -> None:
+ZONES = ["America/Sao_Paulo", "Asia/Kolkata", "Pacific/Kiritimati", "Europe/Berlin"]
+ZONED = {tz: parse_config(default_config_path().read_text(encoding="utf-8").replace("timezone: UTC\n",
+                                                                                   f"timezone: {tz}\n"))
+         for tz in ZONES}
+
+
+@SETTINGS
+@given(st.lists(batches(quirks=False), min_size=2, max_size=4), st.data())
+def test_reprocessing_any_earlier_batch_changes_nothing(batch_list: list[dict[str, Any]], data: Any) -> None:
     with workdir() as tmp:
         dirs = [write(tmp / f"b{n}", b) for n, b in enumerate(batch_list)]
-        report = process_batches(CFG, dirs, tmp / "out")
-        expected = oracle(dirs)
+        process_batches(CFG, dirs, tmp / "out")
+        before = [(tmp / "out" / f"{t}.json").read_bytes() for t in ("OrderKPI", "CategoryKPI")]
+        again = data.draw(st.sampled_from(dirs))
+        process_batches(CFG, [again], tmp / "out")
+        assert [(tmp / "out" / f"{t}.json").read_bytes() for t in ("OrderKPI", "CategoryKPI")] == before
+
+
+def assert_engine_equals_oracle(batch_list: list[dict[str, Any]], tz: str = "UTC") -> None:
+    cfg = ZONED[tz] if tz != "UTC" else CFG
+    assert cfg.timezone == tz
+    with workdir() as tmp:
+        dirs = [write(tmp / f"b{n}", b) for n, b in enumerate(batch_list)]
+        report = process_batches(cfg, dirs, tmp / "out")
+        expected = oracle(dirs, tz=tz)
         counts = [{ds: {k: v for k, v in s.items() if k != "reasons"} for ds, s in b["datasets"].items()}
                   for b in report["batches"]]
         assert counts == expected.reports
@@ -286,3 +306,10 @@ def test_engine_equals_the_oracle_across_batches(batch_list: list[dict[str, Any]
 @given(st.lists(batches(), min_size=1, max_size=3))
 def test_engine_equals_the_oracle_with_csv_quirks(batch_list: list[dict[str, Any]]) -> None:
     assert_engine_equals_oracle(batch_list)
+
+
+@SETTINGS
+@given(st.lists(batches(quirks=False), min_size=1, max_size=3), st.sampled_from(ZONES))
+def test_engine_equals_the_oracle_in_other_timezones(batch_list: list[dict[str, Any]], tz: str) -> None:
+    """Naive timestamps are local; offsets convert; order_date is the local calendar date."""
+    assert_engine_equals_oracle(batch_list, tz)
