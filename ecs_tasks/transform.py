@@ -2,12 +2,19 @@
 
 Runs under the pipeline lease, after validate. Steps, each idempotent so a retried task converges:
 1. Download `validated/<batch_id>/<dataset>.csv`.
-2. The engine's `transform_batch` on the S3 processed store (a re-run of a batch reuses its sequence
-   number and rewrites identical files) -> the complete new KPI items of every touched date.
-3. Replace those dates in the KPI tables (puts, then deletes of keys the date no longer has).
+2. The engine's `index_batch` on the S3 processed store (a re-run of a batch reuses its sequence number and
+   rewrites identical files): partitions + key index, and the dates the batch touches.
+3. `recompute` the complete KPI items of those dates and replace the dates in the KPI tables (puts, then
+   deletes of keys a date no longer has).
 4. Archive exactly the snapshot's objects: copy to `archived/<batch_id>/...`, then delete that version
    (a version already gone with its copy present was archived by an earlier attempt).
 5. The report (`reports/<batch_id>/report.json`) becomes SUCCEEDED; the batch record too.
+
+Scale-out (`KPIPE_TRANSFORM_STEP`, set by the state machine): a big batch (at least `KPIPE_FANOUT_MIN_ROWS`
+rows, default 500,000, and `scale.transform_concurrency` > 1 in pipeline.yaml) stops after step 2 and returns
+`{"status": "indexed", "groups": [0..n-1]}`; the state machine's Map then runs one `recompute` task per group
+of dates (`KPIPE_DATE_GROUP` of `KPIPE_DATE_GROUPS`, step 3 for those dates) and one `finish` task (4-5).
+The dates of each group are those of `kpipe.engine.transform.date_groups`, so any split gives the same KPIs.
 """
 
 from __future__ import annotations
@@ -18,42 +25,103 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from chalicelib.config import PipelineConfig
 from chalicelib.kpi_store import KpiTableStore
 from chalicelib.layout import Layout
 from chalicelib.obs import emit_metrics
 from ecs_tasks import common
 from kpipe.engine.store import S3Store
-from kpipe.engine.transform import transform_batch
+from kpipe.engine.transform import date_groups, index_batch, recompute
+
+STEPS = ("auto", "recompute", "finish")
+DEFAULT_FANOUT_MIN_ROWS = 500_000
 
 
 def transform(ctx: common.TaskContext, log: Any) -> dict[str, Any]:
-    started = time.perf_counter()
+    step = ctx.env.get("KPIPE_TRANSFORM_STEP") or "auto"
+    if step not in STEPS:
+        raise ValueError(f"KPIPE_TRANSFORM_STEP={step!r}; allowed: {', '.join(STEPS)}")
     cfg = ctx.config()
     layout = Layout.from_config(cfg)
-    s3, bucket = ctx.s3, ctx.bucket
-    snapshot = common.get_json(s3, bucket, layout.snapshot_key(ctx.batch_id))
+    store = S3Store(ctx.s3, ctx.bucket, layout.processed_prefix)
+    if step == "recompute":
+        return _recompute_group(ctx, cfg, layout, store, log)
+    if step == "finish":
+        return _finish(ctx, cfg, layout, common.get_json(ctx.s3, ctx.bucket, plan_key(layout, ctx.batch_id)) or {}, log)
+
+    started = time.perf_counter()
+    snapshot = common.get_json(ctx.s3, ctx.bucket, layout.snapshot_key(ctx.batch_id))
     if not snapshot or not snapshot.get("objects"):
         raise RuntimeError(f"no snapshot at {layout.snapshot_key(ctx.batch_id)}: validate has not run for this batch")
-
     with common.work_dir("transform") as tmp:
         validated_dir = Path(tmp) / "validated"
         validated_dir.mkdir()
         for name in cfg.datasets:
-            common.download(s3, bucket, layout.validated_key(ctx.batch_id, name), None, validated_dir / f"{name}.csv")
-        store = S3Store(s3, bucket, layout.processed_prefix)
-        result = transform_batch(cfg, ctx.batch_id, validated_dir, store, Path(tmp) / "work")
+            common.download(ctx.s3, ctx.bucket, layout.validated_key(ctx.batch_id, name), None, validated_dir / f"{name}.csv")
+        indexed = index_batch(cfg, ctx.batch_id, validated_dir, store, Path(tmp) / "index")
+        groups = min(cfg.scale.transform_concurrency, len(indexed.dates))
+        rows = sum(indexed.rows_written.values())
+        plan = {
+            "batch_id": ctx.batch_id,
+            "seq": indexed.seq,
+            "dates": indexed.dates,
+            "groups": groups,
+            "rows_written": indexed.rows_written,
+            "rows_carried": indexed.rows_carried,
+            "index_seconds": round(time.perf_counter() - started, 3),
+        }
+        common.put_json(ctx.s3, ctx.bucket, plan_key(layout, ctx.batch_id), plan)
+        if groups > 1 and rows >= int(ctx.env.get("KPIPE_FANOUT_MIN_ROWS") or DEFAULT_FANOUT_MIN_ROWS):
+            log.info("batch_indexed", seq=indexed.seq, dates=len(indexed.dates), rows=rows, groups=groups)
+            return {"status": "indexed", "batch_id": ctx.batch_id, "seq": indexed.seq, "groups": list(range(groups)), "group_count": groups}
+        tables = recompute(cfg, indexed.dates, store, Path(tmp) / "recompute")
+    plan["kpi_items"] = write_kpis(ctx, cfg, tables)
+    return _finish(ctx, cfg, layout, plan, log, started)
 
+
+def plan_key(layout: Layout, batch_id: str) -> str:
+    """Where the index step leaves what the recompute and finish steps need (seq, dates, groups)."""
+    return f"{layout.storage.reports}{batch_id}/transform-plan.json"
+
+
+def write_kpis(ctx: common.TaskContext, cfg: PipelineConfig, tables: Mapping[str, Mapping[str, list[dict[str, Any]]]]) -> dict[str, dict[str, int]]:
+    """Replace the given dates of every KPI table; returns puts and deletes per table."""
+    date_field = next((ds.partition_by for ds in cfg.datasets.values() if ds.partition_by), "order_date")
     written: dict[str, dict[str, int]] = {}
-    for table_name, by_date in result.tables.items():
+    for table_name, by_date in tables.items():
         spec = cfg.kpis[table_name]
-        date_field = _date_field(cfg)
         index = spec.index.name if spec.index is not None else None
         table = KpiTableStore(ctx.dynamodb.Table(ctx.table_name(table_name)), spec.key, date_field=date_field, date_index=index)
         stats = table.replace_dates(by_date)
         written[table_name] = {"put": stats.put, "deleted": stats.deleted}
-    kpi_seconds = round(time.perf_counter() - started, 3)
+    return written
 
-    archived = common.move_all(s3, bucket, snapshot["objects"], lambda key: layout.archived_key(ctx.batch_id, key))
+
+def _recompute_group(ctx: common.TaskContext, cfg: PipelineConfig, layout: Layout, store: S3Store, log: Any) -> dict[str, Any]:
+    started = time.perf_counter()
+    plan = common.get_json(ctx.s3, ctx.bucket, plan_key(layout, ctx.batch_id))
+    if not plan:
+        raise RuntimeError(f"no transform plan at {plan_key(layout, ctx.batch_id)}: the index step has not run")
+    group, groups = int(ctx.env["KPIPE_DATE_GROUP"]), int(ctx.env.get("KPIPE_DATE_GROUPS") or plan["groups"])
+    dates = date_groups(plan["dates"], groups)[group]
+    with common.work_dir("recompute") as tmp:
+        tables = recompute(cfg, dates, store, Path(tmp))
+    written = write_kpis(ctx, cfg, tables)
+    seconds = round(time.perf_counter() - started, 3)
+    emit_metrics(common.METRIC_NAMESPACE, {"Task": "transform.recompute"}, {"RecomputeSeconds": (seconds, "Seconds"),
+                 "DatesRecomputed": (len(dates), "Count")}, batch_id=ctx.batch_id, group=group)
+    log.info("dates_recomputed", group=group, groups=groups, dates=len(dates), seconds=seconds, kpi_items=written)
+    return {"status": "recomputed", "batch_id": ctx.batch_id, "group": group, "dates": len(dates), "kpi_items": written}
+
+
+def _finish(
+    ctx: common.TaskContext, cfg: PipelineConfig, layout: Layout, plan: dict[str, Any], log: Any, started: float | None = None
+) -> dict[str, Any]:
+    started = time.perf_counter() if started is None else started
+    snapshot = common.get_json(ctx.s3, ctx.bucket, layout.snapshot_key(ctx.batch_id)) or {}
+    if "seq" not in plan or not snapshot.get("objects"):
+        raise RuntimeError(f"batch {ctx.batch_id} has no transform plan or snapshot to finish")
+    archived = common.move_all(ctx.s3, ctx.bucket, snapshot["objects"], lambda key: layout.archived_key(ctx.batch_id, key))
     if archived["missing"]:
         log.warning("archive_incomplete", missing=archived["missing"], reason="snapshot versions gone without an archived copy")
 
@@ -64,37 +132,34 @@ def transform(ctx: common.TaskContext, log: Any) -> dict[str, Any]:
     report.update(
         status="SUCCEEDED",
         stage="archived",
-        seq=result.seq,
-        dates=result.dates,
-        rows_written=result.rows_written,
-        rows_carried=result.rows_carried,
-        kpi_items=written,
+        seq=plan["seq"],
+        dates=plan["dates"],
+        rows_written=plan.get("rows_written", {}),
+        rows_carried=plan.get("rows_carried", 0),
         archived=archived,
         timings=timings,
     )
+    if "kpi_items" in plan:
+        report["kpi_items"] = plan["kpi_items"]
+    else:
+        report["fanout"] = {"date_groups": plan.get("groups")}
     for stale in ("failure", "reason", "error"):
         report.pop(stale, None)
     common.save_report(ctx, layout, report)
-    ctx.control.mark_batch(ctx.batch_id, "SUCCEEDED", seq=result.seq, report_key=layout.report_key(ctx.batch_id), dates=len(result.dates))
+    ctx.control.mark_batch(ctx.batch_id, "SUCCEEDED", seq=plan["seq"], report_key=layout.report_key(ctx.batch_id), dates=len(plan["dates"]))
 
     emit_metrics(
         common.METRIC_NAMESPACE,
         {"Task": "transform"},
         {
             "TransformSeconds": (seconds, "Seconds"),
-            "KpiWriteSeconds": (kpi_seconds, "Seconds"),
-            "DatesTouched": (len(result.dates), "Count"),
+            "DatesTouched": (len(plan["dates"]), "Count"),
             "ObjectsArchived": (archived["moved"] + archived["already"], "Count"),
         },
         batch_id=ctx.batch_id,
     )
-    log.info("batch_transformed", seq=result.seq, dates=len(result.dates), seconds=seconds, archived=archived, kpi_items=written)
-    return {"status": "succeeded", "batch_id": ctx.batch_id, "seq": result.seq, "dates": len(result.dates), "archived": archived}
-
-
-def _date_field(cfg: Any) -> str:
-    fields = {ds.partition_by for ds in cfg.datasets.values() if ds.partition_by}
-    return next(iter(fields)) if fields else "order_date"
+    log.info("batch_transformed", seq=plan["seq"], dates=len(plan["dates"]), seconds=seconds, archived=archived)
+    return {"status": "succeeded", "batch_id": ctx.batch_id, "seq": plan["seq"], "dates": len(plan["dates"]), "archived": archived}
 
 
 def main(env: Mapping[str, str] | None = None) -> int:

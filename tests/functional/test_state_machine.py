@@ -329,7 +329,7 @@ def test_a_lease_left_by_an_ended_execution_is_broken(pipeline: Callable[..., An
 
 
 def test_duplicate_event_storm_processes_the_batch_once(pipeline: Callable[..., Any], batches: list[Path], tmp_path: Path) -> None:
-    """20 concurrent deliveries of every ObjectCreated event (plus the pump's own): one execution processes
+    """10 concurrent deliveries of every ObjectCreated event: one execution processes
     the batch; every other event is a duplicate or finds raw-data/ empty."""
     with pipeline() as (emu, cfg):
         emu.pump.stop()
@@ -349,7 +349,7 @@ def test_duplicate_event_storm_processes_the_batch_once(pipeline: Callable[..., 
                 except Exception as exc:  # pragma: no cover - reported below
                     errors.append(exc)
 
-        threads = [threading.Thread(target=storm) for _ in range(20)]
+        threads = [threading.Thread(target=storm) for _ in range(10)]
         for t in threads:
             t.start()
         for t in threads:
@@ -410,3 +410,31 @@ def test_a_file_uploaded_mid_run_is_processed_once_by_a_later_run(pipeline: Call
     shutil.copytree(batches[1], merged)
     shutil.copyfile(late_file, merged / "orders" / "zz-late.csv")
     assert run_tables == expected_tables(cfg, [batches[0], merged], tmp_path / "process")
+
+
+# ------------------------------------------------------------------------------------------------
+# Scale-out: the Map state over groups of dates
+
+
+def test_a_big_batch_fans_the_kpi_recompute_out_over_groups_of_dates(pipeline: Callable[..., Any], batches: list[Path], tmp_path: Path) -> None:
+    """transform indexes, a Map runs one recompute task per group of dates (scale.transform_concurrency),
+    then a finish task archives: the KPIs equal the single-task path's (`kpipe process`)."""
+    steps: list[str] = []
+
+    def wrap(runner: Runner) -> Runner:
+        def run(task: TaskRun) -> RunResult:
+            if task.family == "kpipe-transform":
+                steps.append(task.environment.get("KPIPE_TRANSFORM_STEP", "auto") + task.environment.get("KPIPE_DATE_GROUP", ""))
+                task = TaskRun(task.task_arn, task.family, task.command, {**task.environment, "KPIPE_FANOUT_MIN_ROWS": "0"})
+            return runner(task)
+
+        return run
+
+    text = config_text(**{"scale.transform_concurrency": 3})
+    with pipeline(text, wrap) as (emu, cfg):
+        entries = [e for d in batches[:2] for e in emu.run_batch(d, cfg, Layout.from_config(cfg), TIMEOUT)]
+        assert [e["status"] for e in entries] == ["SUCCEEDED", "SUCCEEDED"]
+        assert sorted(steps) == sorted(["auto", "recompute0", "recompute1", "recompute2", "finish"] * 2)
+        assert report(emu, entries[1]["batch_id"])["fanout"] == {"date_groups": 3}
+        assert raw_keys(emu) == []
+        assert actual_tables(emu, cfg, tmp_path / "run") == expected_tables(cfg, batches[:2], tmp_path / "process")
