@@ -29,13 +29,15 @@ _config_option = click.option(
     default=None,
     help="pipeline.yaml to upload to config/ (default: the project's pipeline.yaml)",
 )
-_settle_option = click.option(
-    "--settle-seconds",
-    type=click.IntRange(0, 3600),
-    default=1,
-    show_default=True,
-    help="trigger.settle_seconds in the uploaded pipeline.yaml (the emulator needs no 30 s wait)",
-)
+def _settle_option(default: int) -> Any:
+    return click.option(
+        "--settle-seconds",
+        type=click.IntRange(0, 3600),
+        default=default,
+        show_default=True,
+        help="trigger.settle_seconds in the uploaded pipeline.yaml (how long an execution waits for the rest "
+        "of an upload before it snapshots raw-data/)",
+    )
 
 
 @click.command("run")
@@ -43,7 +45,7 @@ _settle_option = click.option(
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON instead of tables")
 @_config_option
-@_settle_option
+@_settle_option(1)
 @click.option("--timeout", "timeout_seconds", type=float, default=1800, show_default=True, help="seconds to wait for one batch")
 def run_command(
     batch_dirs: tuple[Path, ...], out_dir: Path, as_json: bool, config_path: Path | None, settle_seconds: int, timeout_seconds: float
@@ -81,7 +83,7 @@ def run_command(
 @click.option("--port", type=int, default=0, help="emulator port (default: a free one)")
 @click.option("--api-port", type=int, default=8000, show_default=True, help="port of `chalice local` (the KPI API)")
 @_config_option
-@_settle_option
+@_settle_option(5)
 def serve_command(host: str, port: int, api_port: int, config_path: Path | None, settle_seconds: int) -> None:
     """The emulator and the KPI API on localhost until Ctrl-C: upload with the AWS CLI, query the API."""
     from kpipe.local.runner import RunError, serve

@@ -412,10 +412,16 @@ def run_batches(
         if restored:
             say(f"loaded OUT's state: {restored} processed files")
         entries: list[dict[str, Any]] = []
-        for batch_dir in batch_dirs:
-            for entry in emu.run_batch(batch_dir, cfg, layout, timeout_seconds):
+        for i, batch_dir in enumerate(batch_dirs):
+            batch_entries = emu.run_batch(batch_dir, cfg, layout, timeout_seconds)
+            for entry in batch_entries:
                 emu.fetch_rejected(out, cfg, layout, entry["batch_id"])
                 entries.append(entry)
+            if any(e["status"] == "FAILED" for e in batch_entries) and i + 1 < len(batch_dirs):
+                # Its raw files are still in raw-data/ (for a rerun): uploading the next batch on top of
+                # them would mix the two, so stop here.
+                say(f"stopping after the failed batch; not uploaded: {', '.join(map(str, batch_dirs[i + 1:]))}")
+                break
         emu.save_state(out, cfg, layout, since=started)
     report = {"batches": entries}
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
