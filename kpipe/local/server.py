@@ -8,6 +8,7 @@ into this server at localhost:MOTO_PORT, so MOTO_PORT is set to the port we got.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -68,6 +69,8 @@ class MotoServer:
 
     def stop(self) -> None:
         if self._server is not None:
+            with contextlib.suppress(Exception):  # the switch is process-wide: leave moto as we found it
+                self.configure({"stepfunctions": {"execute_state_machine": False}})
             self._server.stop()
             self._server = None
             if self._saved_moto_port is None:

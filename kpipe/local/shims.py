@@ -138,9 +138,10 @@ def _patch_cloudformation() -> None:
             klass.delete_from_cloudformation_json(original_resource.arn, cloudformation_json, account_id, region_name)
             return new
         definition = substitute(props.get("DefinitionString", ""), props.get("DefinitionSubstitutions"))
-        return _executing_backend(account_id, region_name).update_state_machine(
-            original_resource.arn, definition=definition, role_arn=props.get("RoleArn")
-        )
+        backend = _executing_backend(account_id, region_name)
+        machine = backend.update_state_machine(original_resource.arn, definition=definition, role_arn=props.get("RoleArn"))
+        backend.tagger.tag_resource(machine.arn, models.cfn_to_api_tags(props.get("Tags", [])))
+        return machine
 
     cls.create_from_cloudformation_json = classmethod(create_from_cloudformation_json)  # type: ignore[assignment]
     cls.delete_from_cloudformation_json = classmethod(delete_from_cloudformation_json)  # type: ignore[assignment]
