@@ -284,12 +284,12 @@ class Emulator:
         before = set(self.executions())
         s3, bucket = self.client("s3"), self.resources.bucket
         keys: set[str] = set()
+        self.trigger_counts.clear()
         for rel in upload_order(dataset_files(cfg, batch_dir)):
             key = layout.raw_prefix + rel
             s3.upload_file(str(batch_dir / rel), bucket, key)
             keys.add(key)
         self.say(f"{batch_dir}: uploaded {len(keys)} files to s3://{bucket}/{layout.raw_prefix}")
-        self.trigger_counts.clear()
         self.wait_idle(keys, timeout)
         counts = ", ".join(f"{n} {status}" for status, n in sorted(self.trigger_counts.items()))
         self.say(f"{batch_dir}: S3 events handled by the Lambda handler: {counts or 'none'}")
