@@ -46,6 +46,10 @@ class Layout:
     def snapshot_key(self, batch_id: str) -> str:
         return f"{self.storage.reports}{batch_id}/snapshot.json"
 
+    def transform_plan_key(self, batch_id: str) -> str:
+        """Where the index step leaves what the recompute and finish steps need (seq, dates, groups)."""
+        return f"{self.storage.reports}{batch_id}/transform-plan.json"
+
     def report_key(self, batch_id: str) -> str:
         return f"{self.storage.reports}{batch_id}/report.json"
 

@@ -47,7 +47,7 @@ def transform(ctx: common.TaskContext, log: Any) -> dict[str, Any]:
     if step == "recompute":
         return _recompute_group(ctx, cfg, layout, store, log)
     if step == "finish":
-        return _finish(ctx, cfg, layout, common.get_json(ctx.s3, ctx.bucket, plan_key(layout, ctx.batch_id)) or {}, log)
+        return _finish(ctx, cfg, layout, common.get_json(ctx.s3, ctx.bucket, layout.transform_plan_key(ctx.batch_id)) or {}, log)
 
     started = time.perf_counter()
     snapshot = common.get_json(ctx.s3, ctx.bucket, layout.snapshot_key(ctx.batch_id))
@@ -70,18 +70,13 @@ def transform(ctx: common.TaskContext, log: Any) -> dict[str, Any]:
             "rows_carried": indexed.rows_carried,
             "index_seconds": round(time.perf_counter() - started, 3),
         }
-        common.put_json(ctx.s3, ctx.bucket, plan_key(layout, ctx.batch_id), plan)
+        common.put_json(ctx.s3, ctx.bucket, layout.transform_plan_key(ctx.batch_id), plan)
         if groups > 1 and rows >= int(ctx.env.get("KPIPE_FANOUT_MIN_ROWS") or DEFAULT_FANOUT_MIN_ROWS):
             log.info("batch_indexed", seq=indexed.seq, dates=len(indexed.dates), rows=rows, groups=groups)
             return {"status": "indexed", "batch_id": ctx.batch_id, "seq": indexed.seq, "groups": list(range(groups)), "group_count": groups}
         tables = recompute(cfg, indexed.dates, store, Path(tmp) / "recompute")
     plan["kpi_items"] = write_kpis(ctx, cfg, tables)
     return _finish(ctx, cfg, layout, plan, log, started)
-
-
-def plan_key(layout: Layout, batch_id: str) -> str:
-    """Where the index step leaves what the recompute and finish steps need (seq, dates, groups)."""
-    return f"{layout.storage.reports}{batch_id}/transform-plan.json"
 
 
 def write_kpis(ctx: common.TaskContext, cfg: PipelineConfig, tables: Mapping[str, Mapping[str, list[dict[str, Any]]]]) -> dict[str, dict[str, int]]:
@@ -99,9 +94,9 @@ def write_kpis(ctx: common.TaskContext, cfg: PipelineConfig, tables: Mapping[str
 
 def _recompute_group(ctx: common.TaskContext, cfg: PipelineConfig, layout: Layout, store: S3Store, log: Any) -> dict[str, Any]:
     started = time.perf_counter()
-    plan = common.get_json(ctx.s3, ctx.bucket, plan_key(layout, ctx.batch_id))
+    plan = common.get_json(ctx.s3, ctx.bucket, layout.transform_plan_key(ctx.batch_id))
     if not plan:
-        raise RuntimeError(f"no transform plan at {plan_key(layout, ctx.batch_id)}: the index step has not run")
+        raise RuntimeError(f"no transform plan at {layout.transform_plan_key(ctx.batch_id)}: the index step has not run")
     group, groups = int(ctx.env["KPIPE_DATE_GROUP"]), int(ctx.env.get("KPIPE_DATE_GROUPS") or plan["groups"])
     dates = date_groups(plan["dates"], groups)[group]
     with common.work_dir("recompute") as tmp:

@@ -98,6 +98,7 @@ class _Cache:
 
     def __init__(self, store: ProcessedStore, root: Path) -> None:
         self.store, self.root = store, root
+        self.listings: dict[str, set[str]] = {}
 
     def path(self, name: str) -> Path | None:
         if isinstance(self.store, LocalStore):
@@ -108,9 +109,22 @@ class _Cache:
             return local
         return local if self.store.fetch(name, local) else None
 
+    def list(self, prefix: str) -> list[str]:
+        """Names under a prefix. A remote store is listed once per dataset (`<dataset>/`) and then
+        answered from memory: one paginated LIST instead of one per date."""
+        if isinstance(self.store, LocalStore):
+            return self.store.list(prefix)
+        top = prefix.split("/", 1)[0] + "/"
+        if top not in self.listings:
+            self.listings[top] = set(self.store.list(top))
+        return sorted(n for n in self.listings[top] if n.startswith(prefix))
+
     def publish(self, name: str, src: Path) -> None:
         """Publish to the store and keep what was published as the local copy."""
         self.store.publish(name, src)
+        for top, names in self.listings.items():
+            if name.startswith(top):
+                names.add(name)
         if not isinstance(self.store, LocalStore):
             local = self.root / name
             local.parent.mkdir(parents=True, exist_ok=True)
@@ -224,7 +238,7 @@ def recompute(
     cache = _Cache(store, Path(work_dir) / "store")
     datasets = partitioned_datasets(cfg)
     indexes = {d.name: _load_index(cache, d.name) for d in datasets}
-    return recompute_dates(cfg, dates, datasets, indexes, cache, store)
+    return recompute_dates(cfg, dates, datasets, indexes, cache)
 
 
 def date_groups(dates: list[str], groups: int) -> list[list[str]]:
@@ -307,7 +321,7 @@ def _carry_children(
     writers = _PartitionWriters(cfg, d, out_root, stem + "-carried")
     carried = 0
     for old_date, parents in sorted(by_old_date.items()):
-        for name, file_seq in _partition_files(cache.store, cfg, d.name, old_date):
+        for name, file_seq in _partition_files(cache, cfg, d.name, old_date):
             path = cache.path(name)
             if path is None:
                 continue
@@ -329,10 +343,10 @@ def _carry_children(
     return carried
 
 
-def _partition_files(store: ProcessedStore, cfg: PipelineConfig, dataset: str, date: str) -> list[tuple[str, int]]:
+def _partition_files(cache: _Cache, cfg: PipelineConfig, dataset: str, date: str) -> list[tuple[str, int]]:
     prefix = _partition_dir(cfg, dataset, date)
     files = []
-    for name in store.list(prefix):
+    for name in cache.list(prefix):
         base = name[len(prefix) :]
         if "/" in base or not base.endswith(".csv"):
             continue
@@ -346,7 +360,6 @@ def recompute_dates(
     datasets: list[_Partitioned],
     indexes: dict[str, KeyTable],
     cache: _Cache,
-    store: ProcessedStore,
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """Every table's complete items of each date, from all live rows of that date."""
     plan = KpiPlan.compile(cfg)
@@ -358,7 +371,7 @@ def recompute_dates(
             positions = [d.header.index(f) for f in plan.fields[d.name]]
             readers = plan.readers(d.name)
             index = indexes[d.name]
-            for name, file_seq in _partition_files(store, cfg, d.name, date):
+            for name, file_seq in _partition_files(cache, cfg, d.name, date):
                 path = cache.path(name)
                 if path is None:
                     continue
