@@ -107,19 +107,7 @@ class KeyTable:
         self._count += count
 
     def put_many(self, keys: list[Any], values: list[Any]) -> None:
-        self._reserve(keys)
-        dense, sparse, code_of, count = self._dense, self._sparse, self._code, 0
-        for key, value in zip(keys, values, strict=True):
-            code = code_of(value)
-            if type(key) is int and 0 <= key < DENSE_LIMIT:
-                if not dense[key]:
-                    count += 1
-                dense[key] = code
-            else:
-                if key not in sparse:
-                    count += 1
-                sparse[key] = code
-        self._count += count
+        self.put_codes(keys, list(map(self._code, values)))
 
     def contains_many(self, keys: list[Any]) -> list[bool]:
         dense, n, sparse = self._dense, len(self._dense), self._sparse

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.infra.support import FIRST_PARTY, ROOT, module_file, runtime_imports
+from tests.infra.support import FIRST_PARTY, ROOT, module_file, reachable, runtime_imports
 
 DOCKERFILE = ROOT / "ecs_tasks" / "Dockerfile"
 REQUIREMENTS = ROOT / "ecs_tasks" / "requirements.txt"
@@ -73,30 +73,13 @@ def closure() -> tuple[set[Path], dict[str, list[str]]]:
     and the third-party top-level imports of those files ({name: [where]})."""
     roots = [module_file(m) for m in task_modules()]
     roots += sorted((ROOT / "kpipe" / "engine").glob("*.py")) + sorted((ROOT / "ecs_tasks").glob("*.py"))
-    seen: set[Path] = set()
+    seen = reachable([r for r in roots if r is not None])
     third: dict[str, list[str]] = {}
-    todo = [r for r in roots if r is not None]
-    while todo:
-        path = todo.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        # importing a.b.c runs a/__init__.py and a/b/__init__.py too
-        parts = path.relative_to(ROOT).parts
-        for i in range(1, len(parts)):
-            init = ROOT.joinpath(*parts[:i], "__init__.py")
-            if init.is_file():
-                todo.append(init)
+    for path in sorted(seen):
         for module, line in runtime_imports(path):
             top = module.split(".")[0]
-            if not top or top in sys.stdlib_module_names or top == "__future__":
-                continue
-            if top in FIRST_PARTY:
-                target = module_file(module)
-                if target is not None:
-                    todo.append(target)
-                continue
-            third.setdefault(top, []).append(f"{path.relative_to(ROOT)}:{line}")
+            if top and top not in sys.stdlib_module_names and top != "__future__" and top not in FIRST_PARTY:
+                third.setdefault(top, []).append(f"{path.relative_to(ROOT)}:{line}")
     return seen, third
 
 
