@@ -18,6 +18,7 @@ Output to the state machine (small): status, counts, `threshold_exceeded` and it
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Mapping
@@ -89,7 +90,8 @@ def validate(ctx: common.TaskContext, log: Any) -> dict[str, Any]:
         raw_dir, out_dir = Path(tmp) / "raw", Path(tmp) / "out"
         for entry in snapshot:
             common.download(s3, bucket, entry.key, entry.version_id, raw_dir / layout.relative(entry.key))
-        result = validate_batch(cfg, raw_dir, out_dir, ctx.batch_id)
+        # one worker process per vCPU the task was given (Fargate: TaskCpu / 1024), files in parallel
+        result = validate_batch(cfg, raw_dir, out_dir, ctx.batch_id, workers=min(len(os.sched_getaffinity(0)), 4))
         for name in cfg.datasets:
             for kind, key in (("validated", layout.validated_key(ctx.batch_id, name)), ("rejected", layout.rejected_key(ctx.batch_id, name))):
                 path = out_dir / kind / f"{name}.csv"
