@@ -129,21 +129,16 @@ def kpi_table(name: str, key: list[str], items: list[dict[str, Any]], limit: int
     return table
 
 
-def _register_optional() -> None:
-    """Commands that live in their own modules (generator, emulator)."""
+def _register_commands() -> None:
+    """Commands that live in their own modules (they import this one, hence the late import)."""
+    from kpipe.cli_local import run_command, serve_command
     from kpipe.generate import generate_command
 
-    main.add_command(generate_command)
-    try:
-        from kpipe.cli_local import run_command, serve_command
-    except ImportError as exc:  # pragma: no cover - only while the emulator is absent
-        err.print(f"[yellow]emulator commands unavailable: {exc}[/yellow]")
-    else:
-        main.add_command(run_command)
-        main.add_command(serve_command)
+    for command in (generate_command, run_command, serve_command):
+        main.add_command(command)
 
 
-_register_optional()
+_register_commands()
 
 
 if __name__ == "__main__":
