@@ -62,7 +62,12 @@ class KeyTable:
         return True
 
     def _reserve(self, keys: Sequence[Any]) -> None:
-        top = max((k for k in keys if type(k) is int and 0 <= k < DENSE_LIMIT), default=-1)
+        try:
+            top = max(keys, default=-1)  # C-level for the usual column of ints
+        except TypeError:  # mixed key types
+            top = None
+        if type(top) is not int or top >= DENSE_LIMIT:
+            top = max((k for k in keys if type(k) is int and 0 <= k < DENSE_LIMIT), default=-1)
         if top >= len(self._dense):
             grow = max(top + 1 - len(self._dense), len(self._dense) // 2, 1024)
             self._dense.frombytes(bytes(4 * grow))

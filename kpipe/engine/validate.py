@@ -1,9 +1,10 @@
 """Validate one batch (ECS task 1's logic): raw CSV files in, valid and rejected rows plus a report out.
 
 Each raw file is streamed once through petl: `fromcsv` reads it (BOM, CRLF, quoting handled by the
-csv module), the compiled `FileRules` decide every row, valid rows stream on into `tocsv` and
-rejected rows go to the rejected file with their file, line and reasons. Memory holds only the key
-tables that uniqueness, references and lookups need, never the rows.
+csv module), the compiled `FileRules` decide a chunk of rows at a time, valid rows are written a
+chunk per `csv.writer.writerows` call and rejected rows go to the rejected file with their file,
+line and reasons. Memory holds only the key tables that uniqueness, references and lookups need and
+one chunk, never the file.
 
 Datasets run in dependency order (a referenced dataset first), so an item is checked against the
 orders and products already found valid: a rejected order rejects its items (the cascade).
@@ -17,7 +18,7 @@ import json
 import multiprocessing
 import shutil
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
@@ -136,7 +137,8 @@ def _validate_file(
     seen: dict[str, KeyTable],
     valid_keys: KeyTable | None,
 ) -> _FileOutcome:
-    """Stream one raw file through petl: valid rows to a part file, rejected rows to another.
+    """Stream one raw file (petl's `fromcsv`) a chunk at a time: valid rows to a part file, rejected
+    rows to another.
 
     `valid_keys` None (in a worker process): the file's valid keys come back in the outcome instead."""
     ds = cfg.datasets[name]
@@ -164,8 +166,8 @@ def _validate_file(
                 ]
             )
 
-        def valid_rows() -> Iterator[Sequence[str]]:
-            yield validated_header(cfg, name)
+        def stream(valid: Any) -> None:
+            valid.writerow(validated_header(cfg, name))
             rows = iter(petl.fromcsv(str(path), encoding="utf-8-sig", errors="surrogateescape"))
             header = next(rows, None)
             if header is None:
@@ -197,9 +199,11 @@ def _validate_file(
                 elif refs.lookup_fields[name] or _is_referenced(cfg, name):
                     outcome.valid_keys.extend(cols[rules.key_pos])
                     outcome.lookups.extend(rules.lookup_values(cols))
-                yield from zip(*rules.format_columns(cols), strict=True)
+                # a whole chunk per call: csv.writer's C loop, not a Python loop per row
+                valid.writerows(zip(*rules.format_columns(cols), strict=True))
 
-        petl.tocsv(valid_rows(), str(outcome.valid_path), encoding="utf-8")
+        with open(outcome.valid_path, "w", encoding="utf-8", newline="") as valid_fh:
+            stream(csv.writer(valid_fh))
     return outcome
 
 
