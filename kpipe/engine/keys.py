@@ -1,10 +1,11 @@
 """Compact key -> value maps for uniqueness, references, lookups and the processed-store index.
 
 A batch of 400k orders and 880k items would need ~150 MB as Python sets and dicts of int keys.
-Here a non-negative int key below DENSE_LIMIT is a slot in an `array('I')` holding a small value
-code (0 = absent), and values are dictionary-encoded (a date, a category, a (seq, date) pair repeat
-a lot). Other keys (negative, huge, strings) fall back to a dict. Memory is then ~4 bytes per key
-value, whatever the file sizes.
+Here a non-negative int key below DENSE_LIMIT is a slot in an `array` holding a small value code
+(0 = absent), and values are dictionary-encoded (a date, a category, a (seq, date) pair repeat a
+lot). Slots are one byte while there are fewer than 256 distinct values and widen to two or four
+bytes when needed. Other keys (negative, huge, strings) fall back to a dict. Memory is then 1-4
+bytes per key, whatever the file sizes.
 
 >>> t = KeyTable()
 >>> t.put(7, "2025-03-01"); t.put("x", "2025-03-02")
@@ -20,12 +21,13 @@ from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-DENSE_LIMIT = 1 << 25  # 32M slots max = 128 MiB worst case; ids beyond go to the dict
+DENSE_LIMIT = 1 << 25  # 32M slots max (32-128 MiB worst case); ids beyond go to the dict
 
 
 class KeyTable:
-    def __init__(self) -> None:
-        self._dense = array("I")
+    def __init__(self, typecode: str = "B") -> None:
+        # slots start at one byte (a set, or a few distinct values) and widen as codes need
+        self._dense = array(typecode)
         self._sparse: dict[Hashable, int] = {}
         self._values: list[Any] = [None]  # code 0 = absent
         self._codes: dict[Any, int] = {}
@@ -35,6 +37,8 @@ class KeyTable:
         code = self._codes.get(value)
         if code is None:
             code = len(self._values)
+            if code >= 1 << (8 * self._dense.itemsize):
+                self._dense = array("H" if code < 1 << 16 else "I", self._dense)
             self._values.append(value)
             self._codes[value] = code
         return code
@@ -44,8 +48,8 @@ class KeyTable:
         if type(key) is int and 0 <= key < DENSE_LIMIT:
             dense = self._dense
             if key >= len(dense):
-                grow = max(key + 1 - len(dense), len(dense) // 2, 1024)
-                dense.frombytes(bytes(4 * grow))
+                grow = max(key + 1 - len(dense), len(dense) // 4, 1024)
+                dense.frombytes(bytes(dense.itemsize * grow))
             if dense[key] == 0:
                 self._count += 1
             dense[key] = code
@@ -69,8 +73,8 @@ class KeyTable:
         if type(top) is not int or top >= DENSE_LIMIT:
             top = max((k for k in keys if type(k) is int and 0 <= k < DENSE_LIMIT), default=-1)
         if top >= len(self._dense):
-            grow = max(top + 1 - len(self._dense), len(self._dense) // 2, 1024)
-            self._dense.frombytes(bytes(4 * grow))
+            grow = max(top + 1 - len(self._dense), len(self._dense) // 4, 1024)
+            self._dense.frombytes(bytes(self._dense.itemsize * grow))
 
     def add_new_many(self, keys: list[Any], value: Any = True) -> list[bool]:
         """`add_new` over a column in one call (the per-key method call is the cost here)."""
@@ -159,6 +163,7 @@ class KeyTable:
             "sparse": [[_key_json(k), c] for k, c in self._sparse.items()],
             "count": self._count,
             "dense_len": len(self._dense),
+            "typecode": self._dense.typecode,
         }
         with open(path, "wb") as fh:
             fh.write(json.dumps(header).encode() + b"\n")
@@ -166,9 +171,9 @@ class KeyTable:
 
     @classmethod
     def load(cls, path: Path) -> KeyTable:
-        table = cls()
         with open(path, "rb") as fh:
             header = json.loads(fh.readline())
+            table = cls(header.get("typecode", "I"))
             table._values = [None, *(_value_from_json(v) for v in header["values"])]
             table._codes = {v: i for i, v in enumerate(table._values) if i}
             table._sparse = {_key_from_json(k): c for k, c in header["sparse"]}

@@ -144,6 +144,7 @@ def _validate_file(
     ds = cfg.datasets[name]
     source_headers = [col.header(col_name) for col_name, col in ds.columns.items()]
     declared = set(source_headers)
+    referenced = _is_referenced(cfg, name)
     counts = {"rows_in": 0, "rows_valid": 0, "rows_rejected": 0}
     outcome = _FileOutcome(rel, counts, Counter(), part_dir / f"{number:05d}.valid.csv", part_dir / f"{number:05d}.rejected.csv")
     path = raw_dir / rel
@@ -194,9 +195,11 @@ def _validate_file(
                 if not cols or not cols[0]:
                     continue
                 counts["rows_valid"] += len(cols[0])
-                if valid_keys is not None:
+                if not referenced:
+                    pass  # nothing points at this dataset: its valid keys need not be kept
+                elif valid_keys is not None:
                     valid_keys.put_many(cols[rules.key_pos], rules.lookup_values(cols))
-                elif refs.lookup_fields[name] or _is_referenced(cfg, name):
+                else:
                     outcome.valid_keys.extend(cols[rules.key_pos])
                     outcome.lookups.extend(rules.lookup_values(cols))
                 # a whole chunk per call: csv.writer's C loop, not a Python loop per row

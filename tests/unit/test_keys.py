@@ -110,3 +110,20 @@ def test_million_dense_keys_stay_small() -> None:
     assert len(t._values) == 29  # values are dictionary-encoded: one entry per distinct value (+ absent)
     assert t.get(n) == (1, dates[n % 28])
     assert sys.getsizeof({k: 1 for k in range(n)}) > 4 * dense_bytes  # what the array saves
+
+
+def test_slots_start_at_one_byte_and_widen_when_values_need_it(tmp_path: Path) -> None:
+    from kpipe.engine.keys import KeyTable as Table
+
+    table = Table()
+    table.put_many(list(range(1000)), [True] * 1000)
+    assert table._dense.itemsize == 1  # a set: one byte per key
+    table.put_many(list(range(300)), [f"v{i}" for i in range(300)])  # 301 distinct values: needs two bytes
+    assert table._dense.itemsize == 2
+    table.put_many([5], [("seq", 70_000)])
+    table.put_many(list(range(2000, 2000 + 70_000)), list(range(70_000)))  # > 65,535 codes: four bytes
+    assert table._dense.itemsize == 4
+    assert table.get(299) == "v299" and table.get(999) is True and table.get(2000 + 69_999) == 69_999
+    table.save(tmp_path / "t.idx")
+    loaded = Table.load(tmp_path / "t.idx")
+    assert loaded._dense.itemsize == 4 and loaded.get(299) == "v299" and len(loaded) == len(table)
