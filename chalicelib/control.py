@@ -65,18 +65,12 @@ class ControlTable:
 
     def acquire(self, owner: str, batch_id: str, acquired_at: str | None = None) -> bool:
         """Take the lease for `owner` (an execution ARN); False when someone else holds it."""
-        try:
-            self.table.put_item(
-                Item={"pk": LOCK_KEY, "owner": owner, "batch_id": batch_id, "acquired_at": acquired_at or _now_iso()},
-                ConditionExpression="attribute_not_exists(pk) OR #owner = :me",
-                ExpressionAttributeNames={"#owner": "owner"},
-                ExpressionAttributeValues={":me": owner},
-            )
-        except Exception as exc:
-            if _is_conditional_failure(exc):
-                return False
-            raise
-        return True
+        return self._if_owner(
+            self.table.put_item,
+            owner,
+            Item={"pk": LOCK_KEY, "owner": owner, "batch_id": batch_id, "acquired_at": acquired_at or _now_iso()},
+            ConditionExpression="attribute_not_exists(pk) OR #owner = :me",
+        )
 
     def release(self, owner: str) -> bool:
         """Give the lease back if `owner` holds it; False (and nothing changed) otherwise."""
@@ -87,13 +81,13 @@ class ControlTable:
         return self._delete_if_owner(stale_owner)
 
     def _delete_if_owner(self, owner: str) -> bool:
+        return self._if_owner(self.table.delete_item, owner, Key={"pk": LOCK_KEY}, ConditionExpression="#owner = :me")
+
+    @staticmethod
+    def _if_owner(operation: Any, owner: str, **request: Any) -> bool:
+        """Run a write conditioned on the lease owner (`#owner`/`:me`); False when the condition fails."""
         try:
-            self.table.delete_item(
-                Key={"pk": LOCK_KEY},
-                ConditionExpression="#owner = :me",
-                ExpressionAttributeNames={"#owner": "owner"},
-                ExpressionAttributeValues={":me": owner},
-            )
+            operation(**request, ExpressionAttributeNames={"#owner": "owner"}, ExpressionAttributeValues={":me": owner})
         except Exception as exc:
             if _is_conditional_failure(exc):
                 return False
