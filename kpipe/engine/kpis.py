@@ -17,7 +17,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from chalicelib.config import Metric, PipelineConfig
-from kpipe.engine.parsing import reader_for
+from kpipe.engine.parsing import has_none, reader_for
 from kpipe.engine.rules import check_predicate
 
 
@@ -129,7 +129,7 @@ class DateAggregator:
                         values = [v for v, keep in zip(col, mask, strict=True) if keep] if whole else [col[i] for i in idxs if mask[i]]
                     else:
                         values = col if whole else [col[i] for i in idxs]
-                    if None in values:
+                    if has_none(values):
                         values = [v for v in values if v is not None]
                     accs[m_index] = _reduce(kind, accs[m_index], values)
 

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 
 from chalicelib.config import Check, Column, Dataset, Derived, PipelineConfig
 from kpipe.engine.keys import KeyTable
-from kpipe.engine.parsing import DECIMAL_GRAMMAR, datetime_parser, parse_decimal, parse_int, parse_string
+from kpipe.engine.parsing import DECIMAL_GRAMMAR, datetime_parser, has_none, parse_decimal, parse_int, parse_string
 
 Predicate = Callable[[Any], bool]
 ColumnStep = Callable[[list[list[Any]]], list[Any]]
@@ -224,7 +224,7 @@ class FileRules:
             values, bad = _bulk_parse(raw_cols[col.pos], col.parse, col.required, col.default)
             suspect.update(bad)
             for _rule, pred in col.checks:
-                if bad or None in values:
+                if bad or has_none(values):
                     suspect.update(i for i, v in enumerate(values) if v is not None and not pred(v))
                 elif not all(map(pred, values)):
                     suspect.update(i for i, v in enumerate(values) if not pred(v))
@@ -358,4 +358,4 @@ def _formatter(type_name: str, nullable: bool) -> Callable[[list[Any]], list[str
         return lambda col: [method(v) if v is not None else "" for v in col]
     if type_name == "bool":
         return lambda col: ["true" if v else "false" if v is not None else "" for v in col]
-    return lambda col: list(map(str, col)) if None not in col else [str(v) if v is not None else "" for v in col]
+    return lambda col: [str(v) if v is not None else "" for v in col] if has_none(col) else list(map(str, col))
