@@ -8,7 +8,8 @@ points at its own file. That gives the cross-batch semantics without rewriting h
 - a later batch's row replaces an earlier one with the same key (the index moves to it);
 - an order moved to another date leaves its old date; its items that were not re-sent follow it:
   they are copied ("carried") into the new date under the new batch and the index moves to them;
-- processing a batch again reuses its seq, rewrites identical files and changes nothing;
+- processing a batch again (the same validated rows, under any batch id) reuses its seq and file
+  names, rewrites identical files and changes nothing;
 - the KPIs of every touched date are recomputed from all live rows of that date, so a day split
   across batches equals the same day sent in one batch.
 
@@ -19,6 +20,7 @@ plan (seq and touched dates), then the indexes and the batch counter.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import multiprocessing
 import shutil
@@ -167,11 +169,18 @@ def index_batch(
     cache = _Cache(store, work_dir / "store")
     out_root = work_dir / "out"
     state = _read_json(cache, STATE) or {"next_seq": 1, "batches": {}}
-    seq = state["batches"].get(batch_id) or state["next_seq"]
-    prior_plan = _read_json(cache, f"_meta/batches/{batch_id}.json") or {}
     datasets = partitioned_datasets(cfg)
+    # The same rows again (a retry, or the same files uploaded again under a new batch id) take the
+    # place they had: same seq, same file names, so nothing changes and nothing is counted twice.
+    digest = _content_digest(validated_dir, datasets)
+    known = state.setdefault("contents", {}).get(digest)
+    if known is not None:
+        seq, stem = known["seq"], known["stem"]
+    else:
+        seq = state["batches"].get(batch_id) or state["next_seq"]
+        stem = f"{seq:08d}-{batch_id}"
+    prior_plan = _read_json(cache, f"_meta/batches/{stem}.json") or {}
     indexes = {d.name: _load_index(cache, d.name) for d in datasets}
-    stem = f"{seq:08d}-{batch_id}"
 
     touched: set[str] = set(prior_plan.get("dates", []))
     moved: dict[str, dict[Any, str]] = {}  # parent dataset -> key -> old date
@@ -217,12 +226,13 @@ def index_batch(
     for name in new_files:
         cache.publish(name, out_root / name)
     dates = sorted(touched)
-    _publish_json(cache, work_dir, f"_meta/batches/{batch_id}.json", {"seq": seq, "dates": dates})
+    _publish_json(cache, work_dir, f"_meta/batches/{stem}.json", {"seq": seq, "dates": dates})
     for d in datasets:
         path = work_dir / f"{d.name}.idx"
         indexes[d.name].save(path)
         cache.publish(f"_index/{d.name}.idx", path)
     state["batches"][batch_id] = seq
+    state["contents"][digest] = {"seq": seq, "stem": stem}
     state["next_seq"] = max(state["next_seq"], seq + 1)
     _publish_json(cache, work_dir, STATE, state)
     return IndexResult(batch_id, seq, dates, written, carried)
@@ -400,6 +410,17 @@ def _read_column(reader: Any, texts: Sequence[str]) -> list[Any]:
     if "" in texts:
         return [reader(t) if t != "" else None for t in texts]
     return list(map(reader, texts))
+
+
+def _content_digest(validated_dir: Path, datasets: list[_Partitioned]) -> str:
+    """What identifies a batch's rows, whatever its batch id (validated files are canonical text)."""
+    digest = hashlib.sha256()
+    for d in datasets:
+        digest.update(f"{d.name}\0".encode())
+        with open(validated_dir / f"{d.name}.csv", "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _load_index(cache: _Cache, dataset: str) -> KeyTable:
