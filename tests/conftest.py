@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Callable, Iterable, Mapping
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from chalicelib.config import PipelineConfig, default_config_path, load_config, parse_config
+from tests.support import read_kpis
 
 PRODUCT_COLUMNS = ["id", "sku", "cost", "category", "name", "brand", "retail_price", "department"]
 ORDER_COLUMNS = ["order_id", "user_id", "status", "created_at", "returned_at", "shipped_at", "delivered_at",
@@ -81,18 +80,6 @@ def write_batch_files(
     _write_dataset(batch_dir / "orders", [] if orders is None else orders, ORDER_COLUMNS)
     _write_dataset(batch_dir / "order_items", [] if items is None else items, ITEM_COLUMNS)
     return batch_dir
-
-
-def read_kpis(out: Path) -> tuple[dict[str, dict[str, Decimal]], dict[tuple[str, str], dict[str, Decimal]]]:
-    """OUT/OrderKPI.json and OUT/CategoryKPI.json keyed like the oracle's result, numbers as Decimal."""
-    def load(name: str) -> list[dict[str, Any]]:
-        return json.loads((out / name).read_text(encoding="utf-8"), parse_float=Decimal, parse_int=Decimal)
-
-    orders = {i.pop("order_date"): i for i in load("OrderKPI.json")}
-    cats = {}
-    for item in load("CategoryKPI.json"):
-        cats[(item.pop("category"), item.pop("order_date"))] = item
-    return orders, cats
 
 
 def tables_as_kpis(

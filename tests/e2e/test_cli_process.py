@@ -7,7 +7,6 @@ import csv
 import json
 import subprocess
 import sys
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 
 from kpipe.generate import generate_batches
 from tests.oracle import oracle
+from tests.support import read_kpis as tables
 
 pytestmark = pytest.mark.e2e
 
@@ -39,14 +39,6 @@ def first_call(batches: list[Path], tmp_path_factory: pytest.TempPathFactory) ->
     result = kpipe("process", batches[0], "--out", out)
     assert result.returncode == 0, result.stderr
     return out, result
-
-
-def tables(out: Path) -> tuple[dict[str, Any], dict[tuple[str, str], Any]]:
-    def load(name: str) -> list[dict[str, Any]]:
-        return json.loads((out / name).read_text(encoding="utf-8"), parse_float=Decimal, parse_int=Decimal)
-    orders = {i.pop("order_date"): i for i in load("OrderKPI.json")}
-    cats = {(i.pop("category"), i.pop("order_date")): i for i in load("CategoryKPI.json")}
-    return orders, cats
 
 
 def test_out_holds_the_contract_files(first_call: tuple[Path, Any], batches: list[Path]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import random
 import tempfile
@@ -28,6 +27,7 @@ from chalicelib.config import default_config_path, load_config, parse_config
 from kpipe.engine.validate import validate_batch
 from kpipe.process import process_batches
 from tests.oracle import oracle
+from tests.support import read_kpis as kpis
 
 # Deterministic (same examples every run) and no shrinking: a failure is reported as found, so a failing
 # property costs no more time than a passing one (the unit tests hold the minimal cases).
@@ -160,14 +160,6 @@ _FAST_TMP = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os
 def workdir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="kpipe-prop-", dir=_FAST_TMP) as tmp:
         yield Path(tmp)
-
-
-def kpis(out: Path) -> tuple[dict[str, Any], dict[tuple[str, str], Any]]:
-    def load(name: str) -> list[dict[str, Any]]:
-        return json.loads((out / name).read_text(encoding="utf-8"), parse_float=Decimal, parse_int=Decimal)
-    orders = {i.pop("order_date"): i for i in load("OrderKPI.json")}
-    cats = {(i.pop("category"), i.pop("order_date")): i for i in load("CategoryKPI.json")}
-    return orders, cats
 
 
 def data_rows(path: Path) -> int:
