@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from kpipe.local import shims
 from kpipe.local.agent import EcsAgent, InProcessRunner, Runner, RunResult, SubprocessRunner, TaskRun
 from kpipe.local.pump import S3EventPump, chalice_handler
 from kpipe.local.resources import Resources, create_resources
-from kpipe.local.server import REGION, MotoServer, emulator_environment, pointed_at
+from kpipe.local.server import REGION, MotoServer, emulator_environment, environ, pointed_at
 from kpipe.tables import load_table, save_table
 
 Progress = Callable[[str], None]
@@ -46,20 +46,6 @@ _CHALICE_MAIN = "import sys; from chalice.cli import main; sys.argv[0] = 'chalic
 
 class RunError(RuntimeError):
     """The local run could not complete (a batch directory is incomplete, or the pipeline did not settle)."""
-
-
-@contextlib.contextmanager
-def _environ(values: Mapping[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 class Emulator:
@@ -126,7 +112,7 @@ class Emulator:
         self._session = boto3.session.Session(region_name=REGION)
         self.resources = create_resources(self.client)
         task_env = self.resources.task_environment()
-        self._stack.enter_context(_environ(task_env))  # the in-process Lambda handler reads these per call
+        self._stack.enter_context(environ(task_env))  # the in-process Lambda handler reads these per call
         base = {**emulator_environment(self._endpoint), **task_env}
         runner: Runner = InProcessRunner(base) if self.in_process_tasks else SubprocessRunner(base, self.log_dir)
         if self.wrap_runner is not None:

@@ -95,18 +95,12 @@ def emulator_environment(endpoint: str | None, region: str = REGION) -> dict[str
 
 
 @contextmanager
-def pointed_at(endpoint: str | None, extra: Mapping[str, str] | None = None, region: str = REGION) -> Iterator[None]:
-    """Point this process's boto3 (and chalicelib.aws's cached clients) at the emulator, then restore."""
-    from chalicelib import aws, trigger
-
-    wanted = {**emulator_environment(endpoint, region), **(extra or {})}
-    stripped = (*_STRIPPED, "AWS_ENDPOINT_URL") if endpoint is None else _STRIPPED
-    saved = {name: os.environ.get(name) for name in (*wanted, *stripped)}
-    for name in stripped:
+def environ(values: Mapping[str, str], unset: tuple[str, ...] = ()) -> Iterator[None]:
+    """Set (and unset) environment variables for the duration, then restore exactly what was there."""
+    saved = {name: os.environ.get(name) for name in (*values, *unset)}
+    for name in unset:
         os.environ.pop(name, None)
-    os.environ.update(wanted)
-    aws.reset()
-    trigger.clear_config_cache()
+    os.environ.update(values)
     try:
         yield
     finally:
@@ -115,5 +109,20 @@ def pointed_at(endpoint: str | None, extra: Mapping[str, str] | None = None, reg
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@contextmanager
+def pointed_at(endpoint: str | None, extra: Mapping[str, str] | None = None, region: str = REGION) -> Iterator[None]:
+    """Point this process's boto3 (and chalicelib.aws's cached clients) at the emulator, then restore."""
+    from chalicelib import aws, trigger
+
+    wanted = {**emulator_environment(endpoint, region), **(extra or {})}
+    stripped = (*_STRIPPED, "AWS_ENDPOINT_URL") if endpoint is None else _STRIPPED
+    with environ(wanted, stripped):
         aws.reset()
         trigger.clear_config_cache()
+        try:
+            yield
+        finally:
+            aws.reset()
+            trigger.clear_config_cache()
