@@ -153,7 +153,7 @@ def _validate_file(
     with open(outcome.rejected_path, "w", encoding="utf-8", errors="surrogateescape", newline="") as rej_fh:
         rejected = csv.writer(rej_fh)
 
-        def reject(line: int, row: Sequence[str], header: Sequence[str], why: list[str]) -> None:
+        def reject(line: int, row: Sequence[str], header: Sequence[str], src_pos: list[int], why: list[str]) -> None:
             counts["rows_rejected"] += 1
             outcome.reasons.update(why)
             other = {h: v for h, v in zip(header, row, strict=False) if h.strip() not in declared}
@@ -162,7 +162,7 @@ def _validate_file(
                     rel,
                     line,
                     ";".join(why),
-                    *(row[i] if 0 <= i < len(row) else "" for i in _positions(header, source_headers)),
+                    *(row[i] if 0 <= i < len(row) else "" for i in src_pos),
                     json.dumps(other, ensure_ascii=False) if other else "",
                 ]
             )
@@ -174,6 +174,7 @@ def _validate_file(
             if header is None:
                 return  # an empty file: no header, no rows
             rules = FileRules(cfg, name, header, refs, seen)
+            src_pos = _positions(header, source_headers)  # where the declared columns sit in this file
             line = 1
             while chunk := list(islice(rows, CHUNK_ROWS)):
                 lines: Sequence[int] = range(line + 1, line + 1 + len(chunk))
@@ -181,17 +182,18 @@ def _validate_file(
                 if () in chunk or not clean:  # blank lines are not rows; undecodable rows are rejected
                     pairs = [(r, ln) for r, ln in zip(chunk, lines, strict=True) if r]
                     if not clean:
-                        for r, ln in pairs:
-                            if _has_bad_bytes(r):
+                        undecodable = [_has_bad_bytes(r) for r, _ in pairs]
+                        for (r, ln), bad in zip(pairs, undecodable, strict=True):
+                            if bad:
                                 counts["rows_in"] += 1
-                                reject(ln, r, header, ["row.encoding"])
-                        pairs = [(r, ln) for r, ln in pairs if not _has_bad_bytes(r)]
+                                reject(ln, r, header, src_pos, ["row.encoding"])
+                        pairs = [pair for pair, bad in zip(pairs, undecodable, strict=True) if not bad]
                     chunk = [r for r, _ in pairs]
                     lines = [ln for _, ln in pairs]
                 counts["rows_in"] += len(chunk)
                 cols, rejected_rows = rules.apply_chunk(chunk)
                 for i, why in rejected_rows:
-                    reject(lines[i], chunk[i], header, why)
+                    reject(lines[i], chunk[i], header, src_pos, why)
                 if not cols or not cols[0]:
                     continue
                 counts["rows_valid"] += len(cols[0])
