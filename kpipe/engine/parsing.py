@@ -42,6 +42,26 @@ def parse_string(text: str) -> str:
     return text
 
 
+def _bulk_ints(texts: list[str]) -> list[int] | None:
+    joined = "".join(texts)
+    return list(map(int, texts)) if joined.isascii() and joined.isdigit() else None
+
+
+def _bulk_decimals(texts: list[str]) -> list[Decimal] | None:
+    return list(map(Decimal, texts)) if all(map(DECIMAL_GRAMMAR.match, texts)) else None
+
+
+def _bulk_strings(texts: list[str]) -> list[str]:
+    return texts
+
+
+# Each parser's `bulk`: a whole column of non-empty stripped texts in C-level maps, or None when the
+# column is not all clean (the caller then parses value by value and finds the bad ones).
+parse_int.bulk = _bulk_ints  # type: ignore[attr-defined]
+parse_decimal.bulk = _bulk_decimals  # type: ignore[attr-defined]
+parse_string.bulk = _bulk_strings  # type: ignore[attr-defined]
+
+
 def datetime_parser(tz: tzinfo) -> Callable[[str], datetime]:
     """A parser giving aware datetimes in the pipeline's zone (naive input is taken to be in it)."""
     offsets: dict[str, tzinfo] = {"Z": UTC}

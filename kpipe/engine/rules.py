@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 
 from chalicelib.config import Check, Column, Dataset, Derived, PipelineConfig
 from kpipe.engine.keys import KeyTable
-from kpipe.engine.parsing import DECIMAL_GRAMMAR, datetime_parser, has_none, parse_decimal, parse_int, parse_string
+from kpipe.engine.parsing import datetime_parser, has_none, parse_decimal, parse_int, parse_string
 
 Predicate = Callable[[Any], bool]
 ColumnStep = Callable[[list[list[Any]]], list[Any]]
@@ -308,7 +308,7 @@ def _bulk_parse(
 ) -> tuple[list[Any], list[int]]:
     """Parse a whole column; positions that are null-but-required or unparseable are returned as bad."""
     stripped = list(map(str.strip, texts))
-    fast = _FAST_PARSERS.get(parse) or getattr(parse, "bulk", None)
+    fast = getattr(parse, "bulk", None)  # a parser's whole-column fast path (see parsing.py)
     if fast is not None and "" not in stripped:
         values = fast(stripped)
         if values is not None:
@@ -327,26 +327,6 @@ def _bulk_parse(
             values.append(None)
             bad.append(i)
     return values, bad
-
-
-def _fast_ints(texts: list[str]) -> list[Any] | None:
-    joined = "".join(texts)
-    return list(map(int, texts)) if joined.isascii() and joined.isdigit() else None
-
-
-def _fast_decimals(texts: list[str]) -> list[Any] | None:
-    return list(map(Decimal, texts)) if all(map(DECIMAL_GRAMMAR.match, texts)) else None
-
-
-def _fast_strings(texts: list[str]) -> list[Any] | None:
-    return texts
-
-
-_FAST_PARSERS: dict[Callable[[str], Any], Callable[[list[str]], list[Any] | None]] = {
-    parse_int: _fast_ints,
-    parse_decimal: _fast_decimals,
-    parse_string: _fast_strings,
-}
 
 
 def _formatter(type_name: str, nullable: bool) -> Callable[[list[Any]], list[str]]:

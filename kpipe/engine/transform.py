@@ -221,7 +221,7 @@ def index_batch(
     for d in datasets:
         if d.parent is None or not moved[d.parent]:
             continue
-        carried += _carry_children(cfg, d, moved[d.parent], indexes, cache, out_root, stem, new_files)
+        carried += _carry_children(cfg, d, moved[d.parent], indexes, cache, out_root, seq, stem, new_files)
 
     for name in new_files:
         cache.publish(name, out_root / name)
@@ -320,6 +320,7 @@ def _carry_children(
     indexes: dict[str, KeyTable],
     cache: _Cache,
     out_root: Path,
+    seq: int,
     stem: str,
     new_files: list[str],
 ) -> int:
@@ -345,7 +346,6 @@ def _carry_children(
                 new_date = parent_index.get(parent)[1]
                 moved_row = list(row)
                 moved_row[d.part_pos] = new_date
-                seq = int(stem.split("-", 1)[0])
                 writers.write(new_date, moved_row)
                 index.put(key, (seq, new_date))
                 carried += 1
