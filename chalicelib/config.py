@@ -255,13 +255,16 @@ class PipelineConfig(_Strict):
         return ZoneInfo(self.timezone)
 
     def dataset_order(self) -> list[str]:
-        """Datasets in dependency order: a referenced dataset is validated before those that point at it."""
+        """Datasets in dependency order: a referenced dataset is validated before those that point at it.
+        Raises ValueError on a reference cycle (refused when the file is loaded)."""
         order: list[str] = []
         visiting: set[str] = set()
 
         def visit(name: str) -> None:
-            if name in order or name in visiting:
+            if name in order:
                 return
+            if name in visiting:
+                raise ValueError(f"references form a cycle through '{name}'")
             visiting.add(name)
             for column in self.datasets[name].columns.values():
                 if column.references in self.datasets:
@@ -339,12 +342,10 @@ def _semantic_problems(cfg: PipelineConfig) -> list[str]:
             problems.append(
                 f"{base}.partition_by: '{ds.partition_by}' is not a field; allowed: one of {ds.fields()}"
             )
-    if not problems:
-        try:
-            cycle_free = cfg.dataset_order()
-            del cycle_free
-        except RecursionError:  # pragma: no cover - guarded by visiting set
-            problems.append("datasets: references form a cycle; allowed: an acyclic graph")
+    try:
+        cfg.dataset_order()
+    except ValueError as exc:
+        problems.append(f"datasets: {exc}; allowed: references that form no cycle (a dataset is validated after those it references)")
     for t_name, table in cfg.kpis.items():
         problems.extend(_table_problems(cfg, t_name, table))
     return problems

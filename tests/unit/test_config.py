@@ -119,6 +119,12 @@ def test_self_reference(base: dict[str, Any]) -> None:
     problem_at(problems, f"{COL}.order_id.references", "itself", "products", "orders")
 
 
+def test_reference_cycle(base: dict[str, Any]) -> None:
+    cycle = put("datasets.orders.columns.first_item", {"type": "int", "references": "order_items"})
+    problems = problems_after(base, cycle)
+    problem_at(problems, "datasets", "cycle", "orders", "allowed")
+
+
 def test_lookup_via_a_column_without_references(base: dict[str, Any]) -> None:
     problems = problems_after(base, put(f"{ITEM_DERIVED}.category.lookup.via", "sale_price"))
     problem_at(problems, f"{ITEM_DERIVED}.category.lookup.via", "sale_price", "order_id", "product_id")
