@@ -16,6 +16,19 @@ the tasks); `install()` is idempotent and is called by the embedded emulator and
    looks (same name, hence the same ARN as the stack output).
 3. `SendTaskFailure` drops the `cause` (moto's response handler passes only the error), so a failed
    task's explanation would never reach the Catch and the report. We pass it on.
+4. A task token is answered into moto's callback endpoint, which loses the answer or replays a stale one:
+   (a) the heartbeat wait is set up only after `ecs:runTask` returns, so an answer that arrives first
+   wakes nobody and the state sleeps through `HeartbeatSeconds`, then times out although the task
+   finished long before (a task that answers within milliseconds hits it: a rare hang in CI);
+   (b) every retry of a state reuses its token and endpoint, so a retry would see the previous attempt's
+   answer. Each attempt now starts with a clean endpoint, and a heartbeat wait set up after this
+   attempt's answer starts out notified.
+5. moto's backends are plain dicts with no locking, and the interpreter makes boto3 clients from the
+   shared default session, which boto3 documents as unsafe across threads. A Map state's iterations
+   call `ecs:runTask` from several threads while the local agent lists and stops tasks: CI once saw
+   "dictionary changed size during iteration" fail a recompute task. Clients for the interpreter are
+   made under a lock and reused (clients themselves are thread-safe), and the ECS backend's task
+   methods run one at a time.
 """
 
 from __future__ import annotations
@@ -165,6 +178,86 @@ def _patch_send_task_failure() -> None:
     StepFunctionResponse.send_task_failure = send_task_failure  # type: ignore[method-assign]
 
 
+# --------------------------------------------------------------------------------------------------
+# 4. Task tokens: an early answer is not lost, a retry does not see the last attempt's answer
+
+
+def _patch_callback_endpoint() -> None:
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
+        state_task_service_callback as callback,
+    )
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.resource import ResourceCondition
+    from moto.stepfunctions.parser.asl.eval.callback.callback import CallbackEndpoint, HeartbeatEndpoint
+
+    cls = callback.StateTaskServiceCallback
+    parent_before = super(cls, cls)._before_eval_execution  # type: ignore[misc]
+
+    def _before_eval_execution(self: Any, env: Any, **kwargs: Any) -> None:
+        parent_before(self, env=env, **kwargs)
+        if self.resource.condition == ResourceCondition.WaitForTaskToken:
+            endpoint = env.callback_pool_manager.get(env.states.context_object.context_object_data["Task"]["Token"])
+            if endpoint is not None:  # a fresh attempt: forget the last one's answer
+                endpoint._outcome = None
+                endpoint._notify_event.clear()
+                endpoint._heartbeat_endpoint = None
+
+    original_setup = CallbackEndpoint.setup_heartbeat_endpoint
+
+    def setup_heartbeat_endpoint(self: Any, heartbeat_seconds: int) -> HeartbeatEndpoint:
+        endpoint = original_setup(self, heartbeat_seconds)
+        # `notify` stores the outcome before it looks for a heartbeat endpoint, so either it saw this one
+        # or this sees its outcome.
+        if self.get_outcome() is not None:
+            endpoint.notify()
+        return endpoint
+
+    cls._before_eval_execution = _before_eval_execution  # type: ignore[method-assign]
+    CallbackEndpoint.setup_heartbeat_endpoint = setup_heartbeat_endpoint  # type: ignore[method-assign]
+
+
+# --------------------------------------------------------------------------------------------------
+# 5. Concurrent Map iterations: the interpreter's clients and the ECS backend's task table
+
+_INTERPRETER_CLIENT_USERS = ("state_task_service_ecs", "state_task_service_aws_sdk", "state_task_service_dynamodb")
+_ECS_TASK_METHODS = ("run_task", "start_task", "describe_tasks", "list_tasks", "stop_task")
+
+
+def _patch_concurrency() -> None:
+    import importlib
+
+    from moto.ecs.models import EC2ContainerServiceBackend
+    from moto.stepfunctions.parser.asl.utils import boto_client
+
+    clients: dict[tuple[Any, ...], Any] = {}
+    clients_lock = threading.Lock()
+    make_client = boto_client.boto_client_for
+
+    def boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
+        # moto's own key: where its calls go (in-process stubber or the server's port) and for whom.
+        key = (region, service, boto_client.botocore_stubber.enabled, boto_client.moto_server_port(), repr(state_credentials))
+        with clients_lock:
+            if key not in clients:
+                clients[key] = make_client(region, service, state_credentials)
+            return clients[key]
+
+    for name in _INTERPRETER_CLIENT_USERS:
+        module = importlib.import_module(f"moto.stepfunctions.parser.asl.component.state.exec.state_task.service.{name}")
+        module.boto_client_for = boto_client_for  # type: ignore[attr-defined]
+
+    tasks_lock = threading.RLock()
+
+    def serialised(method: Any) -> Any:
+        @functools.wraps(method)
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            with tasks_lock:
+                return method(self, *args, **kwargs)
+
+        return call
+
+    for name in _ECS_TASK_METHODS:
+        setattr(EC2ContainerServiceBackend, name, serialised(getattr(EC2ContainerServiceBackend, name)))
+
+
 def install() -> None:
     """Apply every shim once per process (the moto server runs in-process, so this covers it too)."""
     global _installed
@@ -174,4 +267,6 @@ def install() -> None:
         _patch_integrations()
         _patch_cloudformation()
         _patch_send_task_failure()
+        _patch_callback_endpoint()
+        _patch_concurrency()
         _installed = True

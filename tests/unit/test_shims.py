@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_ecs import (
     StateTaskServiceEcs,
 )
+from moto.stepfunctions.parser.asl.eval.callback.callback import CallbackEndpoint, CallbackOutcomeSuccess
 
 from kpipe.local import shims
 
@@ -146,3 +148,106 @@ def test_send_task_failure_keeps_its_cause(executing: None) -> None:
     described = _wait(sfn, execution)
     assert described["status"] == "FAILED"
     assert (described["error"], described["cause"]) == ("Kpipe.TaskFailed", "the reason a report shows")
+
+
+def test_a_token_answered_before_the_heartbeat_wait_is_set_up_is_not_lost() -> None:
+    """ecs:runTask returns, the task answers at once, and only then does the state set up its heartbeat
+    wait: that wait must see the answer instead of sleeping until HeartbeatSeconds and timing out."""
+    endpoint = CallbackEndpoint(callback_id="token")
+    endpoint.notify(CallbackOutcomeSuccess(callback_id="token", output="{}"))
+    heartbeat = endpoint.setup_heartbeat_endpoint(heartbeat_seconds=1)
+    assert heartbeat.clear_and_wait() is True  # moto alone: False (timed out) after the full second
+
+
+def test_a_heartbeat_wait_set_up_before_any_answer_still_waits_for_one() -> None:
+    endpoint = CallbackEndpoint(callback_id="token")
+    heartbeat = endpoint.setup_heartbeat_endpoint(heartbeat_seconds=1)
+    endpoint.notify(CallbackOutcomeSuccess(callback_id="token", output="{}"))
+    assert heartbeat.clear_and_wait() is True
+    assert CallbackEndpoint(callback_id="other").setup_heartbeat_endpoint(heartbeat_seconds=0).clear_and_wait() is False
+
+
+def test_a_retried_task_waits_for_its_own_answer_not_the_last_attempts(executing: None) -> None:
+    """moto keeps one token per state across retries: attempt 2 must not replay attempt 1's failure."""
+    sqs = boto3.client("sqs", region_name=REGION)
+    queue = sqs.create_queue(QueueName="retried")["QueueUrl"]
+    definition = {
+        "StartAt": "Work",
+        "States": {
+            "Work": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
+                "Parameters": {"QueueUrl": queue, "MessageBody": {"token.$": "$$.Task.Token"}},
+                "HeartbeatSeconds": 20,
+                "TimeoutSeconds": 30,
+                "Retry": [{"ErrorEquals": ["Kpipe.Transient"], "IntervalSeconds": 1, "MaxAttempts": 1}],
+                "End": True,
+            }
+        },
+    }
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    machine = sfn.create_state_machine(name="retried", definition=json.dumps(definition), roleArn=ROLE)["stateMachineArn"]
+    execution = sfn.start_execution(stateMachineArn=machine)["executionArn"]
+
+    def next_token() -> str:
+        [message] = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=10)["Messages"]
+        sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+        return str(json.loads(message["Body"])["token"])
+
+    sfn.send_task_failure(taskToken=next_token(), error="Kpipe.Transient", cause="attempt 1")
+    sfn.send_task_success(taskToken=next_token(), output=json.dumps({"attempt": 2}))
+    described = _wait(sfn, execution)
+    assert described["status"] == "SUCCEEDED"
+    assert json.loads(described["output"]) == {"attempt": 2}
+
+
+def test_the_interpreter_reuses_one_client_per_service_made_under_a_lock(executing: None) -> None:
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import state_task_service_ecs
+
+    made: list[Any] = []
+    threads = [threading.Thread(target=lambda: made.append(state_task_service_ecs.boto_client_for(REGION, "ecs"))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 4 and all(client is made[0] for client in made)
+
+
+
+def test_ecs_task_methods_run_one_at_a_time(executing: None) -> None:
+    """While the agent is inside stop_task, a Map iteration's run_task waits for it to finish."""
+    from moto.ecs.models import EC2ContainerServiceBackend
+
+    ecs = boto3.client("ecs", region_name=REGION)
+    ecs.create_cluster(clusterName="c")
+    ecs.register_task_definition(family="f", containerDefinitions=[{"name": "k", "image": "i", "memory": 512}])
+    [task] = ecs.run_task(cluster="c", taskDefinition="f", launchType="FARGATE")["tasks"]
+    inside, release = threading.Event(), threading.Event()
+    order: list[str] = []
+    original = EC2ContainerServiceBackend._get_cluster
+
+    def held_get_cluster(self: Any, name: str) -> Any:
+        if threading.current_thread().name == "agent":
+            inside.set()
+            release.wait(10)
+            order.append("stop")
+        return original(self, name)
+
+    def run() -> None:
+        ecs.run_task(cluster="c", taskDefinition="f", launchType="FARGATE")
+        order.append("run")
+
+    try:
+        EC2ContainerServiceBackend._get_cluster = held_get_cluster  # type: ignore[method-assign]
+        agent = threading.Thread(target=lambda: ecs.stop_task(cluster="c", task=task["taskArn"]), name="agent")
+        agent.start()
+        assert inside.wait(10)
+        iteration = threading.Thread(target=run)
+        iteration.start()
+        iteration.join(0.3)  # it cannot get in while the agent is inside
+        release.set()
+        agent.join()
+        iteration.join()
+    finally:
+        EC2ContainerServiceBackend._get_cluster = original  # type: ignore[method-assign]
+    assert order == ["stop", "run"]
