@@ -30,14 +30,27 @@ from chalicelib.batch import build_manifest, group_by_dataset, missing_parts
 from chalicelib.layout import Layout
 from chalicelib.obs import emit_metrics
 from chalicelib.trigger import list_raw_objects
-from ecs_tasks import common
+from ecs_tasks import common, validate_fanout
 from kpipe.engine.validate import validate_batch
+
+STEPS = ("auto", "files", "merge")
 
 
 def validate(ctx: common.TaskContext, log: Any) -> dict[str, Any]:
+    step = ctx.env.get("KPIPE_VALIDATE_STEP") or "auto"
+    if step not in STEPS:
+        raise ValueError(f"KPIPE_VALIDATE_STEP={step!r}; allowed: {', '.join(STEPS)}")
     started = time.perf_counter()
     cfg = ctx.config()
     layout = Layout.from_config(cfg)
+    if step == "files":
+        return validate_fanout.files(ctx, cfg, layout, log)
+    if step == "merge":
+        next_stage, result = validate_fanout.merge(ctx, cfg, layout, log)
+        if next_stage is not None:
+            return next_stage
+        snapshot = common.get_json(ctx.s3, ctx.bucket, layout.snapshot_key(ctx.batch_id)) or {}
+        return _conclude(ctx, layout, result, [o["key"] for o in snapshot.get("objects", [])], snapshot.get("quarantined", []), started, log)
     s3, bucket = ctx.s3, ctx.bucket
     ctx.control.mark_batch(ctx.batch_id, "RUNNING", manifest_key=ctx.manifest_key, report_key=layout.report_key(ctx.batch_id))
 
@@ -86,6 +99,11 @@ def validate(ctx: common.TaskContext, log: Any) -> dict[str, Any]:
         },
     )
 
+    fanout = validate_fanout.plan(ctx, cfg, layout, snapshot)
+    if fanout is not None:
+        log.info("validation_fanned_out", objects=len(snapshot), datasets=len(cfg.datasets), groups=fanout["group_count"])
+        return fanout
+
     with common.work_dir("validate") as tmp:
         raw_dir, out_dir = Path(tmp) / "raw", Path(tmp) / "out"
         for entry in snapshot:
@@ -97,7 +115,13 @@ def validate(ctx: common.TaskContext, log: Any) -> dict[str, Any]:
                 path = out_dir / kind / f"{name}.csv"
                 if path.exists():
                     s3.upload_file(str(path), bucket, key)
+    return _conclude(ctx, layout, result, [e.key for e in snapshot], quarantined, started, log)
 
+
+def _conclude(
+    ctx: common.TaskContext, layout: Layout, result: dict[str, Any], objects: list[str], quarantined: list[str], started: float, log: Any
+) -> dict[str, Any]:
+    """The report (RUNNING, stage validated), the metrics, and the small output the state machine reads."""
     seconds = round(time.perf_counter() - started, 3)
     report = common.load_report(ctx, layout)
     report.update(
@@ -106,7 +130,7 @@ def validate(ctx: common.TaskContext, log: Any) -> dict[str, Any]:
         datasets=result["datasets"],
         threshold_exceeded=result["threshold_exceeded"],
         threshold_problems=result["threshold_problems"],
-        objects=[e.key for e in snapshot],
+        objects=objects,
         quarantined=quarantined,
         timings={"validate_seconds": seconds},
     )
@@ -127,11 +151,11 @@ def validate(ctx: common.TaskContext, log: Any) -> dict[str, Any]:
         )
     emit_metrics(common.METRIC_NAMESPACE, {"Task": "validate"}, {"ValidateSeconds": (seconds, "Seconds")}, batch_id=ctx.batch_id)
     totals = {k: sum(s[k] for s in result["datasets"].values()) for k in ("rows_in", "rows_valid", "rows_rejected")}
-    log.info("batch_validated", objects=len(snapshot), seconds=seconds, threshold_exceeded=result["threshold_exceeded"], **totals)
+    log.info("batch_validated", objects=len(objects), seconds=seconds, threshold_exceeded=result["threshold_exceeded"], **totals)
     return {
         "status": "validated",
         "batch_id": ctx.batch_id,
-        "objects": len(snapshot),
+        "objects": len(objects),
         "threshold_exceeded": bool(result["threshold_exceeded"]),
         "threshold_problems": result["threshold_problems"][:20],
         **totals,

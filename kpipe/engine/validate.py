@@ -18,7 +18,7 @@ import json
 import multiprocessing
 import shutil
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
@@ -73,16 +73,24 @@ def validate_batch(
         stats, per_file = _validate_dataset(cfg, name, raw_dir, files[name], out_dir, refs, workers)
         report["datasets"][name] = stats
         report["files"].update(per_file)
+    report["threshold_problems"] = threshold_problems(cfg, report["datasets"])
+    report["threshold_exceeded"] = bool(report["threshold_problems"])
+    return report
+
+
+def threshold_problems(cfg: PipelineConfig, datasets: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per dataset whose rejected fraction is above its `reject_threshold`."""
+    problems = []
+    for name, stats in datasets.items():
         threshold = cfg.datasets[name].reject_threshold
         if threshold is not None and stats["rows_in"]:
             fraction = stats["rows_rejected"] / stats["rows_in"]
             if fraction > threshold:
-                report["threshold_exceeded"] = True
-                report["threshold_problems"].append(
+                problems.append(
                     f"{name}: {stats['rows_rejected']} of {stats['rows_in']} rows rejected "
                     f"({fraction:.2%}) > reject_threshold {threshold}"
                 )
-    return report
+    return problems
 
 
 def _validate_dataset(
@@ -94,17 +102,27 @@ def _validate_dataset(
     seen: dict[str, KeyTable] = {}
     valid_keys = KeyTable()
     if workers > 1 and len(rels) > 1:
-        outcomes = _validate_files_in_processes(cfg, name, raw_dir, rels, part_dir, refs, seen, valid_keys, workers)
+        outcomes = _validate_files_in_processes(cfg, name, raw_dir, rels, part_dir, refs, workers)
+        outcomes = merge_outcomes(cfg, name, lambda _rel: raw_dir, part_dir, refs, outcomes, seen, valid_keys)
     else:
         outcomes = [_validate_file(cfg, name, raw_dir, i, rel, part_dir, refs, seen, valid_keys) for i, rel in enumerate(rels)]
     refs.tables[name] = valid_keys
+    stats = finish_dataset(cfg, name, out_dir, outcomes)
+    shutil.rmtree(part_dir, ignore_errors=True)
+    return stats
 
+
+def finish_dataset(
+    cfg: PipelineConfig, name: str, out_dir: Path, outcomes: list[FileOutcome]
+) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
+    """Join the files' parts into `validated/<name>.csv` and `rejected/<name>.csv`, in file order, and
+    total their counts: (dataset stats, counts per file)."""
     ds = cfg.datasets[name]
+    for kind in ("validated", "rejected"):
+        (out_dir / kind).mkdir(parents=True, exist_ok=True)
     _concatenate(out_dir / "validated" / f"{name}.csv", validated_header(cfg, name), [o.valid_path for o in outcomes])
     source_headers = [col.header(col_name) for col_name, col in ds.columns.items()]
     _concatenate(out_dir / "rejected" / f"{name}.csv", [*REJECT_META, *source_headers, "_other"], [o.rejected_path for o in outcomes])
-    shutil.rmtree(part_dir, ignore_errors=True)
-
     totals = {"rows_in": 0, "rows_valid": 0, "rows_rejected": 0}
     reasons: Counter[str] = Counter()
     for outcome in outcomes:
@@ -115,8 +133,9 @@ def _validate_dataset(
 
 
 @dataclass
-class _FileOutcome:
+class FileOutcome:
     rel: str
+    number: int
     counts: dict[str, int]
     reasons: Counter[str]
     valid_path: Path
@@ -136,7 +155,7 @@ def _validate_file(
     refs: BatchRefs,
     seen: dict[str, KeyTable],
     valid_keys: KeyTable | None,
-) -> _FileOutcome:
+) -> FileOutcome:
     """Stream one raw file (petl's `fromcsv`) a chunk at a time: valid rows to a part file, rejected
     rows to another.
 
@@ -144,9 +163,9 @@ def _validate_file(
     ds = cfg.datasets[name]
     source_headers = [col.header(col_name) for col_name, col in ds.columns.items()]
     declared = set(source_headers)
-    referenced = _is_referenced(cfg, name)
+    referenced = is_referenced(cfg, name)
     counts = {"rows_in": 0, "rows_valid": 0, "rows_rejected": 0}
-    outcome = _FileOutcome(rel, counts, Counter(), part_dir / f"{number:05d}.valid.csv", part_dir / f"{number:05d}.rejected.csv")
+    outcome = FileOutcome(rel, number, counts, Counter(), part_dir / f"{number:05d}.valid.csv", part_dir / f"{number:05d}.rejected.csv")
     path = raw_dir / rel
     clean = _is_utf8(path)
 
@@ -212,50 +231,46 @@ def _validate_file(
     return outcome
 
 
-def _is_referenced(cfg: PipelineConfig, name: str) -> bool:
+def is_referenced(cfg: PipelineConfig, name: str) -> bool:
     return any(c.references == name for ds in cfg.datasets.values() for c in ds.columns.values())
 
 
-_WORKER: dict[str, Any] = {}
+def validate_files_alone(
+    cfg: PipelineConfig, name: str, raw_dir: Path, jobs: Sequence[tuple[int, str]], part_dir: Path, refs: BatchRefs
+) -> list[FileOutcome]:
+    """Each file on its own, as a worker process or a fanned-out task does: its own uniqueness tables,
+    its valid keys kept in the outcome. `merge_outcomes` then makes the result exactly the sequential one."""
+    outcomes = []
+    for number, rel in jobs:
+        seen: dict[str, KeyTable] = {}
+        outcome = _validate_file(cfg, name, raw_dir, number, rel, part_dir, refs, seen, None)
+        outcome.seen = seen
+        outcomes.append(outcome)
+    return outcomes
 
 
-def _validate_in_worker(job: tuple[int, str]) -> _FileOutcome:
-    ctx = _WORKER
-    seen: dict[str, KeyTable] = {}
-    outcome = _validate_file(ctx["cfg"], ctx["name"], ctx["raw_dir"], job[0], job[1], ctx["part_dir"], ctx["refs"], seen, None)
-    outcome.seen = seen
-    return outcome
-
-
-def _validate_files_in_processes(
+def merge_outcomes(
     cfg: PipelineConfig,
     name: str,
-    raw_dir: Path,
-    rels: list[str],
+    raw_dir_of: Callable[[str], Path],
     part_dir: Path,
     refs: BatchRefs,
+    outcomes: list[FileOutcome],
     seen: dict[str, KeyTable],
     valid_keys: KeyTable,
-    workers: int,
-) -> list[_FileOutcome]:
-    """Files in parallel (forked workers see the referenced datasets' key tables), then merged in
-    file order. Uniqueness is the one rule that crosses files: a file whose keys were already seen
-    in an earlier file is validated again, in order, against everything seen before it (rare: it
-    takes a key repeated across files), so the result is exactly the sequential one."""
-    _WORKER.update(cfg=cfg, name=name, raw_dir=raw_dir, part_dir=part_dir, refs=refs)
-    try:
-        with ProcessPoolExecutor(max_workers=min(workers, len(rels)), mp_context=multiprocessing.get_context("fork")) as pool:
-            outcomes = list(pool.map(_validate_in_worker, list(enumerate(rels))))
-    finally:
-        _WORKER.clear()
-    merged: list[_FileOutcome] = []
-    for number, outcome in enumerate(outcomes):
+) -> list[FileOutcome]:
+    """Files validated alone, merged in file order. Uniqueness is the one rule that crosses files: a
+    file whose keys were already seen in an earlier file is validated again, in order, against
+    everything seen before it (`raw_dir_of(rel)` gives a directory holding it; rare: it takes a key
+    repeated across files), so the result is exactly the sequential one."""
+    merged: list[FileOutcome] = []
+    for outcome in sorted(outcomes, key=lambda o: o.number):
         local = outcome.seen or {}
         clash = any(
             any(seen[col].contains_many([k for k, _ in table.items()])) for col, table in local.items() if col in seen
         )
         if clash:
-            outcome = _validate_file(cfg, name, raw_dir, number, outcome.rel, part_dir, refs, seen, valid_keys)
+            outcome = _validate_file(cfg, name, raw_dir_of(outcome.rel), outcome.number, outcome.rel, part_dir, refs, seen, valid_keys)
         else:
             for col, table in local.items():
                 seen.setdefault(col, KeyTable()).put_many([k for k, _ in table.items()], [True] * len(table))
@@ -263,6 +278,27 @@ def _validate_files_in_processes(
         outcome.seen, outcome.valid_keys, outcome.lookups = None, [], []
         merged.append(outcome)
     return merged
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _validate_in_worker(job: tuple[int, str]) -> FileOutcome:
+    ctx = _WORKER
+    [outcome] = validate_files_alone(ctx["cfg"], ctx["name"], ctx["raw_dir"], [job], ctx["part_dir"], ctx["refs"])
+    return outcome
+
+
+def _validate_files_in_processes(
+    cfg: PipelineConfig, name: str, raw_dir: Path, rels: list[str], part_dir: Path, refs: BatchRefs, workers: int
+) -> list[FileOutcome]:
+    """Files in parallel (forked workers see the referenced datasets' key tables)."""
+    _WORKER.update(cfg=cfg, name=name, raw_dir=raw_dir, part_dir=part_dir, refs=refs)
+    try:
+        with ProcessPoolExecutor(max_workers=min(workers, len(rels)), mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(pool.map(_validate_in_worker, list(enumerate(rels))))
+    finally:
+        _WORKER.clear()
 
 
 def _concatenate(dest: Path, header: list[str], parts: list[Path]) -> None:

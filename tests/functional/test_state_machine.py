@@ -438,3 +438,55 @@ def test_a_big_batch_fans_the_kpi_recompute_out_over_groups_of_dates(pipeline: C
         assert report(emu, entries[1]["batch_id"])["fanout"] == {"date_groups": 3}
         assert raw_keys(emu) == []
         assert actual_tables(emu, cfg, tmp_path / "run") == expected_tables(cfg, batches[:2], tmp_path / "process")
+
+
+def test_a_big_batch_fans_validation_out_over_groups_of_files(pipeline: Callable[..., Any], batches: list[Path], tmp_path: Path) -> None:
+    """Each dataset in dependency order: a Map of `files` tasks (scale.validate_concurrency groups of its
+    files, each file validated alone), then a `merge` task. Counts, reasons, rejected files and KPIs equal
+    the single-task path's (`kpipe process`), also for a key repeated across files (merged in file order)."""
+    steps: list[str] = []
+
+    def wrap(runner: Runner) -> Runner:
+        def run(task: TaskRun) -> RunResult:
+            if task.family == "kpipe-validate":
+                env = task.environment
+                steps.append(env.get("KPIPE_VALIDATE_STEP", "auto") + env.get("KPIPE_VALIDATE_STAGE", "") + env.get("KPIPE_FILE_GROUP", ""))
+                task = TaskRun(task.task_arn, task.family, task.command, {**env, "KPIPE_VALIDATE_FANOUT_MIN_BYTES": "0"})
+            return runner(task)
+
+        return run
+
+    orders, items = "order_id,user_id,status,created_at\n", "id,order_id,user_id,product_id,status,sale_price\n"
+    duplicates = tmp_path / "duplicates"
+    for rel, text in {
+        "products.csv": "id,category,retail_price\n1,Books,10\n2,Games,20\n",
+        "orders/a.csv": orders + "1,7,Complete,2025-03-01T10:00:00\n2,7,Complete,2025-03-01T11:00:00\n",
+        "orders/b.csv": orders + "2,8,Returned,2025-03-02T10:00:00\n3,8,Complete,2025-03-02T10:00:00\n",  # order 2 again
+        "order_items/a.csv": items + "10,1,7,1,,5.00\n11,2,7,2,,6.00\n",
+        "order_items/b.csv": items + "11,3,8,1,,7.00\n12,3,8,9,,8.00\n",  # item 11 again; product 9 unknown
+    }.items():
+        (duplicates / rel).parent.mkdir(parents=True, exist_ok=True)
+        (duplicates / rel).write_text(text, encoding="utf-8")
+    dirs = [duplicates, batches[0]]
+    text = config_text(**{"scale.validate_concurrency": 2})
+    with pipeline(text, wrap) as (emu, cfg):
+        layout = Layout.from_config(cfg)
+        entries = [e for d in dirs for e in emu.run_batch(d, cfg, layout, TIMEOUT)]
+        assert [e["status"] for e in entries] == ["SUCCEEDED", "SUCCEEDED"]
+        s3 = emu.client("s3")
+        rejected = [
+            {name: s3.get_object(Bucket=emu.resources.bucket, Key=layout.rejected_key(e["batch_id"], name))["Body"].read() for name in cfg.datasets}
+            for e in entries
+        ]
+        run_tables = actual_tables(emu, cfg, tmp_path / "run")
+
+    # per batch: auto, then products (1 file: 1 group), orders and order_items (2 groups each), each merged
+    assert [s for s in steps[:9] if s.startswith("merge")] == ["merge0", "merge1", "merge2"]
+    assert sorted(steps[:9]) == sorted(["auto", "files00", "merge0", "files10", "files11", "merge1", "files20", "files21", "merge2"])
+    expected = process_batches(cfg, dirs, tmp_path / "process")
+    assert [e["datasets"] for e in entries] == [b["datasets"] for b in expected["batches"]]
+    assert expected["batches"][0]["datasets"]["orders"]["reasons"] == {"order_id.unique": 1}
+    assert expected["batches"][0]["datasets"]["order_items"]["reasons"] == {"id.unique": 1, "product_id.references": 1}
+    for got, batch in zip(rejected, expected["batches"], strict=True):
+        assert got == {name: (tmp_path / "process" / "rejected" / batch["batch_id"] / f"{name}.csv").read_bytes() for name in cfg.datasets}
+    assert run_tables == {name: (tmp_path / "process" / f"{name}.json").read_text() for name in cfg.kpis}
