@@ -125,23 +125,25 @@ def test_a_cloudformation_state_machine_gets_its_substitutions_and_can_be_execut
     assert json.loads(described["output"]) == {"table": "KpipeControl"}
 
 
-def test_send_task_failure_keeps_its_cause(executing: None) -> None:
+def _token_task(name: str, **task: Any) -> tuple[Any, str, Any, str]:
+    """A one-state machine whose Task sends its token to an SQS queue and waits; (sqs, queue, sfn, execution)."""
     sqs = boto3.client("sqs", region_name=REGION)
-    queue = sqs.create_queue(QueueName="tokens")["QueueUrl"]
-    definition = {
-        "StartAt": "Wait",
-        "States": {
-            "Wait": {
-                "Type": "Task",
-                "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
-                "Parameters": {"QueueUrl": queue, "MessageBody": {"token.$": "$$.Task.Token"}},
-                "End": True,
-            }
-        },
+    queue = sqs.create_queue(QueueName=name)["QueueUrl"]
+    state = {
+        "Type": "Task",
+        "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
+        "Parameters": {"QueueUrl": queue, "MessageBody": {"token.$": "$$.Task.Token"}},
+        "End": True,
+        **task,
     }
     sfn = boto3.client("stepfunctions", region_name=REGION)
-    machine = sfn.create_state_machine(name="tokens", definition=json.dumps(definition), roleArn=ROLE)["stateMachineArn"]
-    execution = sfn.start_execution(stateMachineArn=machine)["executionArn"]
+    definition = json.dumps({"StartAt": "Work", "States": {"Work": state}})
+    machine = sfn.create_state_machine(name=name, definition=definition, roleArn=ROLE)["stateMachineArn"]
+    return sqs, queue, sfn, sfn.start_execution(stateMachineArn=machine)["executionArn"]
+
+
+def test_send_task_failure_keeps_its_cause(executing: None) -> None:
+    sqs, queue, sfn, execution = _token_task("tokens")
     messages = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=5)["Messages"]
     token = json.loads(messages[0]["Body"])["token"]
     sfn.send_task_failure(taskToken=token, error="Kpipe.TaskFailed", cause="the reason a report shows")
@@ -169,25 +171,12 @@ def test_a_heartbeat_wait_set_up_before_any_answer_still_waits_for_one() -> None
 
 def test_a_retried_task_waits_for_its_own_answer_not_the_last_attempts(executing: None) -> None:
     """moto keeps one token per state across retries: attempt 2 must not replay attempt 1's failure."""
-    sqs = boto3.client("sqs", region_name=REGION)
-    queue = sqs.create_queue(QueueName="retried")["QueueUrl"]
-    definition = {
-        "StartAt": "Work",
-        "States": {
-            "Work": {
-                "Type": "Task",
-                "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
-                "Parameters": {"QueueUrl": queue, "MessageBody": {"token.$": "$$.Task.Token"}},
-                "HeartbeatSeconds": 20,
-                "TimeoutSeconds": 30,
-                "Retry": [{"ErrorEquals": ["Kpipe.Transient"], "IntervalSeconds": 1, "MaxAttempts": 1}],
-                "End": True,
-            }
-        },
-    }
-    sfn = boto3.client("stepfunctions", region_name=REGION)
-    machine = sfn.create_state_machine(name="retried", definition=json.dumps(definition), roleArn=ROLE)["stateMachineArn"]
-    execution = sfn.start_execution(stateMachineArn=machine)["executionArn"]
+    sqs, queue, sfn, execution = _token_task(
+        "retried",
+        HeartbeatSeconds=20,
+        TimeoutSeconds=30,
+        Retry=[{"ErrorEquals": ["Kpipe.Transient"], "IntervalSeconds": 1, "MaxAttempts": 1}],
+    )
 
     def next_token() -> str:
         [message] = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=10)["Messages"]
