@@ -50,7 +50,8 @@ def validate(ctx: common.TaskContext, log: Any) -> dict[str, Any]:
         if next_stage is not None:
             return next_stage
         snapshot = common.get_json(ctx.s3, ctx.bucket, layout.snapshot_key(ctx.batch_id)) or {}
-        return _conclude(ctx, layout, result, [o["key"] for o in snapshot.get("objects", [])], snapshot.get("quarantined", []), started, log)
+        objects = [o["key"] for o in snapshot.get("objects", [])]
+        return _conclude(ctx, layout, result, objects, snapshot.get("quarantined", []), result["seconds"], log)
     s3, bucket = ctx.s3, ctx.bucket
     ctx.control.mark_batch(ctx.batch_id, "RUNNING", manifest_key=ctx.manifest_key, report_key=layout.report_key(ctx.batch_id))
 
@@ -115,14 +116,13 @@ def validate(ctx: common.TaskContext, log: Any) -> dict[str, Any]:
                 path = out_dir / kind / f"{name}.csv"
                 if path.exists():
                     s3.upload_file(str(path), bucket, key)
-    return _conclude(ctx, layout, result, [e.key for e in snapshot], quarantined, started, log)
+    return _conclude(ctx, layout, result, [e.key for e in snapshot], quarantined, round(time.perf_counter() - started, 3), log)
 
 
 def _conclude(
-    ctx: common.TaskContext, layout: Layout, result: dict[str, Any], objects: list[str], quarantined: list[str], started: float, log: Any
+    ctx: common.TaskContext, layout: Layout, result: dict[str, Any], objects: list[str], quarantined: list[str], seconds: float, log: Any
 ) -> dict[str, Any]:
     """The report (RUNNING, stage validated), the metrics, and the small output the state machine reads."""
-    seconds = round(time.perf_counter() - started, 3)
     report = common.load_report(ctx, layout)
     report.update(
         status="RUNNING",

@@ -42,14 +42,6 @@ from kpipe.engine.validate import (
 DEFAULT_FANOUT_MIN_BYTES = 256 << 20
 
 
-def plan_key(layout: Layout, batch_id: str) -> str:
-    return f"{layout.report_key(batch_id).rsplit('/', 1)[0]}/validate-plan.json"
-
-
-def _fanout_prefix(layout: Layout, batch_id: str) -> str:
-    return f"{layout.validated_key(batch_id, '_fanout').removesuffix('.csv')}/"
-
-
 def file_groups(rels: list[str], groups: int) -> list[list[tuple[int, str]]]:
     """Files numbered in key order, dealt into at most `groups` groups (neighbours spread the load).
 
@@ -68,8 +60,14 @@ def plan(ctx: common.TaskContext, cfg: PipelineConfig, layout: Layout, snapshot:
     files = {name: sorted(layout.relative(e.key) for e in snapshot if e.dataset == name) for name in order}
     if cfg.scale.validate_concurrency < 2 or sum(e.size for e in snapshot) < min_bytes or max(map(len, files.values())) < 2:
         return None
-    document = {"order": order, "files": files, "group_count": cfg.scale.validate_concurrency, "datasets": {}}
-    common.put_json(ctx.s3, ctx.bucket, plan_key(layout, ctx.batch_id), document)
+    document = {
+        "order": order,
+        "files": files,
+        "group_count": cfg.scale.validate_concurrency,
+        "datasets": {},
+        "started_at": time.time(),
+    }
+    common.put_json(ctx.s3, ctx.bucket, layout.validate_plan_key(ctx.batch_id), document)
     return _stage(ctx.batch_id, document, 0)
 
 
@@ -87,9 +85,9 @@ def _stage(batch_id: str, document: dict[str, Any], stage: int) -> dict[str, Any
 
 
 def _load_plan(ctx: common.TaskContext, layout: Layout) -> tuple[dict[str, Any], int, str]:
-    document = common.get_json(ctx.s3, ctx.bucket, plan_key(layout, ctx.batch_id))
+    document = common.get_json(ctx.s3, ctx.bucket, layout.validate_plan_key(ctx.batch_id))
     if not document:
-        raise RuntimeError(f"no validation plan at {plan_key(layout, ctx.batch_id)}: the validate step has not run")
+        raise RuntimeError(f"no validation plan at {layout.validate_plan_key(ctx.batch_id)}: the validate step has not run")
     stage = int(ctx.env["KPIPE_VALIDATE_STAGE"])
     return document, stage, document["order"][stage]
 
@@ -105,7 +103,7 @@ def _refs(ctx: common.TaskContext, cfg: PipelineConfig, layout: Layout, document
     for name in document["order"][:stage]:
         if is_referenced(cfg, name):
             path = tmp / f"{name}.keys.json"
-            common.download(ctx.s3, ctx.bucket, f"{_fanout_prefix(layout, ctx.batch_id)}refs/{name}.json", None, path)
+            common.download(ctx.s3, ctx.bucket, layout.fanout_key(ctx.batch_id, f"refs/{name}.json"), None, path)
             refs.tables[name] = load_keys(path)
     return refs
 
@@ -117,7 +115,7 @@ def files(ctx: common.TaskContext, cfg: PipelineConfig, layout: Layout, log: Any
     group = int(ctx.env["KPIPE_FILE_GROUP"])
     jobs = file_groups(document["files"][name], int(ctx.env.get("KPIPE_FILE_GROUPS") or document["group_count"]))[group]
     versions = _versions(ctx, layout)
-    prefix = f"{_fanout_prefix(layout, ctx.batch_id)}{name}/"
+    prefix = layout.fanout_key(ctx.batch_id, f"{name}/")
     with common.work_dir("validate-files") as tmp:
         raw_dir, part_dir = Path(tmp) / "raw", Path(tmp) / "parts"
         part_dir.mkdir()
@@ -128,8 +126,9 @@ def files(ctx: common.TaskContext, cfg: PipelineConfig, layout: Layout, log: Any
         for outcome in outcomes:
             ctx.s3.upload_file(str(outcome.valid_path), ctx.bucket, prefix + outcome.valid_path.name)
             ctx.s3.upload_file(str(outcome.rejected_path), ctx.bucket, prefix + outcome.rejected_path.name)
-            save_outcome(outcome, part_dir / f"{outcome.number:05d}.outcome.json")
-            ctx.s3.upload_file(str(part_dir / f"{outcome.number:05d}.outcome.json"), ctx.bucket, prefix + f"{outcome.number:05d}.outcome.json")
+            saved = part_dir / f"{outcome.number:05d}.outcome.json"
+            save_outcome(outcome, saved)
+            ctx.s3.upload_file(str(saved), ctx.bucket, prefix + saved.name)
     rows = sum(o.counts["rows_in"] for o in outcomes)
     seconds = round(time.perf_counter() - started, 3)
     log.info("files_validated", dataset=name, group=group, files=len(jobs), rows_in=rows, seconds=seconds)
@@ -141,7 +140,7 @@ def merge(ctx: common.TaskContext, cfg: PipelineConfig, layout: Layout, log: Any
     dataset; the validation result so far, in `validate_batch`'s shape)."""
     document, stage, name = _load_plan(ctx, layout)
     versions = _versions(ctx, layout)
-    prefix = f"{_fanout_prefix(layout, ctx.batch_id)}{name}/"
+    prefix = layout.fanout_key(ctx.batch_id, f"{name}/")
     with common.work_dir("validate-merge") as tmp:
         part_dir, raw_dir, out_dir = Path(tmp) / "parts", Path(tmp) / "raw", Path(tmp) / "out"
         part_dir.mkdir()
@@ -164,13 +163,19 @@ def merge(ctx: common.TaskContext, cfg: PipelineConfig, layout: Layout, log: Any
         ctx.s3.upload_file(str(out_dir / "rejected" / f"{name}.csv"), ctx.bucket, layout.rejected_key(ctx.batch_id, name))
         if is_referenced(cfg, name):
             save_keys(valid_keys, Path(tmp) / "keys.json")
-            ctx.s3.upload_file(str(Path(tmp) / "keys.json"), ctx.bucket, f"{_fanout_prefix(layout, ctx.batch_id)}refs/{name}.json")
+            ctx.s3.upload_file(str(Path(tmp) / "keys.json"), ctx.bucket, layout.fanout_key(ctx.batch_id, f"refs/{name}.json"))
     document["datasets"][name] = stats
-    common.put_json(ctx.s3, ctx.bucket, plan_key(layout, ctx.batch_id), document)
+    common.put_json(ctx.s3, ctx.bucket, layout.validate_plan_key(ctx.batch_id), document)
     log.info("dataset_merged", dataset=name, files=len(merged), **{k: stats[k] for k in ("rows_in", "rows_valid", "rows_rejected")})
     datasets = {n: document["datasets"][n] for n in document["order"] if n in document["datasets"]}
     problems = threshold_problems(cfg, datasets)
-    result = {"batch_id": ctx.batch_id, "datasets": datasets, "threshold_exceeded": bool(problems), "threshold_problems": problems}
+    result = {
+        "batch_id": ctx.batch_id,
+        "datasets": datasets,
+        "threshold_exceeded": bool(problems),
+        "threshold_problems": problems,
+        "seconds": round(time.time() - document["started_at"], 3),  # the whole fanned-out validation
+    }
     if stage + 1 < len(document["order"]):
         return _stage(ctx.batch_id, document, stage + 1), result
     return None, result
