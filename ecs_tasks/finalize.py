@@ -19,6 +19,7 @@ from typing import Any
 from chalicelib.layout import Layout
 from chalicelib.obs import emit_metrics
 from ecs_tasks import common
+from kpipe.engine.runtime import tune_gc
 
 STATUSES = ("failed", "rejected")
 
@@ -73,4 +74,5 @@ def main(env: Mapping[str, str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    tune_gc()
     sys.exit(main())

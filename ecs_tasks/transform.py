@@ -30,6 +30,7 @@ from chalicelib.kpi_store import KpiTableStore
 from chalicelib.layout import Layout
 from chalicelib.obs import emit_metrics
 from ecs_tasks import common
+from kpipe.engine.runtime import tune_gc
 from kpipe.engine.store import S3Store
 from kpipe.engine.transform import date_groups, index_batch, recompute
 
@@ -163,4 +164,5 @@ def main(env: Mapping[str, str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    tune_gc()
     sys.exit(main())

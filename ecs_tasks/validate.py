@@ -31,6 +31,7 @@ from chalicelib.layout import Layout
 from chalicelib.obs import emit_metrics
 from chalicelib.trigger import list_raw_objects
 from ecs_tasks import common, validate_fanout
+from kpipe.engine.runtime import tune_gc
 from kpipe.engine.validate import validate_batch
 
 STEPS = ("auto", "files", "merge")
@@ -178,4 +179,5 @@ def main(env: Mapping[str, str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    tune_gc()
     sys.exit(main())

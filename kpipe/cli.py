@@ -73,8 +73,10 @@ def schema() -> None:
 @CONFIG_OPTION
 def process(batch_dirs: tuple[Path, ...], out_dir: Path, as_json: bool, workers: int, config_path: Path | None) -> None:
     """Validate and transform BATCH_DIRs (in order) on local files; OUT keeps state across calls."""
+    from kpipe.engine.runtime import tune_gc
     from kpipe.process import BatchIncomplete, process_batches
 
+    tune_gc()
     cfg = _load(config_path)
     try:
         report = process_batches(
