@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 from array import array
+from collections import deque
 from collections.abc import Hashable, Iterator, Sequence
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,10 @@ class KeyTable:
         """`add_new` over a column in one call (the per-key method call is the cost here)."""
         self._reserve(keys)
         code, dense, sparse, added = self._code(value), self._dense, self._sparse, []
+        if self._all_dense(keys) and not any(map(dense.__getitem__, keys)) and len(set(keys)) == len(keys):
+            deque(map(dense.__setitem__, keys, repeat(code)), 0)  # all new: C-level stores
+            self._count += len(keys)
+            return [True] * len(keys)
         append = added.append
         for key in keys:
             if type(key) is int and 0 <= key < DENSE_LIMIT:
@@ -102,8 +108,14 @@ class KeyTable:
 
     def put_codes(self, keys: Sequence[Any], codes: Sequence[int]) -> None:
         """`put_many` with values already encoded: one code lookup per distinct value, not per key."""
-        self._reserve(list(keys))
+        keys = list(keys)
+        self._reserve(keys)
         dense, sparse, count = self._dense, self._sparse, 0
+        if self._all_dense(keys):
+            distinct = set(keys)
+            self._count += len(distinct) - sum(map(bool, map(dense.__getitem__, distinct)))
+            deque(map(dense.__setitem__, keys, codes), 0)
+            return
         for key, code in zip(keys, codes, strict=True):
             if type(key) is int and 0 <= key < DENSE_LIMIT:
                 if not dense[key]:
@@ -116,10 +128,23 @@ class KeyTable:
         self._count += count
 
     def put_many(self, keys: list[Any], values: list[Any]) -> None:
-        self.put_codes(keys, list(map(self._code, values)))
+        try:
+            code_of = {v: self._code(v) for v in set(values)}  # one dictionary probe per distinct value
+        except TypeError:  # unhashable values: encode one by one
+            self.put_codes(keys, list(map(self._code, values)))
+            return
+        self.put_codes(keys, list(map(code_of.__getitem__, values)))
+
+    def _all_dense(self, keys: list[Any]) -> bool:
+        """Every key an int slot already allocated (the usual column of ids): C-level paths apply."""
+        if not keys or not all(map(int.__instancecheck__, keys)):
+            return False
+        return min(keys) >= 0 and max(keys) < len(self._dense) and not any(map(bool.__instancecheck__, keys))
 
     def contains_many(self, keys: list[Any]) -> list[bool]:
         dense, n, sparse = self._dense, len(self._dense), self._sparse
+        if self._all_dense(keys):
+            return list(map(bool, map(dense.__getitem__, keys)))
         return [
             (key < n and dense[key] != 0) if type(key) is int and 0 <= key < DENSE_LIMIT else key in sparse
             for key in keys
@@ -127,6 +152,8 @@ class KeyTable:
 
     def get_many(self, keys: list[Any]) -> list[Any]:
         dense, n, sparse, values = self._dense, len(self._dense), self._sparse, self._values
+        if self._all_dense(keys):
+            return list(map(values.__getitem__, map(dense.__getitem__, keys)))
         return [
             values[dense[key] if key < n else 0] if type(key) is int and 0 <= key < DENSE_LIMIT else values[sparse.get(key, 0)]
             for key in keys

