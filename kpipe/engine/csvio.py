@@ -9,8 +9,12 @@ through `csv.writer`, so the bytes are the same either way (QUOTE_MINIMAL, "\\r\
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from itertools import islice
+from pathlib import Path
 from typing import Any, TextIO
+
+import petl
 
 QUOTE_TRIGGERS = (",", '"', "\r", "\n")
 TERMINATOR = "\r\n"
@@ -32,3 +36,53 @@ def write_columns(fh: TextIO, writer: Any, cols: Sequence[Sequence[str]], plain:
         return
     fh.write(TERMINATOR.join(map(",".join, zip(*cols, strict=True))))
     fh.write(TERMINATOR)
+
+
+BLOCK_CHARS = 1 << 16  # ~650 rows: a chunk that stays in cache parses twice as fast as ~10k rows
+
+
+class CanonicalCsv:
+    """A CSV file the engine wrote itself (validated or processed): UTF-8, "\\r\\n" line ends,
+    QUOTE_MINIMAL.
+
+    Without a single quote character in the file, no field holds a delimiter or a line break, so every
+    line is a row and `str.split(",")` parses it exactly, about three times faster than the csv module.
+    A file with a quote is read through petl's `fromcsv` (csv.reader) instead."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.quoted = _contains(path, b'"')
+
+    def chunks(self, rows: int = 8192) -> Iterator[list[list[str]]]:
+        """The data rows (the header is skipped) as lists of fields, a chunk at a time."""
+        if self.quoted:
+            data = iter(petl.data(petl.fromcsv(str(self.path), encoding="utf-8")))
+            while chunk := list(islice(data, rows)):
+                yield chunk
+            return
+        with open(self.path, encoding="utf-8", newline="") as fh:
+            fh.readline()
+            carry = ""
+            while block := fh.read(BLOCK_CHARS):
+                lines = (carry + block).split(TERMINATOR)
+                carry = lines.pop()
+                if lines:
+                    yield [line.split(",") for line in lines]
+            if carry:
+                yield [carry.split(",")]
+
+    def write_rows(self, fh: TextIO, writer: Any, rows: Sequence[Sequence[str]]) -> None:
+        """Rows read from this file written to another: joined lines when this file needs no quoting."""
+        if self.quoted or not rows:
+            writer.writerows(rows)
+            return
+        fh.write(TERMINATOR.join(map(",".join, rows)))
+        fh.write(TERMINATOR)
+
+
+def _contains(path: Path, needle: bytes) -> bool:
+    with open(path, "rb") as fh:
+        while block := fh.read(BLOCK_CHARS):
+            if needle in block:
+                return True
+    return False

@@ -28,13 +28,13 @@ from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import petl
 
 from chalicelib.config import PipelineConfig
+from kpipe.engine.csvio import CanonicalCsv
 from kpipe.engine.keys import KeyTable
 from kpipe.engine.kpis import DateAggregator, KpiPlan
 from kpipe.engine.parsing import read_bool, reader_for
@@ -190,9 +190,9 @@ def index_batch(
     for d in datasets:
         index = indexes[d.name]
         moved[d.name] = {}
-        writers = _PartitionWriters(cfg, d, out_root, stem)
-        rows = iter(petl.data(petl.fromcsv(str(validated_dir / f"{d.name}.csv"), encoding="utf-8")))
-        while chunk := list(islice(rows, CHUNK_ROWS)):
+        source = CanonicalCsv(validated_dir / f"{d.name}.csv")
+        writers = _PartitionWriters(cfg, d, out_root, stem, source)
+        for chunk in source.chunks(CHUNK_ROWS):
             cols = list(zip(*chunk, strict=True))
             keys = list(map(d.key_reader, cols[d.key_pos]))
             dates = cols[d.part_pos]
@@ -275,8 +275,8 @@ def _recompute_in_processes(
 
 
 class _PartitionWriters:
-    def __init__(self, cfg: PipelineConfig, d: _Partitioned, root: Path, stem: str) -> None:
-        self.cfg, self.d, self.root, self.stem = cfg, d, root, stem
+    def __init__(self, cfg: PipelineConfig, d: _Partitioned, root: Path, stem: str, source: CanonicalCsv | None = None) -> None:
+        self.cfg, self.d, self.root, self.stem, self.source = cfg, d, root, stem, source
         self.files: dict[str, tuple[Any, Any, str]] = {}
         self.count = 0
 
@@ -297,14 +297,17 @@ class _PartitionWriters:
         return entry[1]
 
     def write_chunk(self, dates: Sequence[str], rows: list[Any]) -> None:
+        """Rows read from `self.source`, each to its date's file."""
+        assert self.source is not None
         if len(set(dates)) == 1:
-            self.writer(dates[0]).writerows(rows)
+            groups: dict[str, list[Any]] = {dates[0]: rows}
         else:
-            by_date: dict[str, list[Any]] = defaultdict(list)
+            groups = defaultdict(list)
             for date, row in zip(dates, rows, strict=True):
-                by_date[date].append(row)
-            for date, group in by_date.items():
-                self.writer(date).writerows(group)
+                groups[date].append(row)
+        for date, group in groups.items():
+            writer = self.writer(date)
+            self.source.write_rows(self.files[date][0], writer, group)
         self.count += len(rows)
 
     def close(self) -> list[str]:
@@ -386,8 +389,7 @@ def recompute_dates(
                 if path is None:
                     continue
                 want = (file_seq, date)
-                rows = iter(petl.data(petl.fromcsv(str(path), encoding="utf-8")))
-                while chunk := list(islice(rows, CHUNK_ROWS)):
+                for chunk in CanonicalCsv(path).chunks(CHUNK_ROWS):
                     raw = list(zip(*chunk, strict=True))
                     states = index.get_many(list(map(d.key_reader, raw[d.key_pos])))
                     if states.count(want) != len(states):
