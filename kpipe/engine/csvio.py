@@ -9,8 +9,9 @@ through `csv.writer`, so the bytes are the same either way (QUOTE_MINIMAL, "\\r\
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
+from operator import itemgetter, methodcaller
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -60,6 +61,37 @@ class CanonicalCsv:
             while chunk := list(islice(data, rows)):
                 yield chunk
             return
+        for lines in self._lines():
+            yield [line.split(",") for line in lines]
+
+    def select(self, positions: Sequence[int], width: int) -> Iterator[tuple[list[Any], list[list[str]]]]:
+        """(records, the columns at `positions`) a chunk at a time, for files of `width` fields.
+
+        A record is the row's line (or its fields, in a quoted file) and goes back out unchanged
+        through `write_records`. One or two columns are cut out of each line by C-level partial
+        splits; more take one full split per line."""
+        if self.quoted:
+            for rows in self.chunks():
+                yield rows, [list(map(itemgetter(p), rows)) for p in positions]
+            return
+        if len(positions) > 2:
+            for lines in self._lines():
+                rows = [line.split(",") for line in lines]
+                yield lines, [list(map(itemgetter(p), rows)) for p in positions]
+            return
+        cutters = [_cutter(p, width) for p in positions]
+        for lines in self._lines():
+            yield lines, [list(map(get, map(cut, lines))) for cut, get in cutters]
+
+    def write_records(self, fh: TextIO, writer: Any, records: Sequence[Any]) -> None:
+        """Records from `select`, written to another CSV file (the same bytes csv.writer would write)."""
+        if self.quoted:
+            writer.writerows(records)
+        elif records:
+            fh.write(TERMINATOR.join(records))
+            fh.write(TERMINATOR)
+
+    def _lines(self) -> Iterator[list[str]]:
         with open(self.path, encoding="utf-8", newline="") as fh:
             fh.readline()
             carry = ""
@@ -67,17 +99,17 @@ class CanonicalCsv:
                 lines = (carry + block).split(TERMINATOR)
                 carry = lines.pop()
                 if lines:
-                    yield [line.split(",") for line in lines]
+                    yield lines
             if carry:
-                yield [carry.split(",")]
+                yield [carry]
 
-    def write_rows(self, fh: TextIO, writer: Any, rows: Sequence[Sequence[str]]) -> None:
-        """Rows read from this file written to another: joined lines when this file needs no quoting."""
-        if self.quoted or not rows:
-            writer.writerows(rows)
-            return
-        fh.write(TERMINATOR.join(map(",".join, rows)))
-        fh.write(TERMINATOR)
+
+def _cutter(pos: int, width: int) -> tuple[Callable[[str], list[str]], Callable[[list[str]], str]]:
+    """How to cut field `pos` out of a line with the fewest splits (from whichever end is nearer)."""
+    from_end = width - 1 - pos
+    if pos <= from_end:
+        return methodcaller("split", ",", pos + 1), itemgetter(pos)
+    return methodcaller("rsplit", ",", from_end + 1), itemgetter(-(from_end + 1))
 
 
 def _contains(path: Path, needle: bytes) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
+from itertools import compress
 from typing import Any
 
 from chalicelib.config import Metric, PipelineConfig
@@ -104,18 +105,11 @@ class DateAggregator:
             if source is None:
                 continue
             groups = self.groups[t_index]
-            buckets: dict[tuple[Any, ...], list[int]] = {}
-            for i, key in enumerate(zip(*(cols[p] for p in source.key_pos), strict=True)):
-                bucket = buckets.get(key)
-                if bucket is None:
-                    buckets[key] = [i]
-                else:
-                    bucket.append(i)
+            buckets = _buckets([cols[p] for p in source.key_pos])
             masks: dict[int, list[bool]] = {}
             for m_index, _kind, _fpos, conds in source.metrics:
                 if conds and m_index not in masks:
                     masks[m_index] = _mask(cols, conds)
-            whole = len(buckets) == 1
             for key, idxs in buckets.items():
                 if None in key:
                     continue  # a row without its key fields cannot be placed in this table
@@ -124,11 +118,13 @@ class DateAggregator:
                     accs = groups[key] = [None] * len(table.metrics)
                 for m_index, kind, fpos, conds in source.metrics:
                     col = cols[fpos]
+                    if idxs is not None:
+                        col = list(map(col.__getitem__, idxs))
                     if conds:
                         mask = masks[m_index]
-                        values = [v for v, keep in zip(col, mask, strict=True) if keep] if whole else [col[i] for i in idxs if mask[i]]
+                        values = list(compress(col, mask if idxs is None else map(mask.__getitem__, idxs)))
                     else:
-                        values = col if whole else [col[i] for i in idxs]
+                        values = col
                     if has_none(values):
                         values = [v for v in values if v is not None]
                     accs[m_index] = _reduce(kind, accs[m_index], values)
@@ -149,6 +145,21 @@ class DateAggregator:
                 items.append(item)
             out[table.name] = items
         return out
+
+
+def _buckets(key_cols: list[list[Any]]) -> dict[tuple[Any, ...], list[int] | None]:
+    """Row positions per group key; None stands for "every row" when the key is the same throughout
+    (always so for a key of the partition date alone, which is what a recompute reads at a time)."""
+    if all(col.count(col[0]) == len(col) for col in key_cols):
+        return {tuple(col[0] for col in key_cols): None}
+    buckets: dict[tuple[Any, ...], list[int] | None] = {}
+    for i, key in enumerate(zip(*key_cols, strict=True)):
+        bucket = buckets.get(key)
+        if bucket is None:
+            buckets[key] = [i]
+        else:
+            bucket.append(i)
+    return buckets
 
 
 def _mask(cols: list[list[Any]], conds: list[tuple[int, Any]]) -> list[bool]:

@@ -192,11 +192,9 @@ def index_batch(
         moved[d.name] = {}
         source = CanonicalCsv(validated_dir / f"{d.name}.csv")
         writers = _PartitionWriters(cfg, d, out_root, stem, source)
-        for chunk in source.chunks(CHUNK_ROWS):
-            cols = list(zip(*chunk, strict=True))
-            keys = list(map(d.key_reader, cols[d.key_pos]))
-            dates = cols[d.part_pos]
-            writers.write_chunk(dates, chunk)
+        for records, (key_texts, dates) in source.select([d.key_pos, d.part_pos], len(d.header)):
+            keys = list(map(d.key_reader, key_texts))
+            writers.write_chunk(dates, records)
             touched.update(dates)
             olds = index.get_many(keys)
             if olds.count(None) == len(olds):  # all keys new: the first-batch fast path
@@ -296,19 +294,19 @@ class _PartitionWriters:
             entry = self.files[date] = (fh, writer, name)
         return entry[1]
 
-    def write_chunk(self, dates: Sequence[str], rows: list[Any]) -> None:
-        """Rows read from `self.source`, each to its date's file."""
+    def write_chunk(self, dates: Sequence[str], records: list[Any]) -> None:
+        """Records read from `self.source` (`CanonicalCsv.select`), each to its date's file."""
         assert self.source is not None
-        if len(set(dates)) == 1:
-            groups: dict[str, list[Any]] = {dates[0]: rows}
+        if dates.count(dates[0]) == len(dates):
+            groups: dict[str, list[Any]] = {dates[0]: records}
         else:
             groups = defaultdict(list)
-            for date, row in zip(dates, rows, strict=True):
-                groups[date].append(row)
+            for date, record in zip(dates, records, strict=True):
+                groups[date].append(record)
         for date, group in groups.items():
             writer = self.writer(date)
-            self.source.write_rows(self.files[date][0], writer, group)
-        self.count += len(rows)
+            self.source.write_records(self.files[date][0], writer, group)
+        self.count += len(records)
 
     def close(self) -> list[str]:
         for fh, _, _ in self.files.values():
@@ -389,15 +387,14 @@ def recompute_dates(
                 if path is None:
                     continue
                 want = (file_seq, date)
-                for chunk in CanonicalCsv(path).chunks(CHUNK_ROWS):
-                    raw = list(zip(*chunk, strict=True))
-                    states = index.get_many(list(map(d.key_reader, raw[d.key_pos])))
+                for _records, (key_texts, *raw) in CanonicalCsv(path).select([d.key_pos, *positions], len(d.header)):
+                    states = index.get_many(list(map(d.key_reader, key_texts)))
                     if states.count(want) != len(states):
                         live = [i for i, state in enumerate(states) if state == want]
                         if not live:
                             continue
                         raw = [[col[i] for i in live] for col in raw]
-                    agg.add(d.name, [_read_column(reader, raw[p]) for reader, p in zip(readers, positions, strict=True)])
+                    agg.add(d.name, [_read_column(reader, col) for reader, col in zip(readers, raw, strict=True)])
         for table, items in agg.items().items():
             tables[table][date] = items
     return tables
