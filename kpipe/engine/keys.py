@@ -174,6 +174,29 @@ class KeyTable:
     def __len__(self) -> int:
         return self._count
 
+    def overlaps(self, other: KeyTable) -> bool:
+        """Does any key of `other` sit in this table too? Dense parts are compared as bitmaps
+        (one big-int AND), so two tables of a million ids take milliseconds, not a key-by-key scan."""
+        if _presence(self._dense) & _presence(other._dense):
+            return True
+        small, big = sorted((self._sparse, other._sparse), key=len)
+        return any(key in big for key in small)
+
+    def absorb(self, other: KeyTable, value: Any = True) -> None:
+        """Put every key of `other` here with `value`; the tables must not overlap (see `overlaps`)."""
+        code = self._code(value)
+        if len(other._dense) > len(self._dense):
+            self._dense.frombytes(bytes(self._dense.itemsize * (len(other._dense) - len(self._dense))))
+        if self._dense.itemsize == 1:  # disjoint 0/1 lanes times a one-byte code: OR with no carries
+            width = len(self._dense)
+            merged = int.from_bytes(self._dense.tobytes(), "little") | (_presence(other._dense) * code)
+            self._dense = array("B", merged.to_bytes(width, "little"))
+        else:
+            keys = [key for key, present in enumerate(other._dense) if present]
+            deque(map(self._dense.__setitem__, keys, repeat(code)), 0)
+        self._sparse.update(dict.fromkeys(other._sparse, code))
+        self._count += len(other)
+
     def items(self) -> Iterator[tuple[Hashable, Any]]:
         values = self._values
         for key, code in enumerate(self._dense):
@@ -207,6 +230,15 @@ class KeyTable:
             table._count = header["count"]
             table._dense.fromfile(fh, header["dense_len"])
         return table
+
+
+_NONZERO_TO_ONE = bytes([0] + [1] * 255)
+
+
+def _presence(dense: array) -> int:  # type: ignore[type-arg]
+    """A dense slot array as an int with byte lane i = 1 where slot i holds a key."""
+    lanes = dense.tobytes().translate(_NONZERO_TO_ONE) if dense.itemsize == 1 else bytes(map(bool, dense))
+    return int.from_bytes(lanes, "little")
 
 
 def _key_json(key: Hashable) -> Any:

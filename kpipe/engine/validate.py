@@ -266,14 +266,12 @@ def merge_outcomes(
     merged: list[FileOutcome] = []
     for outcome in sorted(outcomes, key=lambda o: o.number):
         local = outcome.seen or {}
-        clash = any(
-            any(seen[col].contains_many([k for k, _ in table.items()])) for col, table in local.items() if col in seen
-        )
+        clash = any(seen[col].overlaps(table) for col, table in local.items() if col in seen)
         if clash:
             outcome = _validate_file(cfg, name, raw_dir_of(outcome.rel), outcome.number, outcome.rel, part_dir, refs, seen, valid_keys)
         else:
             for col, table in local.items():
-                seen.setdefault(col, KeyTable()).put_many([k for k, _ in table.items()], [True] * len(table))
+                seen.setdefault(col, KeyTable()).absorb(table)
             valid_keys.put_many(outcome.valid_keys, outcome.lookups)
         outcome.seen, outcome.valid_keys, outcome.lookups = None, [], []
         merged.append(outcome)

@@ -155,3 +155,17 @@ def test_bulk_methods_agree_with_a_dict(steps: list[tuple[list[object], object]]
             model.update(dict.fromkeys(keys, value))
         assert len(table) == len(model)
         assert sorted(map(repr, table.items())) == sorted(map(repr, model.items()))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(KEYS, max_size=30), st.lists(KEYS, max_size=30), st.sampled_from(["B", "H"]))
+def test_overlaps_and_absorb_agree_with_sets(mine: list[object], theirs: list[object], typecode: str) -> None:
+    """The bitmap merge of files validated alone equals putting the other file's keys one by one."""
+    a, b = KeyTable(typecode), KeyTable(typecode)
+    a.put_many(mine, [True] * len(mine))
+    b.put_many(theirs, [True] * len(theirs))
+    assert a.overlaps(b) == bool(set(mine) & set(theirs))
+    if not a.overlaps(b):
+        a.absorb(b)
+        assert sorted(map(repr, a.items())) == sorted(repr((k, True)) for k in set(mine) | set(theirs))
+        assert len(a) == len(set(mine) | set(theirs))
