@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
 import json
 import multiprocessing
 import shutil
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
@@ -31,6 +32,7 @@ from chalicelib.config import PipelineConfig
 from chalicelib.layout import Layout
 from kpipe.engine.csvio import write_columns
 from kpipe.engine.keys import KeyTable
+from kpipe.engine.pieces import Piece, cut
 from kpipe.engine.rules import BatchRefs, FileRules
 
 REJECT_META = ["_file", "_line", "_reasons"]
@@ -102,8 +104,9 @@ def _validate_dataset(
     part_dir.mkdir(parents=True)
     seen: dict[str, KeyTable] = {}
     valid_keys = KeyTable()
-    if workers > 1 and len(rels) > 1:
-        outcomes = _validate_files_in_processes(cfg, name, raw_dir, rels, part_dir, refs, workers)
+    jobs = _jobs(raw_dir, rels, workers) if workers > 1 else []
+    if len(jobs) > 1:
+        outcomes = _validate_files_in_processes(cfg, name, raw_dir, jobs, part_dir, refs, workers)
         outcomes = merge_outcomes(cfg, name, lambda _rel: raw_dir, part_dir, refs, outcomes, seen, valid_keys)
     else:
         outcomes = [_validate_file(cfg, name, raw_dir, i, rel, part_dir, refs, seen, valid_keys) for i, rel in enumerate(rels)]
@@ -125,12 +128,15 @@ def finish_dataset(
     source_headers = [col.header(col_name) for col_name, col in ds.columns.items()]
     _concatenate(out_dir / "rejected" / f"{name}.csv", [*REJECT_META, *source_headers, "_other"], [o.rejected_path for o in outcomes])
     totals = {"rows_in": 0, "rows_valid": 0, "rows_rejected": 0}
+    per_file: dict[str, dict[str, int]] = {}
     reasons: Counter[str] = Counter()
     for outcome in outcomes:
         reasons.update(outcome.reasons)
+        file_counts = per_file.setdefault(outcome.rel, dict.fromkeys(totals, 0))  # a file's pieces add up
         for k in totals:
             totals[k] += outcome.counts[k]
-    return {**totals, "reasons": dict(sorted(reasons.items()))}, {o.rel: o.counts for o in outcomes}
+            file_counts[k] += outcome.counts[k]
+    return {**totals, "reasons": dict(sorted(reasons.items()))}, per_file
 
 
 @dataclass
@@ -144,6 +150,7 @@ class FileOutcome:
     seen: dict[str, KeyTable] | None = None  # a worker's own uniqueness tables, merged by the parent
     valid_keys: list[Any] = field(default_factory=list)
     lookups: list[Any] = field(default_factory=list)
+    piece: Piece | None = None  # a range of the file's rows (worker processes), None for the whole file
 
 
 def _validate_file(
@@ -156,6 +163,7 @@ def _validate_file(
     refs: BatchRefs,
     seen: dict[str, KeyTable],
     valid_keys: KeyTable | None,
+    piece: Piece | None = None,
 ) -> FileOutcome:
     """Stream one raw file (petl's `fromcsv`) a chunk at a time: valid rows to a part file, rejected
     rows to another.
@@ -166,9 +174,11 @@ def _validate_file(
     declared = set(source_headers)
     referenced = is_referenced(cfg, name)
     counts = {"rows_in": 0, "rows_valid": 0, "rows_rejected": 0}
-    outcome = FileOutcome(rel, number, counts, Counter(), part_dir / f"{number:05d}.valid.csv", part_dir / f"{number:05d}.rejected.csv")
+    outcome = FileOutcome(
+        rel, number, counts, Counter(), part_dir / f"{number:05d}.valid.csv", part_dir / f"{number:05d}.rejected.csv", piece=piece
+    )
     path = raw_dir / rel
-    clean = _is_utf8(path)
+    clean = piece is not None or _is_utf8(path)  # only UTF-8 files are cut into pieces
 
     with open(outcome.rejected_path, "w", encoding="utf-8", errors="surrogateescape", newline="") as rej_fh:
         rejected = csv.writer(rej_fh)
@@ -193,9 +203,11 @@ def _validate_file(
             header = next(rows, None)
             if header is None:
                 return  # an empty file: no header, no rows
+            line = 1
+            if piece is not None:
+                rows, line = _piece_rows(path, piece), piece.first_line - 1
             rules = FileRules(cfg, name, header, refs, seen)
             src_pos = _positions(header, source_headers)  # where the declared columns sit in this file
-            line = 1
             while chunk := list(islice(rows, CHUNK_ROWS)):
                 lines: Sequence[int] = range(line + 1, line + 1 + len(chunk))
                 line += len(chunk)
@@ -231,19 +243,43 @@ def _validate_file(
     return outcome
 
 
+def _jobs(raw_dir: Path, rels: list[str], workers: int) -> list[tuple[int, str, Piece | None]]:
+    """(number, file, piece) in file order: a big file is cut into `workers` pieces when it can be
+    (see pieces.py), so three files on two processes keep both busy to the end."""
+    jobs: list[tuple[int, str, Piece | None]] = []
+    for rel in rels:
+        for piece in cut(raw_dir / rel, workers) or [None]:
+            jobs.append((len(jobs), rel, piece))
+    return jobs
+
+
+def _piece_rows(path: Path, piece: Piece) -> Iterator[tuple[str, ...]]:
+    """The rows of one piece, as petl would give them (tuples), read by the csv module."""
+    with open(path, "rb") as raw:
+        raw.seek(piece.start)
+        text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+        yield from map(tuple, csv.reader(islice(text, piece.lines)))
+
+
 def is_referenced(cfg: PipelineConfig, name: str) -> bool:
     return any(c.references == name for ds in cfg.datasets.values() for c in ds.columns.values())
 
 
 def validate_files_alone(
-    cfg: PipelineConfig, name: str, raw_dir: Path, jobs: Sequence[tuple[int, str]], part_dir: Path, refs: BatchRefs
+    cfg: PipelineConfig,
+    name: str,
+    raw_dir: Path,
+    jobs: Sequence[tuple[int, str] | tuple[int, str, Piece | None]],
+    part_dir: Path,
+    refs: BatchRefs,
 ) -> list[FileOutcome]:
-    """Each file on its own, as a worker process or a fanned-out task does: its own uniqueness tables,
-    its valid keys kept in the outcome. `merge_outcomes` then makes the result exactly the sequential one."""
+    """Each file (or piece of one) on its own, as a worker process or a fanned-out task does: its own
+    uniqueness tables, its valid keys kept in the outcome. `merge_outcomes` then makes the result
+    exactly the sequential one."""
     outcomes = []
-    for number, rel in jobs:
+    for number, rel, *piece in jobs:
         seen: dict[str, KeyTable] = {}
-        outcome = _validate_file(cfg, name, raw_dir, number, rel, part_dir, refs, seen, None)
+        outcome = _validate_file(cfg, name, raw_dir, number, rel, part_dir, refs, seen, None, piece[0] if piece else None)
         outcome.seen = seen
         outcomes.append(outcome)
     return outcomes
@@ -268,7 +304,9 @@ def merge_outcomes(
         local = outcome.seen or {}
         clash = any(seen[col].overlaps(table) for col, table in local.items() if col in seen)
         if clash:
-            outcome = _validate_file(cfg, name, raw_dir_of(outcome.rel), outcome.number, outcome.rel, part_dir, refs, seen, valid_keys)
+            outcome = _validate_file(
+                cfg, name, raw_dir_of(outcome.rel), outcome.number, outcome.rel, part_dir, refs, seen, valid_keys, outcome.piece
+            )
         else:
             for col, table in local.items():
                 seen.setdefault(col, KeyTable()).absorb(table)
@@ -281,20 +319,26 @@ def merge_outcomes(
 _WORKER: dict[str, Any] = {}
 
 
-def _validate_in_worker(job: tuple[int, str]) -> FileOutcome:
+def _validate_in_worker(job: tuple[int, str, Piece | None]) -> FileOutcome:
     ctx = _WORKER
     [outcome] = validate_files_alone(ctx["cfg"], ctx["name"], ctx["raw_dir"], [job], ctx["part_dir"], ctx["refs"])
     return outcome
 
 
 def _validate_files_in_processes(
-    cfg: PipelineConfig, name: str, raw_dir: Path, rels: list[str], part_dir: Path, refs: BatchRefs, workers: int
+    cfg: PipelineConfig,
+    name: str,
+    raw_dir: Path,
+    jobs: list[tuple[int, str, Piece | None]],
+    part_dir: Path,
+    refs: BatchRefs,
+    workers: int,
 ) -> list[FileOutcome]:
-    """Files in parallel (forked workers see the referenced datasets' key tables)."""
+    """Files and pieces in parallel (forked workers see the referenced datasets' key tables)."""
     _WORKER.update(cfg=cfg, name=name, raw_dir=raw_dir, part_dir=part_dir, refs=refs)
     try:
-        with ProcessPoolExecutor(max_workers=min(workers, len(rels)), mp_context=multiprocessing.get_context("fork")) as pool:
-            return list(pool.map(_validate_in_worker, list(enumerate(rels))))
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(pool.map(_validate_in_worker, jobs))
     finally:
         _WORKER.clear()
 

@@ -1,0 +1,83 @@
+"""Whole-row byte ranges of one CSV file, so one big file can be validated by several processes.
+
+A CSV file can only be cut at a line break that ends a record. When the file holds no quote
+character every line break does, and when it holds no bare carriage return the csv module's notion
+of a line is the same as a count of "\\n", so each piece knows the line number of its first row
+and how many lines it holds. Files that are not like that (quoted fields, bare CR line ends,
+bytes that are not UTF-8) are never cut: they are validated whole, exactly as before.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+
+BLOCK = 1 << 20
+MIN_PIECE_BYTES = 4 << 20  # below this a piece's start-up costs more than the parallelism gains
+
+
+@dataclass(frozen=True)
+class Piece:
+    start: int  # byte offset of the piece's first line
+    end: int  # byte offset just past its last line
+    first_line: int  # line number of its first line (the header is line 1)
+    lines: int  # physical lines in the piece (a last line without "\n" counts)
+
+
+def cut(path: Path, pieces: int, min_bytes: int | None = None) -> list[Piece] | None:
+    """Up to `pieces` ranges of whole lines after the header, or None when the file must stay whole."""
+    size = os.path.getsize(path)
+    pieces = min(pieces, size // max(MIN_PIECE_BYTES if min_bytes is None else min_bytes, 1))
+    if pieces < 2:
+        return None
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    targets = [size * k // pieces for k in range(1, pieces)]
+    starts: list[int] = []
+    counts: list[int] = []  # "\n" before each cut
+    newlines, offset, header_end = 0, 0, -1
+    last = b""
+    with open(path, "rb") as fh:
+        while block := fh.read(BLOCK):
+            joined = last + block  # a CR at a block's end pairs with the next block's first byte
+            if b'"' in block or joined[:-1].count(b"\r") != joined.count(b"\r\n"):
+                return None
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError:
+                return None
+            if header_end < 0 and b"\n" in block:
+                header_end = offset + block.index(b"\n") + 1
+            while targets and targets[0] < offset + len(block):
+                at = block.find(b"\n", max(targets[0] - offset, 0))
+                if at < 0:
+                    break  # the line goes on in the next block: cut there
+                starts.append(offset + at + 1)
+                counts.append(newlines + block.count(b"\n", 0, at + 1))
+                targets.pop(0)
+            newlines += block.count(b"\n")
+            offset += len(block)
+            last = block[-1:]
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return None
+    if last == b"\r" or header_end < 0:
+        return None
+    bounds = [header_end, *(s for s in starts if s > header_end and s < size), size]
+    line_counts = [1, *(c for s, c in zip(starts, counts, strict=True) if s > header_end and s < size), newlines]
+    out = []
+    for (start, end), (before, through) in zip(pairwise(bounds), pairwise(line_counts), strict=True):
+        if end <= start:
+            continue
+        lines = through - before + (1 if end == size and not _ends_with_newline(path, size) else 0)
+        out.append(Piece(start, end, before + 1, lines))
+    return out if len(out) > 1 else None
+
+
+def _ends_with_newline(path: Path, size: int) -> bool:
+    with open(path, "rb") as fh:
+        fh.seek(size - 1)
+        return fh.read(1) == b"\n"
