@@ -64,6 +64,10 @@ class Layout:
     def validated_key(self, batch_id: str, dataset: str) -> str:
         return f"{self.storage.validated}{batch_id}/{dataset}.csv"
 
+    def validated_groups_key(self, batch_id: str, dataset: str) -> str:
+        """Where each partition value's rows sit in a partitioned dataset's validated file."""
+        return f"{self.storage.validated}{batch_id}/{dataset}.groups.json"
+
     def rejected_key(self, batch_id: str, dataset: str) -> str:
         return f"{self.storage.rejected}{batch_id}/{dataset}.csv"
 

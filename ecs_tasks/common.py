@@ -277,6 +277,29 @@ def download(s3: Any, bucket: str, key: str, version_id: str | None, dest: Path)
     s3.download_file(bucket, key, str(dest), ExtraArgs=extra)
 
 
+def download_if_present(s3: Any, bucket: str, key: str, dest: Path) -> bool:
+    """Download `key` to `dest`; False (and no file) when there is no such object."""
+    try:
+        download(s3, bucket, key, None, dest)
+    except ClientError as exc:
+        if is_missing(exc):
+            return False
+        raise
+    return True
+
+
+def upload_outputs(s3: Any, bucket: str, layout: Layout, batch_id: str, name: str, out_dir: Path) -> None:
+    """A dataset's validated and rejected files (and the validated file's groups sidecar) to their keys."""
+    files = {
+        out_dir / "validated" / f"{name}.csv": layout.validated_key(batch_id, name),
+        out_dir / "validated" / f"{name}.groups.json": layout.validated_groups_key(batch_id, name),
+        out_dir / "rejected" / f"{name}.csv": layout.rejected_key(batch_id, name),
+    }
+    for path, key in files.items():
+        if path.exists():
+            s3.upload_file(str(path), bucket, key)
+
+
 def exists(s3: Any, bucket: str, key: str) -> bool:
     try:
         s3.head_object(Bucket=bucket, Key=key)

@@ -59,6 +59,10 @@ def transform(ctx: common.TaskContext, log: Any) -> dict[str, Any]:
         validated_dir.mkdir()
         for name in cfg.datasets:
             common.download(ctx.s3, ctx.bucket, layout.validated_key(ctx.batch_id, name), None, validated_dir / f"{name}.csv")
+            if cfg.datasets[name].partition_by:  # absent when an older release validated the batch
+                common.download_if_present(
+                    ctx.s3, ctx.bucket, layout.validated_groups_key(ctx.batch_id, name), validated_dir / f"{name}.groups.json"
+                )
         indexed = index_batch(cfg, ctx.batch_id, validated_dir, store, Path(tmp) / "index")
         groups = min(cfg.scale.transform_concurrency, len(indexed.dates))
         rows = sum(indexed.rows_written.values())

@@ -113,10 +113,7 @@ def validate(ctx: common.TaskContext, log: Any) -> dict[str, Any]:
         # one worker process per vCPU the task was given (Fargate: TaskCpu / 1024), files in parallel
         result = validate_batch(cfg, raw_dir, out_dir, ctx.batch_id, workers=min(len(os.sched_getaffinity(0)), 4))
         for name in cfg.datasets:
-            for kind, key in (("validated", layout.validated_key(ctx.batch_id, name)), ("rejected", layout.rejected_key(ctx.batch_id, name))):
-                path = out_dir / kind / f"{name}.csv"
-                if path.exists():
-                    s3.upload_file(str(path), bucket, key)
+            common.upload_outputs(s3, bucket, layout, ctx.batch_id, name, out_dir)
     return _conclude(ctx, layout, result, [e.key for e in snapshot], quarantined, round(time.perf_counter() - started, 3), log)
 
 

@@ -159,8 +159,7 @@ def merge(ctx: common.TaskContext, cfg: PipelineConfig, layout: Layout, log: Any
         valid_keys = KeyTable()
         merged = merge_outcomes(cfg, name, raw_dir_of, part_dir, refs, outcomes, seen, valid_keys)
         stats, _per_file = finish_dataset(cfg, name, out_dir, merged)
-        ctx.s3.upload_file(str(out_dir / "validated" / f"{name}.csv"), ctx.bucket, layout.validated_key(ctx.batch_id, name))
-        ctx.s3.upload_file(str(out_dir / "rejected" / f"{name}.csv"), ctx.bucket, layout.rejected_key(ctx.batch_id, name))
+        common.upload_outputs(ctx.s3, ctx.bucket, layout, ctx.batch_id, name, out_dir)
         if is_referenced(cfg, name):
             save_keys(valid_keys, Path(tmp) / "keys.json")
             ctx.s3.upload_file(str(Path(tmp) / "keys.json"), ctx.bucket, layout.fanout_key(ctx.batch_id, f"refs/{name}.json"))

@@ -9,6 +9,8 @@ through `csv.writer`, so the bytes are the same either way (QUOTE_MINIMAL, "\\r\
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from operator import itemgetter, methodcaller
@@ -24,6 +26,21 @@ TERMINATOR = "\r\n"
 def needs_quoting(col: Sequence[str]) -> bool:
     joined = "".join(col)
     return any(map(joined.__contains__, QUOTE_TRIGGERS))
+
+
+def rows_as_lines(cols: Sequence[Sequence[str]], plain: Sequence[bool]) -> list[str]:
+    """Each row of `cols` as its CSV line without the terminator (as `csv.writer` would quote it)."""
+    if len(cols) > 1 and not any(needs_quoting(col) for col, safe in zip(cols, plain, strict=True) if not safe):
+        return list(map(",".join, zip(*cols, strict=True)))
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    lines = []
+    for row in zip(*cols, strict=True):
+        writer.writerow(row)
+        lines.append(buffer.getvalue()[: -len(TERMINATOR)])
+        buffer.seek(0)
+        buffer.truncate()
+    return lines
 
 
 def write_columns(fh: TextIO, writer: Any, cols: Sequence[Sequence[str]], plain: Sequence[bool]) -> None:
@@ -91,6 +108,27 @@ class CanonicalCsv:
             fh.write(TERMINATOR.join(records))
             fh.write(TERMINATOR)
 
+    def blocks(self, spans: Sequence[Sequence[Any]], pos: int, width: int) -> Iterator[tuple[str, str, list[str]]]:
+        """For each `[value, byte offset, bytes, rows]` span (a validated file's groups sidecar), its
+        text a block of whole lines at a time with field `pos` of each line: (value, text, fields)."""
+        cut, get = _cutter(pos, width)
+        with open(self.path, "rb") as fh:
+            for value, start, length, _rows in spans:
+                fh.seek(start)
+                left, carry = length, b""
+                while left:
+                    data = carry + fh.read(min(left, BLOCK_CHARS))
+                    left -= len(data) - len(carry)
+                    last = data.rfind(b"\r\n")
+                    if left and last < 0:  # one line longer than a block: read on
+                        carry = data
+                        continue
+                    end = len(data) if not left else last + 2
+                    carry = data[end:]
+                    text = data[:end].decode("utf-8")
+                    if text:
+                        yield value, text, list(map(get, map(cut, text.split(TERMINATOR)[:-1])))
+
     def _lines(self) -> Iterator[list[str]]:
         with open(self.path, encoding="utf-8", newline="") as fh:
             fh.readline()
@@ -102,6 +140,12 @@ class CanonicalCsv:
                     yield lines
             if carry:
                 yield [carry]
+
+
+def groups_path(validated_csv: Path) -> Path:
+    """The sidecar of a partitioned dataset's validated file: `[value, byte offset, bytes, rows]` per
+    partition value, in file order, so the transform copies each date's rows without regrouping them."""
+    return validated_csv.with_name(validated_csv.stem + ".groups.json")
 
 
 def _cutter(pos: int, width: int) -> tuple[Callable[[str], list[str]], Callable[[list[str]], str]]:

@@ -68,6 +68,7 @@ def save_outcome(outcome: FileOutcome, path: Path) -> None:
         "reasons": dict(outcome.reasons),
         "valid_part": outcome.valid_path.name,
         "rejected_part": outcome.rejected_path.name,
+        "groups": outcome.groups,
         "seen": {col: [encode(k) for k, _ in table.items()] for col, table in (outcome.seen or {}).items()},
         "valid_keys": [encode(k) for k in outcome.valid_keys],
         "lookups": [encode(v) for v in outcome.lookups],
@@ -92,6 +93,7 @@ def load_outcome(path: Path, part_dir: Path) -> FileOutcome:
         seen=seen,
         valid_keys=[decode(k) for k in doc["valid_keys"]],
         lookups=[decode(v) for v in doc["lookups"]],
+        groups={value: (span[0], span[1], span[2]) for value, span in doc.get("groups", {}).items()},
     )
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import petl
 
 from chalicelib.config import PipelineConfig
-from kpipe.engine.csvio import CanonicalCsv
+from kpipe.engine.csvio import CanonicalCsv, groups_path
 from kpipe.engine.keys import KeyTable
 from kpipe.engine.kpis import DateAggregator, KpiPlan
 from kpipe.engine.parsing import read_bool, reader_for
@@ -192,15 +192,13 @@ def index_batch(
         moved[d.name] = {}
         source = CanonicalCsv(validated_dir / f"{d.name}.csv")
         writers = _PartitionWriters(cfg, d, out_root, stem, source)
-        for records, (key_texts, dates) in source.select([d.key_pos, d.part_pos], len(d.header)):
-            keys = list(map(d.key_reader, key_texts))
-            writers.write_chunk(dates, records)
-            touched.update(dates)
+
+        def update(keys: list[Any], dates: Sequence[str], index: KeyTable = index, moved: dict[Any, str] = moved[d.name]) -> None:
             olds = index.get_many(keys)
             if olds.count(None) == len(olds):  # all keys new: the first-batch fast path
                 code_of = {date: index.code((seq, date)) for date in set(dates)}
                 index.put_codes(keys, list(map(code_of.__getitem__, dates)))
-                continue
+                return
             put_keys, put_values = [], []
             for key, date, old in zip(keys, dates, olds, strict=True):
                 if old is not None:
@@ -208,10 +206,22 @@ def index_batch(
                         continue  # a newer batch already replaced this key: this row stays dead
                     if old[1] != date:
                         touched.add(old[1])
-                        moved[d.name][key] = old[1]
+                        moved[key] = old[1]
                 put_keys.append(key)
                 put_values.append((seq, date))
             index.put_many(put_keys, put_values)
+
+        spans = _read_spans(groups_path(source.path)) if not source.quoted else None
+        if spans is not None:  # rows already grouped by date: copy each date's lines as they are
+            for date, text, key_texts in source.blocks(spans, d.key_pos, len(d.header)):
+                writers.write_text(date, text, len(key_texts))
+                touched.add(date)
+                update(list(map(d.key_reader, key_texts)), [date] * len(key_texts))
+        else:
+            for records, (key_texts, dates) in source.select([d.key_pos, d.part_pos], len(d.header)):
+                writers.write_chunk(dates, records)
+                touched.update(dates)
+                update(list(map(d.key_reader, key_texts)), dates)
         written[d.name] = writers.count
         new_files.extend(writers.close())
 
@@ -307,6 +317,12 @@ class _PartitionWriters:
             writer = self.writer(date)
             self.source.write_records(self.files[date][0], writer, group)
         self.count += len(records)
+
+    def write_text(self, date: str, text: str, rows: int) -> None:
+        """Whole CSV lines (with their terminators) for one date, as they were in the validated file."""
+        self.writer(date)
+        self.files[date][0].write(text)
+        self.count += rows
 
     def close(self) -> list[str]:
         for fh, _, _ in self.files.values():
@@ -420,6 +436,14 @@ def _content_digest(validated_dir: Path, datasets: list[_Partitioned]) -> str:
             while chunk := fh.read(1 << 20):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def _read_spans(path: Path) -> list[list[Any]] | None:
+    """A validated file's groups sidecar, or None without one (then rows are grouped as they come)."""
+    if not path.is_file():
+        return None
+    spans: list[list[Any]] = json.loads(path.read_text(encoding="utf-8"))["groups"]
+    return spans
 
 
 def _load_index(cache: _Cache, dataset: str) -> KeyTable:

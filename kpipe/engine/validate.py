@@ -30,7 +30,7 @@ import petl
 
 from chalicelib.config import PipelineConfig
 from chalicelib.layout import Layout
-from kpipe.engine.csvio import write_columns
+from kpipe.engine.csvio import TERMINATOR, groups_path, rows_as_lines, write_columns
 from kpipe.engine.keys import KeyTable
 from kpipe.engine.pieces import Piece, cut
 from kpipe.engine.rules import BatchRefs, FileRules
@@ -124,7 +124,10 @@ def finish_dataset(
     ds = cfg.datasets[name]
     for kind in ("validated", "rejected"):
         (out_dir / kind).mkdir(parents=True, exist_ok=True)
-    _concatenate(out_dir / "validated" / f"{name}.csv", validated_header(cfg, name), [o.valid_path for o in outcomes])
+    if ds.partition_by is None:
+        _concatenate(out_dir / "validated" / f"{name}.csv", validated_header(cfg, name), [o.valid_path for o in outcomes])
+    else:
+        _join_groups(out_dir / "validated" / f"{name}.csv", validated_header(cfg, name), outcomes)
     source_headers = [col.header(col_name) for col_name, col in ds.columns.items()]
     _concatenate(out_dir / "rejected" / f"{name}.csv", [*REJECT_META, *source_headers, "_other"], [o.rejected_path for o in outcomes])
     totals = {"rows_in": 0, "rows_valid": 0, "rows_rejected": 0}
@@ -151,6 +154,9 @@ class FileOutcome:
     valid_keys: list[Any] = field(default_factory=list)
     lookups: list[Any] = field(default_factory=list)
     piece: Piece | None = None  # a range of the file's rows (worker processes), None for the whole file
+    # a partitioned dataset's valid part holds its rows grouped by partition value, in value order:
+    # value -> (byte offset, byte length, rows) in the part file
+    groups: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
 
 def _validate_file(
@@ -180,6 +186,7 @@ def _validate_file(
     path = raw_dir / rel
     clean = piece is not None or _is_utf8(path)  # only UTF-8 files are cut into pieces
 
+    spill = _GroupSpill(outcome.valid_path, ds.fields().index(ds.partition_by)) if ds.partition_by else None
     with open(outcome.rejected_path, "w", encoding="utf-8", errors="surrogateescape", newline="") as rej_fh:
         rejected = csv.writer(rej_fh)
 
@@ -236,11 +243,77 @@ def _validate_file(
                 else:
                     outcome.valid_keys.extend(cols[rules.key_pos])
                     outcome.lookups.extend(rules.lookup_values(cols))
-                write_columns(valid_fh, valid, rules.format_columns(cols), rules.plain)
+                if spill is None:
+                    write_columns(valid_fh, valid, rules.format_columns(cols), rules.plain)
+                else:
+                    spill.add(rules.format_columns(cols), rules.plain)
 
         with open(outcome.valid_path, "w", encoding="utf-8", newline="") as valid_fh:
             stream(csv.writer(valid_fh))
+    if spill is not None:
+        outcome.groups = spill.finish()
     return outcome
+
+
+class _GroupSpill:
+    """A file's valid rows grouped by partition value (the date), so the transform finds each date's
+    rows together and writes them out without regrouping them row by row.
+
+    Lines wait in memory per value up to `FLUSH_LINES` in all, then go to one spill file per value;
+    `finish` appends the spills to the part file in value order. Memory stays bounded whatever the
+    number of dates, and only one file is open at a time."""
+
+    FLUSH_LINES = 16_384
+
+    def __init__(self, part: Path, pos: int) -> None:
+        self.part, self.pos = part, pos
+        self.buffers: dict[str, list[str]] = {}
+        self.spills: dict[str, Path] = {}
+        self.rows: Counter[str] = Counter()
+        self.buffered = 0
+
+    def add(self, cols: list[list[str]], plain: Sequence[bool]) -> None:
+        if not cols or not cols[0]:
+            return
+        lines = rows_as_lines(cols, plain)
+        values = cols[self.pos]
+        if values.count(values[0]) == len(values):
+            self.buffers.setdefault(values[0], []).extend(lines)
+        else:
+            buffers = self.buffers
+            for value, line in zip(values, lines, strict=True):
+                bucket = buffers.get(value)
+                if bucket is None:
+                    buffers[value] = [line]
+                else:
+                    bucket.append(line)
+        self.buffered += len(lines)
+        if self.buffered >= self.FLUSH_LINES:
+            self._flush()
+
+    def _flush(self) -> None:
+        for value, lines in self.buffers.items():
+            self.rows[value] += len(lines)
+            spill = self.spills.get(value)
+            if spill is None:
+                spill = self.spills[value] = self.part.with_name(f"{self.part.name}.{len(self.spills)}.spill")
+            with open(spill, "a", encoding="utf-8", newline="") as fh:
+                fh.write(TERMINATOR.join(lines))
+                fh.write(TERMINATOR)
+        self.buffers.clear()
+        self.buffered = 0
+
+    def finish(self) -> dict[str, tuple[int, int, int]]:
+        self._flush()
+        groups: dict[str, tuple[int, int, int]] = {}
+        with open(self.part, "ab") as out:
+            for value in sorted(self.spills):
+                start = out.tell()
+                with open(self.spills[value], "rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+                groups[value] = (start, out.tell() - start, self.rows[value])
+                self.spills[value].unlink()
+        return groups
 
 
 def _jobs(raw_dir: Path, rels: list[str], workers: int) -> list[tuple[int, str, Piece | None]]:
@@ -341,6 +414,32 @@ def _validate_files_in_processes(
             return list(pool.map(_validate_in_worker, jobs))
     finally:
         _WORKER.clear()
+
+
+def _join_groups(dest: Path, header: list[str], outcomes: list[FileOutcome]) -> None:
+    """A partitioned dataset's validated file: its rows grouped by partition value (in value order),
+    each value's rows in file order; beside it, `groups_path(dest)` says where each value's rows are."""
+    values = sorted({value for o in outcomes for value in o.groups})
+    with open(dest, "w", encoding="utf-8", newline="") as out:
+        csv.writer(out).writerow(header)
+    groups = []
+    with open(dest, "ab") as out:
+        for value in values:
+            start, rows = out.tell(), 0
+            for outcome in outcomes:
+                span = outcome.groups.get(value)
+                if span is None:
+                    continue
+                rows += span[2]
+                with open(outcome.valid_path, "rb") as src:
+                    src.seek(span[0])
+                    left = span[1]
+                    while left and (block := src.read(min(left, 1 << 20))):
+                        out.write(block)
+                        left -= len(block)
+            groups.append([value, start, out.tell() - start, rows])
+    groups_path(dest).write_text(json.dumps({"groups": groups}, separators=(",", ":")), encoding="utf-8")
+
 
 
 def _concatenate(dest: Path, header: list[str], parts: list[Path]) -> None:

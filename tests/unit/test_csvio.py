@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from unittest.mock import patch
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kpipe.engine.csvio import write_columns
+from kpipe.engine import csvio
+from kpipe.engine.csvio import CanonicalCsv, write_columns
 
 FIELD = st.text(alphabet=st.sampled_from(list('ab ,"\r\n\'0-.é')), max_size=6)
 
@@ -37,3 +41,26 @@ def test_plain_columns_are_not_scanned_but_string_columns_are() -> None:
 
 def test_a_lone_empty_field_is_quoted_as_csv_does() -> None:
     assert _both([["", "a"]], [True]) == ('""\r\na\r\n', '""\r\na\r\n')
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["2025-03-01", "2025-03-02", "2025-03-03"]), st.text(alphabet="xyzé", max_size=30)), max_size=40),
+    st.integers(4, 64),
+)
+def test_blocks_of_a_grouped_file_give_every_line_once_in_order(rows: list[tuple[str, str]], block: int) -> None:
+    """Blocks cut at line ends whatever the block size (a line longer than a block included)."""
+    rows = sorted(rows, key=lambda r: r[0])
+    with TemporaryDirectory() as tmp:
+        path = Path(tmp) / "v.csv"
+        spans, body = [], b"k,date\r\n"
+        for date in sorted({d for d, _ in rows}):
+            lines = "".join(f"{text},{date}\r\n" for d, text in rows if d == date).encode()
+            spans.append([date, len(body), len(lines), lines.count(b"\r\n")])
+            body += lines
+        path.write_bytes(body)
+        source = CanonicalCsv(path)
+        with patch.object(csvio, "BLOCK_CHARS", block):
+            got = list(source.blocks(spans, 0, 2))
+    assert "".join(text for _, text, _ in got) == body.decode()[len("k,date\r\n") :]
+    assert [(date, key) for date, _, keys in got for key in keys] == [(d, t) for d, t in rows]
