@@ -182,19 +182,25 @@ class KeyTable:
         small, big = sorted((self._sparse, other._sparse), key=len)
         return any(key in big for key in small)
 
-    def absorb(self, other: KeyTable, value: Any = True) -> None:
-        """Put every key of `other` here with `value`; the tables must not overlap (see `overlaps`)."""
-        code = self._code(value)
+    def absorb(self, other: KeyTable, value: Any = None) -> None:
+        """Put every key of `other` here, with `value` or else with its value in `other`; the tables
+        must not overlap (see `overlaps`). One-byte slot arrays are joined as big ints, each of
+        `other`'s codes translated to this table's code for the same value."""
+        if value is not None:
+            codes = {c: self._code(value) for c in range(1, len(other._values))}
+        else:
+            codes = {c: self._code(v) for c, v in enumerate(other._values) if c}
         if len(other._dense) > len(self._dense):
             self._dense.frombytes(bytes(self._dense.itemsize * (len(other._dense) - len(self._dense))))
-        if self._dense.itemsize == 1:  # disjoint 0/1 lanes times a one-byte code: OR with no carries
-            width = len(self._dense)
-            merged = int.from_bytes(self._dense.tobytes(), "little") | (_presence(other._dense) * code)
-            self._dense = array("B", merged.to_bytes(width, "little"))
+        if self._dense.itemsize == 1 and other._dense.itemsize == 1:  # disjoint lanes: OR, no carries
+            table = bytes(codes.get(c, 0) for c in range(256))
+            lanes = other._dense.tobytes().translate(table)
+            merged = int.from_bytes(self._dense.tobytes(), "little") | int.from_bytes(lanes, "little")
+            self._dense = array("B", merged.to_bytes(len(self._dense), "little"))
         else:
-            keys = [key for key, present in enumerate(other._dense) if present]
-            deque(map(self._dense.__setitem__, keys, repeat(code)), 0)
-        self._sparse.update(dict.fromkeys(other._sparse, code))
+            present = [(key, code) for key, code in enumerate(other._dense) if code]
+            deque(map(self._dense.__setitem__, [k for k, _ in present], [codes[c] for _, c in present]), 0)
+        self._sparse.update({key: codes[code] for key, code in other._sparse.items()})
         self._count += len(other)
 
     def items(self) -> Iterator[tuple[Hashable, Any]]:

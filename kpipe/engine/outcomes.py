@@ -70,8 +70,7 @@ def save_outcome(outcome: FileOutcome, path: Path) -> None:
         "rejected_part": outcome.rejected_path.name,
         "groups": outcome.groups,
         "seen": {col: [encode(k) for k, _ in table.items()] for col, table in (outcome.seen or {}).items()},
-        "valid_keys": [encode(k) for k in outcome.valid_keys],
-        "lookups": [encode(v) for v in outcome.lookups],
+        "valid": [[encode(k), encode(v)] for k, v in outcome.valid.items()] if outcome.valid is not None else None,
     }
     path.write_text(json.dumps(document, separators=(",", ":")), encoding="utf-8")
 
@@ -91,8 +90,7 @@ def load_outcome(path: Path, part_dir: Path) -> FileOutcome:
         part_dir / doc["valid_part"],
         part_dir / doc["rejected_part"],
         seen=seen,
-        valid_keys=[decode(k) for k in doc["valid_keys"]],
-        lookups=[decode(v) for v in doc["lookups"]],
+        valid=_table(doc["valid"]) if doc.get("valid") is not None else None,
         groups={value: (span[0], span[1], span[2]) for value, span in doc.get("groups", {}).items()},
     )
 
@@ -103,7 +101,10 @@ def save_keys(table: KeyTable, path: Path) -> None:
 
 
 def load_keys(path: Path) -> KeyTable:
-    pairs = json.loads(path.read_text(encoding="utf-8"))
+    return _table(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _table(pairs: list[list[Any]]) -> KeyTable:
     table = KeyTable()
     table.put_many([decode(k) for k, _ in pairs], [decode(v) for _, v in pairs])
     return table

@@ -151,8 +151,7 @@ class FileOutcome:
     valid_path: Path
     rejected_path: Path
     seen: dict[str, KeyTable] | None = None  # a worker's own uniqueness tables, merged by the parent
-    valid_keys: list[Any] = field(default_factory=list)
-    lookups: list[Any] = field(default_factory=list)
+    valid: KeyTable | None = None  # a worker's valid keys -> lookup values (merged by the parent)
     piece: Piece | None = None  # a range of the file's rows (worker processes), None for the whole file
     # a partitioned dataset's valid part holds its rows grouped by partition value, in value order:
     # value -> (byte offset, byte length, rows) in the part file
@@ -175,13 +174,23 @@ def _validate_file(
     rows to another.
 
     `valid_keys` None (in a worker process): the file's valid keys come back in the outcome instead."""
+    keep_valid = valid_keys is None and is_referenced(cfg, name)
+    if keep_valid:
+        valid_keys = KeyTable()
     ds = cfg.datasets[name]
     source_headers = [col.header(col_name) for col_name, col in ds.columns.items()]
     declared = set(source_headers)
     referenced = is_referenced(cfg, name)
     counts = {"rows_in": 0, "rows_valid": 0, "rows_rejected": 0}
     outcome = FileOutcome(
-        rel, number, counts, Counter(), part_dir / f"{number:05d}.valid.csv", part_dir / f"{number:05d}.rejected.csv", piece=piece
+        rel,
+        number,
+        counts,
+        Counter(),
+        part_dir / f"{number:05d}.valid.csv",
+        part_dir / f"{number:05d}.rejected.csv",
+        piece=piece,
+        valid=valid_keys if keep_valid else None,
     )
     path = raw_dir / rel
     clean = piece is not None or _is_utf8(path)  # only UTF-8 files are cut into pieces
@@ -236,13 +245,8 @@ def _validate_file(
                 if not cols or not cols[0]:
                     continue
                 counts["rows_valid"] += len(cols[0])
-                if not referenced:
-                    pass  # nothing points at this dataset: its valid keys need not be kept
-                elif valid_keys is not None:
+                if referenced and valid_keys is not None:  # else nothing points at it: no need to keep
                     valid_keys.put_many(cols[rules.key_pos], rules.lookup_values(cols))
-                else:
-                    outcome.valid_keys.extend(cols[rules.key_pos])
-                    outcome.lookups.extend(rules.lookup_values(cols))
                 if spill is None:
                     write_columns(valid_fh, valid, rules.format_columns(cols), rules.plain)
                 else:
@@ -382,9 +386,10 @@ def merge_outcomes(
             )
         else:
             for col, table in local.items():
-                seen.setdefault(col, KeyTable()).absorb(table)
-            valid_keys.put_many(outcome.valid_keys, outcome.lookups)
-        outcome.seen, outcome.valid_keys, outcome.lookups = None, [], []
+                seen.setdefault(col, KeyTable()).absorb(table, True)
+            if outcome.valid is not None:
+                valid_keys.absorb(outcome.valid)
+        outcome.seen, outcome.valid = None, None
         merged.append(outcome)
     return merged
 

@@ -166,6 +166,22 @@ def test_overlaps_and_absorb_agree_with_sets(mine: list[object], theirs: list[ob
     b.put_many(theirs, [True] * len(theirs))
     assert a.overlaps(b) == bool(set(mine) & set(theirs))
     if not a.overlaps(b):
-        a.absorb(b)
+        a.absorb(b, True)
         assert sorted(map(repr, a.items())) == sorted(repr((k, True)) for k in set(mine) | set(theirs))
         assert len(a) == len(set(mine) | set(theirs))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.dictionaries(st.integers(-3, 2000), st.sampled_from(["2025-03-01", ("x", 2), 7]), max_size=30),
+    st.dictionaries(st.integers(-3, 2000) | st.text(max_size=2), st.sampled_from(["2025-03-02", ("x", 2), 7, 8]), max_size=30),
+)
+def test_absorb_keeps_the_other_tables_values(mine: dict[object, object], theirs: dict[object, object]) -> None:
+    """How a worker's valid keys (each with its lookup values) join the parent's table."""
+    theirs = {k: v for k, v in theirs.items() if k not in mine}
+    a, b = KeyTable(), KeyTable()
+    a.put_many(list(mine), list(mine.values()))
+    b.put_many(list(theirs), list(theirs.values()))
+    a.absorb(b)
+    expected = {**mine, **theirs}
+    assert a.get_many(list(expected)) == list(expected.values()) and len(a) == len(expected)
