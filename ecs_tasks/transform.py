@@ -1,7 +1,7 @@
 """ECS task 2 (`python -m ecs_tasks.transform`): validated rows -> processed store -> KPIs -> DynamoDB; archive.
 
 Runs under the pipeline lease, after validate. Steps, each idempotent so a retried task converges:
-1. Download `validated/<batch_id>/<dataset>.csv`.
+1. Download `validated/<batch_id>/<dataset>.csv` (and the `.groups.json` sidecar of a partitioned dataset).
 2. The engine's `index_batch` on the S3 processed store (a re-run of a batch reuses its sequence number and
    rewrites identical files): partitions + key index, and the dates the batch touches.
 3. `recompute` the complete KPI items of those dates and replace the dates in the KPI tables (puts, then
