@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -162,6 +163,7 @@ class FileRules:
                     ref,
                 )
             )
+        self.getters = [(pos, itemgetter(pos)) for pos in sorted({c.pos for c in self.columns if c.pos >= 0})]
         fields = ds.fields()
         self.derived: list[ColumnStep] = [
             _derive_step(cfg, dataset, spec, refs, fields) for spec in ds.derived.values()
@@ -216,7 +218,8 @@ class FileRules:
         suspect: set[int] = set()
         if min(map(len, rows)) < width:  # a short row's missing fields are empty values
             rows = [r if len(r) >= width else (*r, *([""] * (width - len(r)))) for r in rows]
-        raw_cols = list(zip(*rows, strict=False))
+        # only the declared columns, each cut out in one C-level pass (a raw file has many others)
+        raw_cols = {pos: list(map(getter, rows)) for pos, getter in self.getters}
         cols: list[list[Any]] = []
         for col in self.columns:
             if col.pos < 0:
