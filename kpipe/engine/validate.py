@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +194,7 @@ def _validate_file(
         valid=valid_keys if keep_valid else None,
     )
     path = raw_dir / rel
-    clean = piece is not None or _is_utf8(path)  # only UTF-8 files are cut into pieces
+    clean = _is_utf8(path, piece)
 
     spill = _GroupSpill(outcome.valid_path, ds.fields().index(ds.partition_by)) if ds.partition_by else None
     with open(outcome.rejected_path, "w", encoding="utf-8", errors="surrogateescape", newline="") as rej_fh:
@@ -227,21 +228,21 @@ def _validate_file(
             while chunk := list(islice(rows, CHUNK_ROWS)):
                 lines: Sequence[int] = range(line + 1, line + 1 + len(chunk))
                 line += len(chunk)
+                undecodable: list[tuple[int, Sequence[str], list[str]]] = []
                 if () in chunk or not clean:  # blank lines are not rows; undecodable rows are rejected
                     pairs = [(r, ln) for r, ln in zip(chunk, lines, strict=True) if r]
                     if not clean:
-                        undecodable = [_has_bad_bytes(r) for r, _ in pairs]
-                        for (r, ln), bad in zip(pairs, undecodable, strict=True):
-                            if bad:
-                                counts["rows_in"] += 1
-                                reject(ln, r, header, src_pos, ["row.encoding"])
-                        pairs = [pair for pair, bad in zip(pairs, undecodable, strict=True) if not bad]
+                        bad_bytes = [_has_bad_bytes(r) for r, _ in pairs]
+                        undecodable = [(ln, r, ["row.encoding"]) for (r, ln), bad in zip(pairs, bad_bytes, strict=True) if bad]
+                        counts["rows_in"] += len(undecodable)
+                        pairs = [pair for pair, bad in zip(pairs, bad_bytes, strict=True) if not bad]
                     chunk = [r for r, _ in pairs]
                     lines = [ln for _, ln in pairs]
                 counts["rows_in"] += len(chunk)
                 cols, rejected_rows = rules.apply_chunk(chunk)
-                for i, why in rejected_rows:
-                    reject(lines[i], chunk[i], header, src_pos, why)
+                decided = [(lines[i], chunk[i], why) for i, why in rejected_rows]
+                for ln, r, why in sorted([*undecodable, *decided], key=itemgetter(0)) if undecodable else decided:
+                    reject(ln, r, header, src_pos, why)  # in line order, whatever the reason
                 if not cols or not cols[0]:
                     continue
                 counts["rows_valid"] += len(cols[0])
@@ -463,13 +464,17 @@ def _positions(header: Sequence[str], names: list[str]) -> list[int]:
     return [stripped.index(n) if n in stripped else -1 for n in names]
 
 
-def _is_utf8(path: Path) -> bool:
+def _is_utf8(path: Path, piece: Piece | None = None) -> bool:
     """Most files are clean: decode once up front so the per-row byte check is only paid when needed."""
     decoder = codecs.getincrementaldecoder("utf-8")()
+    start, end = (piece.start, piece.end) if piece is not None else (0, None)
     try:
         with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
+            fh.seek(start)
+            left = end - start if end is not None else None
+            while left != 0 and (chunk := fh.read(1 << 20 if left is None else min(left, 1 << 20))):
                 decoder.decode(chunk)
+                left = None if left is None else left - len(chunk)
             decoder.decode(b"", final=True)
     except UnicodeDecodeError:
         return False

@@ -39,9 +39,9 @@ def test_pieces_tile_the_rows_after_the_header(lines: list[str], end: str, final
         assert piece.lines == body.count(b"\n") + (0 if body.endswith(b"\n") else 1)
 
 
-def test_quotes_bare_carriage_returns_and_bad_bytes_keep_a_file_whole(tmp_path: Path) -> None:
+def test_quotes_and_bare_carriage_returns_keep_a_file_whole(tmp_path: Path) -> None:
     rows = "".join(f"{i},x\n" for i in range(200))
-    for text in (b'a,b\n1,"x"\n' + rows.encode(), b"a,b\r1,x\r" + rows.encode(), b"a,b\n1,\xff\n" + rows.encode()):
+    for text in (b'a,b\n1,"x"\n' + rows.encode(), b"a,b\r1,x\r" + rows.encode()):
         path = tmp_path / "f.csv"
         path.write_bytes(text)
         assert cut(path, 2, min_bytes=8) is None

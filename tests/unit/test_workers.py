@@ -72,13 +72,17 @@ def test_files_cut_into_pieces_decide_exactly_as_whole_files(tmp_path: Path, mon
     # the last item of the first orders file again at its end: a key repeated in a later piece
     orders = sorted((batches[0] / "orders").glob("*.csv"))[0]
     lines = orders.read_text(encoding="utf-8").splitlines(keepends=True)
-    orders.write_text("".join([*lines, lines[len(lines) // 3]]), encoding="utf-8")
+    # and a row with bytes that are not UTF-8 in the second half: each piece checks its own bytes
+    undecodable = b"99999,7,Compl\xe9t\xff,2025-03-01T10:00:00\n"
+    rows = [line.encode() for line in [*lines, lines[len(lines) // 3]]]
+    orders.write_bytes(b"".join([*rows[: len(rows) * 3 // 4], undecodable, *rows[len(rows) * 3 // 4 :]]))
     monkeypatch.setattr(pieces, "MIN_PIECE_BYTES", 512)
     assert pieces.cut(orders, 2) is not None
     cfg = load_config(default_config_path())
     one = process_batches(cfg, batches, tmp_path / "w1", workers=1)
     two = process_batches(cfg, batches, tmp_path / "w2", workers=2)
-    assert one["batches"][0]["datasets"]["orders"]["reasons"].get("order_id.unique", 0) >= 1
+    reasons = one["batches"][0]["datasets"]["orders"]["reasons"]
+    assert reasons.get("order_id.unique", 0) >= 1 and reasons.get("row.encoding", 0) >= 1
     for a, b in zip(one["batches"], two["batches"], strict=True):
         assert (a["datasets"], a["files"]) == (b["datasets"], b["files"])
     assert _outputs(tmp_path / "w1") == _outputs(tmp_path / "w2")
