@@ -19,6 +19,7 @@ The dates of each group are those of `kpipe.engine.transform.date_groups`, so an
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Mapping
@@ -63,7 +64,9 @@ def transform(ctx: common.TaskContext, log: Any) -> dict[str, Any]:
                 common.download_if_present(
                     ctx.s3, ctx.bucket, layout.validated_groups_key(ctx.batch_id, name), validated_dir / f"{name}.groups.json"
                 )
-        indexed = index_batch(cfg, ctx.batch_id, validated_dir, store, Path(tmp) / "index")
+        # the datasets' indexes in parallel, one process per vCPU the task was given (as validate does)
+        workers = min(len(os.sched_getaffinity(0)), 4)
+        indexed = index_batch(cfg, ctx.batch_id, validated_dir, store, Path(tmp) / "index", workers=workers)
         groups = min(cfg.scale.transform_concurrency, len(indexed.dates))
         rows = sum(indexed.rows_written.values())
         plan = {

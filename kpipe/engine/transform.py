@@ -142,7 +142,7 @@ def transform_batch(
     workers: int = 1,
 ) -> TransformResult:
     """Index the batch into the store, then recompute the KPIs of every date it touched."""
-    indexed = index_batch(cfg, batch_id, validated_dir, store, work_dir)
+    indexed = index_batch(cfg, batch_id, validated_dir, store, work_dir, workers)
     if workers > 1 and isinstance(store, LocalStore) and len(indexed.dates) > 1:
         tables = _recompute_in_processes(cfg, indexed.dates, store, Path(work_dir), workers)
     else:
@@ -160,11 +160,12 @@ class IndexResult:
 
 
 def index_batch(
-    cfg: PipelineConfig, batch_id: str, validated_dir: Path, store: ProcessedStore, work_dir: Path
+    cfg: PipelineConfig, batch_id: str, validated_dir: Path, store: ProcessedStore, work_dir: Path, workers: int = 1
 ) -> IndexResult:
     """Write the batch's rows into the store's partitions and move the index to them.
 
-    Sequential by nature (the index is one structure); must run under the pipeline's lease."""
+    Must run under the pipeline's lease (the indexes are one structure per dataset); with `workers` > 1
+    the datasets are indexed in parallel processes."""
     validated_dir, work_dir = Path(validated_dir), Path(work_dir)
     cache = _Cache(store, work_dir / "store")
     out_root = work_dir / "out"
@@ -187,43 +188,18 @@ def index_batch(
     written: dict[str, int] = {}
     new_files: list[str] = []
 
-    for d in datasets:
-        index = indexes[d.name]
-        moved[d.name] = {}
-        source = CanonicalCsv(validated_dir / f"{d.name}.csv")
-        writers = _PartitionWriters(cfg, d, out_root, stem, source)
-
-        def update(keys: list[Any], dates: Sequence[str], index: KeyTable = index, moved: dict[Any, str] = moved[d.name]) -> None:
-            olds = index.get_many(keys)
-            if olds.count(None) == len(olds):  # all keys new: the first-batch fast path
-                code_of = {date: index.code((seq, date)) for date in set(dates)}
-                index.put_codes(keys, list(map(code_of.__getitem__, dates)))
-                return
-            put_keys, put_values = [], []
-            for key, date, old in zip(keys, dates, olds, strict=True):
-                if old is not None:
-                    if old[0] > seq:
-                        continue  # a newer batch already replaced this key: this row stays dead
-                    if old[1] != date:
-                        touched.add(old[1])
-                        moved[key] = old[1]
-                put_keys.append(key)
-                put_values.append((seq, date))
-            index.put_many(put_keys, put_values)
-
-        spans = _read_spans(groups_path(source.path)) if not source.quoted else None
-        if spans is not None:  # rows already grouped by date: copy each date's lines as they are
-            for date, text, key_texts in source.blocks(spans, d.key_pos, len(d.header)):
-                writers.write_text(date, text, len(key_texts))
-                touched.add(date)
-                update(list(map(d.key_reader, key_texts)), [date] * len(key_texts))
-        else:
-            for records, (key_texts, dates) in source.select([d.key_pos, d.part_pos], len(d.header)):
-                writers.write_chunk(dates, records)
-                touched.update(dates)
-                update(list(map(d.key_reader, key_texts)), dates)
-        written[d.name] = writers.count
-        new_files.extend(writers.close())
+    jobs = [(cfg, d, indexes[d.name], validated_dir, out_root, stem, seq) for d in datasets]
+    if workers > 1 and len(jobs) > 1:  # datasets have indexes of their own: one process each
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=multiprocessing.get_context("fork")) as pool:
+            results = list(pool.map(_index_dataset, jobs))
+    else:
+        results = [_index_dataset(job) for job in jobs]
+    for d, result in zip(datasets, results, strict=True):
+        indexes[d.name] = result.index
+        moved[d.name] = result.moved
+        touched.update(result.touched)
+        written[d.name] = result.written
+        new_files.extend(result.files)
 
     carried = 0
     for d in datasets:
@@ -244,6 +220,56 @@ def index_batch(
     state["next_seq"] = max(state["next_seq"], seq + 1)
     _publish_json(cache, work_dir, STATE, state)
     return IndexResult(batch_id, seq, dates, written, carried)
+
+
+@dataclass
+class _Indexed:
+    index: KeyTable
+    moved: dict[Any, str]  # key -> the date it was on before this batch moved it
+    touched: set[str]
+    written: int
+    files: list[str]
+
+
+def _index_dataset(job: tuple[PipelineConfig, _Partitioned, KeyTable, Path, Path, str, int]) -> _Indexed:
+    """One dataset's validated rows into partition files under `out_root`, its index moved to them."""
+    cfg, d, index, validated_dir, out_root, seq = job[0], job[1], job[2], job[3], job[4], job[6]
+    result = _Indexed(index, {}, set(), 0, [])
+    source = CanonicalCsv(validated_dir / f"{d.name}.csv")
+    writers = _PartitionWriters(cfg, d, out_root, job[5], source)
+
+    def update(keys: list[Any], dates: Sequence[str]) -> None:
+        olds = index.get_many(keys)
+        if olds.count(None) == len(olds):  # all keys new: the first-batch fast path
+            code_of = {date: index.code((seq, date)) for date in set(dates)}
+            index.put_codes(keys, list(map(code_of.__getitem__, dates)))
+            return
+        put_keys, put_values = [], []
+        for key, date, old in zip(keys, dates, olds, strict=True):
+            if old is not None:
+                if old[0] > seq:
+                    continue  # a newer batch already replaced this key: this row stays dead
+                if old[1] != date:
+                    result.touched.add(old[1])
+                    result.moved[key] = old[1]
+            put_keys.append(key)
+            put_values.append((seq, date))
+        index.put_many(put_keys, put_values)
+
+    spans = _read_spans(groups_path(source.path)) if not source.quoted else None
+    if spans is not None:  # rows already grouped by date: copy each date's lines as they are
+        for date, text, key_texts in source.blocks(spans, d.key_pos, len(d.header)):
+            writers.write_text(date, text, len(key_texts))
+            result.touched.add(date)
+            update(list(map(d.key_reader, key_texts)), [date] * len(key_texts))
+    else:
+        for records, (key_texts, dates) in source.select([d.key_pos, d.part_pos], len(d.header)):
+            writers.write_chunk(dates, records)
+            result.touched.update(dates)
+            update(list(map(d.key_reader, key_texts)), dates)
+    result.written = writers.count
+    result.files = writers.close()
+    return result
 
 
 def recompute(
