@@ -10,6 +10,7 @@ Usage (see bench/README.md):
     .venv/bin/python bench/run.py                 # 400k orders (~1.3M rows, ~10k products)
     .venv/bin/python bench/run.py --orders 50000  # quicker
     .venv/bin/python bench/run.py --scale         # also a ~5M-row batch, reporting RSS growth
+    .venv/bin/python bench/run.py --repeat 3      # three rounds, medians (the machine's noise is 10-40%)
     .venv/bin/python bench/run.py --json          # machine-readable result on stdout
 """
 
@@ -315,14 +316,23 @@ def table(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
-def bench_once(orders: int, seed: int, data_dir: Path, keep: Path | None, log: Any) -> dict[str, Any]:
+def bench_once(orders: int, seed: int, data_dir: Path, keep: Path | None, log: Any, repeat: int = 1) -> dict[str, Any]:
+    """Every contender `repeat` times, round-robin (so a slow spell of the machine hits them all
+    alike); each contender's wall time is its median, its RSS the highest seen."""
     batch, rows, gen_s = ensure_batch(orders, seed, data_dir, log)
     load_before = os.getloadavg()[0]  # other work on the machine skews wall times: say how busy it was
     work = Path(tempfile.mkdtemp(prefix="kpipe-bench-", dir=keep))
     try:
-        runs, notes = contenders(batch, work, log)
-        for r in runs:
-            measure(r, rows, log)
+        rounds = []
+        for k in range(max(repeat, 1)):
+            if repeat > 1:
+                log(f"-- round {k + 1} of {repeat}")
+            (work / f"round-{k}").mkdir()
+            runs, notes = contenders(batch, work / f"round-{k}", log)
+            for r in runs:
+                measure(r, rows, log)
+            rounds.append(runs)
+        runs = [_combine(same) for same in zip(*rounds, strict=True)]
         mismatches: dict[str, list[str]] = {}
         pandas = next(r for r in runs if r.name == "pandas baseline")
         for r in runs:
@@ -335,12 +345,27 @@ def bench_once(orders: int, seed: int, data_dir: Path, keep: Path | None, log: A
             "runs": runs, "mismatches": mismatches, "load": [load_before, os.getloadavg()[0]]}
 
 
+def _combine(same: tuple[Run, ...]) -> Run:
+    """One contender's rounds as one row: median wall time, highest RSS, the last round's output."""
+    last = same[-1]
+    ok = [r for r in same if r.exit_code == 0]
+    if len(ok) != len(same):
+        return next(r for r in same if r.exit_code != 0)
+    walls = sorted(r.wall_s for r in ok)
+    last.wall_s = walls[len(walls) // 2] if len(walls) % 2 else (walls[len(walls) // 2 - 1] + walls[len(walls) // 2]) / 2
+    last.rows_per_s = last.rows / last.wall_s if last.wall_s else 0.0
+    last.peak_rss_mib = max(r.peak_rss_mib for r in ok)
+    last.tree_rss_mib = max(r.tree_rss_mib for r in ok)
+    return last
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="kpipe vs pandas vs bare csv on a generated batch")
     ap.add_argument("--orders", type=int, default=400_000, help="orders in the batch (default 400000, ~1.3M rows)")
     ap.add_argument("--scale", action="store_true", help=f"also run {SCALE_ORDERS:,} orders (~5M rows): RSS growth")
     ap.add_argument("--json", action="store_true", help="print one JSON document on stdout (progress on stderr)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of every contender; medians are reported (default 1)")
     ap.add_argument("--data-dir", type=Path, default=BENCH / "data", help="cache of generated batches")
     ap.add_argument("--keep", type=Path, default=None, help="keep each contender's OUT under this directory")
     ap.add_argument("--generate-into", type=Path, default=None, help=argparse.SUPPRESS)
@@ -356,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         args.keep.mkdir(parents=True, exist_ok=True)
     floor = launcher_floor_mib()
     sizes = [args.orders] + ([SCALE_ORDERS] if args.scale and args.orders != SCALE_ORDERS else [])
-    results = [bench_once(n, args.seed, args.data_dir, args.keep, log) for n in sizes]
+    results = [bench_once(n, args.seed, args.data_dir, args.keep, log, args.repeat) for n in sizes]
 
     failed = False
     for res in results:
@@ -386,8 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for res in results:
             gen = f", generated in {res['generate_s']:.1f} s" if res["generate_s"] else " (cached)"
+            rounds = f"; median of {args.repeat} rounds" if args.repeat > 1 else ""
             print(f"\n== {res['orders']:,} orders, {res['rows']:,} rows{gen}; {os.cpu_count()} CPUs, "
-                  f"load average before/after {res['load'][0]:.1f}/{res['load'][1]:.1f} ==")
+                  f"load average before/after {res['load'][0]:.1f}/{res['load'][1]:.1f}{rounds} ==")
             print(table(res["runs"]))
             for name, diffs in res["mismatches"].items():
                 print(f"KPI tables {name} vs pandas: {'IDENTICAL' if not diffs else f'{len(diffs)} MISMATCHES'}")
