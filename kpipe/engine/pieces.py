@@ -27,7 +27,7 @@ class Piece:
     lines: int  # physical lines in the piece (a last line without "\n" counts)
 
 
-def cut(path: Path, pieces: int, min_bytes: int | None = None) -> list[Piece] | None:
+def cut(path: Path, pieces: int, min_bytes: int | None = None, block: int = BLOCK) -> list[Piece] | None:
     """Up to `pieces` ranges of whole lines after the header, or None when the file must stay whole."""
     size = os.path.getsize(path)
     pieces = min(pieces, size // max(MIN_PIECE_BYTES if min_bytes is None else min_bytes, 1))
@@ -39,22 +39,21 @@ def cut(path: Path, pieces: int, min_bytes: int | None = None) -> list[Piece] | 
     newlines, offset, header_end = 0, 0, -1
     last = b""
     with open(path, "rb") as fh:
-        while block := fh.read(BLOCK):
-            joined = last + block  # a CR at a block's end pairs with the next block's first byte
-            if b'"' in block or joined[:-1].count(b"\r") != joined.count(b"\r\n"):
+        while chunk := fh.read(block):
+            if b'"' in chunk or _bare_cr(last, chunk):
                 return None
-            if header_end < 0 and b"\n" in block:
-                header_end = offset + block.index(b"\n") + 1
-            while targets and targets[0] < offset + len(block):
-                at = block.find(b"\n", max(targets[0] - offset, 0))
+            if header_end < 0 and b"\n" in chunk:
+                header_end = offset + chunk.index(b"\n") + 1
+            while targets and targets[0] < offset + len(chunk):
+                at = chunk.find(b"\n", max(targets[0] - offset, 0))
                 if at < 0:
-                    break  # the line goes on in the next block: cut there
+                    break  # the line goes on in the next chunk: cut there
                 starts.append(offset + at + 1)
-                counts.append(newlines + block.count(b"\n", 0, at + 1))
+                counts.append(newlines + chunk.count(b"\n", 0, at + 1))
                 targets.pop(0)
-            newlines += block.count(b"\n")
-            offset += len(block)
-            last = block[-1:]
+            newlines += chunk.count(b"\n")
+            offset += len(chunk)
+            last = chunk[-1:]
     if last == b"\r" or header_end < 0:
         return None
     bounds = [header_end, *(s for s in starts if s > header_end and s < size), size]
@@ -66,6 +65,16 @@ def cut(path: Path, pieces: int, min_bytes: int | None = None) -> list[Piece] | 
         lines = through - before + (1 if end == size and not _ends_with_newline(path, size) else 0)
         out.append(Piece(start, end, before + 1, lines))
     return out if len(out) > 1 else None
+
+
+def _bare_cr(previous_last: bytes, block: bytes) -> bool:
+    """A carriage return not followed by a line feed (a CR ending a block pairs with the next block's
+    first byte)."""
+    if previous_last == b"\r" and block[:1] != b"\n":
+        return True
+    if b"\r" not in block:
+        return False
+    return block.count(b"\r") - block.endswith(b"\r") != block.count(b"\r\n")
 
 
 def _ends_with_newline(path: Path, size: int) -> bool:
