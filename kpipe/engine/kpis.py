@@ -11,6 +11,7 @@ live rows of one `order_date` and returns each table's complete set of items for
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
@@ -166,8 +167,11 @@ def _mask(cols: list[list[Any]], conds: list[tuple[int, Any]]) -> list[bool]:
     """Which rows pass every `where` condition (a null never passes), evaluated once per chunk."""
     mask: list[bool] | None = None
     for cp, pred in conds:
-        passed = [v is not None and pred(v) for v in cols[cp]]
-        mask = passed if mask is None else [a and b for a, b in zip(mask, passed, strict=True)]
+        col = cols[cp]
+        # a where-field (a flag, a status) has few distinct values: decide each once, then look up
+        decided = {v: v is not None and bool(pred(v)) for v in set(col)}
+        passed = list(map(decided.__getitem__, col))
+        mask = passed if mask is None else list(map(operator.and_, mask, passed))
     assert mask is not None
     return mask
 
