@@ -151,16 +151,24 @@ class DateAggregator:
 def _buckets(key_cols: list[list[Any]]) -> dict[tuple[Any, ...], list[int] | None]:
     """Row positions per group key; None stands for "every row" when the key is the same throughout
     (always so for a key of the partition date alone, which is what a recompute reads at a time)."""
-    if all(col.count(col[0]) == len(col) for col in key_cols):
+    constant = [col.count(col[0]) == len(col) for col in key_cols]
+    if all(constant):
         return {tuple(col[0] for col in key_cols): None}
-    buckets: dict[tuple[Any, ...], list[int] | None] = {}
-    for i, key in enumerate(zip(*key_cols, strict=True)):
-        bucket = buckets.get(key)
+    varying = [col for col, same in zip(key_cols, constant, strict=True) if not same]
+    values = varying[0] if len(varying) == 1 else list(zip(*varying, strict=True))
+    by_value: dict[Any, list[int]] = {}
+    for i, value in enumerate(values):  # bucket by the varying part only (usually one column)
+        bucket = by_value.get(value)
         if bucket is None:
-            buckets[key] = [i]
+            by_value[value] = [i]
         else:
             bucket.append(i)
-    return buckets
+
+    def full_key(value: Any) -> tuple[Any, ...]:
+        parts = iter((value,) if len(varying) == 1 else value)
+        return tuple(col[0] if same else next(parts) for col, same in zip(key_cols, constant, strict=True))
+
+    return {full_key(value): idxs for value, idxs in by_value.items()}
 
 
 def _mask(cols: list[list[Any]], conds: list[tuple[int, Any]]) -> list[bool]:
