@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from chalicelib.config import PipelineConfig, parse_config
-from kpipe.engine.kpis import DateAggregator, KpiPlan, finish_number
+from kpipe.engine.kpis import DateAggregator, KpiPlan, _buckets, finish_number
 
 SALES_YAML = """
 datasets:
@@ -240,3 +240,20 @@ def test_default_category_kpis_count_orders_not_items(cfg: PipelineConfig) -> No
         {"category": "Toys", "order_date": DAY, "daily_revenue": Decimal("10.99"),
          "avg_order_value": Decimal("5.50"), "avg_return_rate": Decimal("0.5000")},
     ]
+
+
+@pytest.mark.parametrize(
+    "key_cols",
+    [
+        [["d1", "d1", "d1"]],  # constant: one bucket, every row
+        [["a", "b", "a"], ["d1", "d1", "d1"]],  # the usual recompute: category varies, date does not
+        [["d1", "d1", "d1"], ["a", None, "a"]],  # the varying column second, with a null
+        [["a", "b", "a"], ["d1", "d2", "d1"]],  # both vary
+    ],
+)
+def test_buckets_equal_a_plain_group_by(key_cols: list[list[Any]]) -> None:
+    expected: dict[tuple[Any, ...], list[int]] = {}
+    for i, key in enumerate(zip(*key_cols, strict=True)):
+        expected.setdefault(key, []).append(i)
+    got = _buckets(key_cols)
+    assert {k: (v if v is not None else list(range(len(key_cols[0])))) for k, v in got.items()} == expected
