@@ -3,8 +3,8 @@
 A CSV file can only be cut at a line break that ends a record. When the file holds no quote
 character every line break does, and when it holds no bare carriage return the csv module's notion
 of a line is the same as a count of "\\n", so each piece knows the line number of its first row
-and how many lines it holds. Files that are not like that (quoted fields, bare CR line ends) are
-never cut: they are validated whole, exactly as before. A cut never splits a UTF-8 character (a
+and how many lines it holds. Files that are not like that (quoted fields, bare CR line ends, NUL
+bytes, which the csv module refuses) are never cut: they are validated whole, exactly as before. A cut never splits a UTF-8 character (a
 "\\n" byte is never inside one), so each piece checks its own bytes' encoding.
 """
 
@@ -40,7 +40,7 @@ def cut(path: Path, pieces: int, min_bytes: int | None = None, block: int = BLOC
     last = b""
     with open(path, "rb") as fh:
         while chunk := fh.read(block):
-            if b'"' in chunk or _bare_cr(last, chunk):
+            if b'"' in chunk or b"\x00" in chunk or bare_cr(last, chunk):
                 return None
             if header_end < 0 and b"\n" in chunk:
                 header_end = offset + chunk.index(b"\n") + 1
@@ -67,7 +67,7 @@ def cut(path: Path, pieces: int, min_bytes: int | None = None, block: int = BLOC
     return out if len(out) > 1 else None
 
 
-def _bare_cr(previous_last: bytes, block: bytes) -> bool:
+def bare_cr(previous_last: bytes, block: bytes) -> bool:
     """A carriage return not followed by a line feed (a CR ending a block pairs with the next block's
     first byte)."""
     if previous_last == b"\r" and block[:1] != b"\n":

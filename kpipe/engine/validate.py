@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
 import json
 import multiprocessing
 import shutil
@@ -22,8 +21,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from itertools import islice
-from operator import itemgetter
+from itertools import chain, islice
+from operator import itemgetter, methodcaller
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from chalicelib.config import PipelineConfig
 from chalicelib.layout import Layout
 from kpipe.engine.csvio import TERMINATOR, groups_path, rows_as_lines, write_columns
 from kpipe.engine.keys import KeyTable
-from kpipe.engine.pieces import Piece, cut
+from kpipe.engine.pieces import Piece, bare_cr, cut
 from kpipe.engine.rules import BatchRefs, FileRules
 
 REJECT_META = ["_file", "_line", "_reasons"]
@@ -194,7 +193,7 @@ def _validate_file(
         valid=valid_keys if keep_valid else None,
     )
     path = raw_dir / rel
-    clean = _is_utf8(path, piece)
+    clean, plain_from = _survey(path, piece)
 
     spill = _GroupSpill(outcome.valid_path, ds.fields().index(ds.partition_by)) if ds.partition_by else None
     with open(outcome.rejected_path, "w", encoding="utf-8", errors="surrogateescape", newline="") as rej_fh:
@@ -220,9 +219,9 @@ def _validate_file(
             header = next(rows, None)
             if header is None:
                 return  # an empty file: no header, no rows
-            line = 1
-            if piece is not None:
-                rows, line = _piece_rows(path, piece), piece.first_line - 1
+            line = 1 if piece is None else piece.first_line - 1
+            if plain_from is not None:  # no quote anywhere: every line is a row of comma-separated fields
+                rows = _plain_rows(path, plain_from, piece.end if piece is not None else None)
             rules = FileRules(cfg, name, header, refs, seen)
             src_pos = _positions(header, source_headers)  # where the declared columns sit in this file
             while chunk := list(islice(rows, CHUNK_ROWS)):
@@ -331,12 +330,43 @@ def _jobs(raw_dir: Path, rels: list[str], workers: int) -> list[tuple[int, str, 
     return jobs
 
 
-def _piece_rows(path: Path, piece: Piece) -> Iterator[tuple[str, ...]]:
-    """The rows of one piece, as petl would give them (tuples), read by the csv module."""
-    with open(path, "rb") as raw:
-        raw.seek(piece.start)
-        text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
-        yield from map(tuple, csv.reader(islice(text, piece.lines)))
+def _plain_rows(path: Path, start: int, end: int | None) -> Iterator[tuple[str, ...]]:
+    """The rows of bytes [start, end) of a plain file (see `_survey`), exactly as csv.reader reads
+    them (tuples, as petl gives them; a blank line is the empty row), three times faster: with no
+    quote, no NUL and no bare CR, a line is a record and its commas are its field separators."""
+    return chain.from_iterable(_plain_blocks(path, start, end))
+
+
+def _plain_blocks(path: Path, start: int, end: int | None) -> Iterator[list[tuple[str, ...]]]:
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        left = (end - start) if end is not None else -1
+        carry = b""
+        while left:
+            data = fh.read(PLAIN_BLOCK if left < 0 else min(left, PLAIN_BLOCK))
+            if left > 0:
+                left -= len(data)
+            if not data:
+                left = 0
+            data = carry + data
+            if left:
+                cut = data.rfind(b"\n") + 1  # whole lines only ("\n" is never inside a UTF-8 character)
+                if not cut:
+                    carry = data
+                    continue
+                carry, data = data[cut:], data[:cut]
+            else:
+                carry = b""
+            lines = data.decode("utf-8", "surrogateescape").replace("\r\n", "\n").split("\n")
+            if lines and lines[-1] == "":
+                lines.pop()  # the terminator of the last line, not a blank line
+            rows = list(map(tuple, map(methodcaller("split", ","), lines)))
+            if "" in lines:
+                rows = [row if row != ("",) else () for row in rows]
+            yield rows
+
+
+PLAIN_BLOCK = 1 << 16
 
 
 def is_referenced(cfg: PipelineConfig, name: str) -> bool:
@@ -464,21 +494,41 @@ def _positions(header: Sequence[str], names: list[str]) -> list[int]:
     return [stripped.index(n) if n in stripped else -1 for n in names]
 
 
-def _is_utf8(path: Path, piece: Piece | None = None) -> bool:
-    """Most files are clean: decode once up front so the per-row byte check is only paid when needed."""
+def _survey(path: Path, piece: Piece | None = None) -> tuple[bool, int | None]:
+    """(UTF-8 throughout?, where the rows start if the file is plain, else None), in one pass.
+
+    Most files are clean: decoding once up front means the per-row byte check is only paid when
+    needed. A plain file (no quote, NUL or bare CR; every piece is one) is read by `_plain_rows`."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     start, end = (piece.start, piece.end) if piece is not None else (0, None)
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(start)
-            left = end - start if end is not None else None
-            while left != 0 and (chunk := fh.read(1 << 20 if left is None else min(left, 1 << 20))):
-                decoder.decode(chunk)
-                left = None if left is None else left - len(chunk)
+    clean, plain, last, header_end = True, True, b"", -1
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        left = end - start if end is not None else None
+        offset = start
+        while left != 0 and (chunk := fh.read(1 << 20 if left is None else min(left, 1 << 20))):
+            if clean:
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError:
+                    clean = False
+            if plain and (b'"' in chunk or b"\x00" in chunk or bare_cr(last, chunk)):
+                plain = False
+            if header_end < 0 and b"\n" in chunk:
+                header_end = offset + chunk.index(b"\n") + 1
+            offset += len(chunk)
+            last = chunk[-1:]
+            left = None if left is None else left - len(chunk)
+            if not clean and not plain:
+                break
+    if clean:
+        try:
             decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        return False
-    return True
+        except UnicodeDecodeError:
+            clean = False
+    if piece is not None:
+        return clean, piece.start
+    return clean, header_end if plain and header_end > 0 and last != b"\r" else None
 
 
 def _has_bad_bytes(row: tuple[str, ...]) -> bool:
