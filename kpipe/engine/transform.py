@@ -41,7 +41,6 @@ from kpipe.engine.parsing import read_bool, reader_for
 from kpipe.engine.store import LocalStore, ProcessedStore
 
 STATE = "_meta/state.json"
-CHUNK_ROWS = 8192
 
 
 @dataclass
@@ -233,10 +232,10 @@ class _Indexed:
 
 def _index_dataset(job: tuple[PipelineConfig, _Partitioned, KeyTable, Path, Path, str, int]) -> _Indexed:
     """One dataset's validated rows into partition files under `out_root`, its index moved to them."""
-    cfg, d, index, validated_dir, out_root, seq = job[0], job[1], job[2], job[3], job[4], job[6]
+    cfg, d, index, validated_dir, out_root, stem, seq = job
     result = _Indexed(index, {}, set(), 0, [])
     source = CanonicalCsv(validated_dir / f"{d.name}.csv")
-    writers = _PartitionWriters(cfg, d, out_root, job[5], source)
+    writers = _PartitionWriters(cfg, d, out_root, stem, source)
 
     def update(keys: list[Any], dates: Sequence[str]) -> None:
         olds = index.get_many(keys)
