@@ -36,3 +36,25 @@ def test_same_rows_under_a_new_batch_id_change_nothing(tmp_path: Path) -> None:
     assert tables == after_b
     assert sorted(p.relative_to(store.root) for p in store.root.rglob("*.csv")) == files_after_b
     assert any(items for items in after_b["OrderKPI"].values())
+
+
+def test_validated_files_without_their_groups_sidecar_give_the_same_store(tmp_path: Path) -> None:
+    """A batch validated by an older release (no `<dataset>.groups.json`), or whose sidecar was lost,
+    is indexed row by row instead: the processed store and the KPIs come out the same."""
+    cfg = load_config(default_config_path())
+    batches = generate_batches(tmp_path / "in", 200, batches=2, invalid_fraction=0.03, seed=17)
+    outputs = []
+    for variant, drop_sidecar in (("with", False), ("without", True)):
+        store, tables = LocalStore(tmp_path / variant / "store"), []
+        for i, batch in enumerate(batches):
+            work = tmp_path / variant / f"b{i}"
+            validate_batch(cfg, batch, work, f"b-{i}")
+            sidecars = sorted((work / "validated").glob("*.groups.json"))
+            assert [p.name for p in sidecars] == ["order_items.groups.json", "orders.groups.json"]
+            if drop_sidecar:
+                for path in sidecars:
+                    path.unlink()
+            tables.append(transform_batch(cfg, f"b-{i}", work / "validated", store, work / "transform").tables)
+        files = {p.relative_to(store.root): p.read_bytes() for p in store.root.rglob("*.csv")}
+        outputs.append((tables, files))
+    assert outputs[0] == outputs[1]
