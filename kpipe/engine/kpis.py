@@ -12,6 +12,7 @@ live rows of one `order_date` and returns each table's complete set of items for
 from __future__ import annotations
 
 import operator
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
@@ -184,10 +185,41 @@ def _mask(cols: list[list[Any]], conds: list[tuple[int, Any]]) -> list[bool]:
     return mask
 
 
+class Distinct:
+    """The values a count_distinct has seen, counted when the date is finished.
+
+    Ids are ints: they are kept in an `array('q')` (8 bytes each, repeats included) instead of a set
+    (about 55 bytes per value with its int object), and deduplicated one group at a time by `len`.
+    A day's sets were what made memory grow with the rows per day. Any other value (text, decimals)
+    moves everything to a set."""
+
+    __slots__ = ("ints", "other")
+
+    def __init__(self) -> None:
+        self.ints: array[int] | None = array("q")
+        self.other: set[Any] = set()
+
+    def update(self, values: list[Any]) -> None:
+        if self.ints is not None:
+            size = len(self.ints)
+            try:
+                if not any(map(bool.__instancecheck__, values)):
+                    self.ints.extend(values)
+                    return
+            except (TypeError, OverflowError):
+                del self.ints[size:]  # drop what the failed extend took in
+            self.other.update(self.ints)
+            self.ints = None
+        self.other.update(values)
+
+    def __len__(self) -> int:
+        return len(set(self.ints)) if self.ints is not None else len(self.other)
+
+
 def _reduce(kind: str, acc: Any, values: list[Any]) -> Any:
     """Fold a bucket of non-null values into a metric's running accumulator."""
     if kind == "count_distinct":
-        acc = acc if acc is not None else set()
+        acc = acc if acc is not None else Distinct()
         acc.update(values)
         return acc
     if not values:

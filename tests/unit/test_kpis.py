@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from chalicelib.config import PipelineConfig, parse_config
-from kpipe.engine.kpis import DateAggregator, KpiPlan, _buckets, finish_number
+from kpipe.engine.kpis import DateAggregator, Distinct, KpiPlan, _buckets, finish_number
 
 SALES_YAML = """
 datasets:
@@ -257,3 +257,22 @@ def test_buckets_equal_a_plain_group_by(key_cols: list[list[Any]]) -> None:
         expected.setdefault(key, []).append(i)
     got = _buckets(key_cols)
     assert {k: (v if v is not None else list(range(len(key_cols[0])))) for k, v in got.items()} == expected
+
+
+@pytest.mark.parametrize(
+    "batches",
+    [
+        [[1, 2, 2], [3, 1]],  # ids: the compact array
+        [["a", "b"], ["a"]],  # text: a set
+        [[1, 2], [2**70, 3]],  # an id beyond 64 bits moves everything to the set
+        [[1, 2], ["x", 1]],  # a type change mid-way (cannot come from one typed field, still exact)
+        [[True, False], [True]],  # flags are not ids
+        [[Decimal("1.0"), Decimal("1")], [Decimal("2")]],
+        [[], []],
+    ],
+)
+def test_distinct_counts_what_a_set_counts(batches: list[list[Any]]) -> None:
+    acc = Distinct()
+    for values in batches:
+        acc.update(values)
+    assert len(acc) == len({v for values in batches for v in values})
