@@ -16,9 +16,11 @@ bytes per key, whatever the file sizes.
 from __future__ import annotations
 
 import json
+import re
 from array import array
 from collections import deque
 from collections.abc import Hashable, Iterator, Sequence
+from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
 from typing import Any
@@ -174,33 +176,48 @@ class KeyTable:
     def __len__(self) -> int:
         return self._count
 
-    def overlaps(self, other: KeyTable) -> bool:
-        """Does any key of `other` sit in this table too? Dense parts are compared as bitmaps
-        (one big-int AND), so two tables of a million ids take milliseconds, not a key-by-key scan."""
-        if _presence(self._dense) & _presence(other._dense):
+    def span(self) -> KeySpan:
+        """This table's keys over just the slots it uses: what a worker process hands back (a piece
+        of a file holds a narrow range of ids, so its slots from 0 up would be mostly zeros)."""
+        lo, hi = _span(self._dense)
+        return KeySpan(lo, self._dense[lo:hi], self._values, self._sparse, self._count)
+
+    def overlaps(self, other: KeyTable | KeySpan) -> bool:
+        """Does any key of `other` sit in this table too? Dense parts are compared as bitmaps over
+        the slots `other` uses (one big-int AND), so two tables of a million ids take milliseconds,
+        not a key-by-key scan, and memory for one span of slots."""
+        lo, dense, sparse = _dense_span(other)
+        hi = lo + len(dense)
+        if dense and _presence(self._dense[lo:hi]) & _presence(dense):
             return True
-        small, big = sorted((self._sparse, other._sparse), key=len)
+        small, big = sorted((self._sparse, sparse), key=len)
         return any(key in big for key in small)
 
-    def absorb(self, other: KeyTable, value: Any = None) -> None:
+    def absorb(self, other: KeyTable | KeySpan, value: Any = None) -> None:
         """Put every key of `other` here, with `value` or else with its value in `other`; the tables
-        must not overlap (see `overlaps`). One-byte slot arrays are joined as big ints, each of
-        `other`'s codes translated to this table's code for the same value."""
+        must not overlap (see `overlaps`). Over the span of slots `other` uses, one-byte slot arrays
+        are joined as big ints, each of `other`'s codes translated to this table's code for the
+        same value."""
+        values = other.values if isinstance(other, KeySpan) else other._values
         if value is not None:
-            codes = {c: self._code(value) for c in range(1, len(other._values))}
+            codes = {c: self._code(value) for c in range(1, len(values))}
         else:
-            codes = {c: self._code(v) for c, v in enumerate(other._values) if c}
-        if len(other._dense) > len(self._dense):
-            self._dense.frombytes(bytes(self._dense.itemsize * (len(other._dense) - len(self._dense))))
-        if self._dense.itemsize == 1 and other._dense.itemsize == 1:  # disjoint lanes: OR, no carries
+            codes = {c: self._code(v) for c, v in enumerate(values) if c}
+        lo, dense, sparse = _dense_span(other)
+        hi = lo + len(dense)
+        if hi > len(self._dense):
+            self._dense.frombytes(bytes(self._dense.itemsize * (hi - len(self._dense))))
+        if not dense:
+            pass
+        elif self._dense.itemsize == 1 and dense.itemsize == 1:  # disjoint lanes: OR, no carries
             table = bytes(codes.get(c, 0) for c in range(256))
-            lanes = other._dense.tobytes().translate(table)
-            merged = int.from_bytes(self._dense.tobytes(), "little") | int.from_bytes(lanes, "little")
-            self._dense = array("B", merged.to_bytes(len(self._dense), "little"))
+            lanes = dense.tobytes().translate(table)
+            merged = int.from_bytes(self._dense[lo:hi].tobytes(), "little") | int.from_bytes(lanes, "little")
+            self._dense[lo:hi] = array("B", merged.to_bytes(hi - lo, "little"))
         else:
-            present = [(key, code) for key, code in enumerate(other._dense) if code]
+            present = [(key, code) for key, code in enumerate(dense, lo) if code]
             deque(map(self._dense.__setitem__, [k for k, _ in present], [codes[c] for _, c in present]), 0)
-        self._sparse.update({key: codes[code] for key, code in other._sparse.items()})
+        self._sparse.update({key: codes[code] for key, code in sparse.items()})
         self._count += len(other)
 
     def items(self) -> Iterator[tuple[Hashable, Any]]:
@@ -239,6 +256,51 @@ class KeyTable:
 
 
 _NONZERO_TO_ONE = bytes([0] + [1] * 255)
+
+
+@dataclass
+class KeySpan:
+    """A KeyTable cut down to the slots that hold keys (`KeyTable.span`); `absorb` and `overlaps`
+    take it as they take a table."""
+
+    start: int  # the slot of dense[0]
+    dense: array  # type: ignore[type-arg]
+    values: list[Any]
+    sparse: dict[Hashable, int]
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def _dense_span(table: KeyTable | KeySpan) -> tuple[int, array, dict[Hashable, int]]:  # type: ignore[type-arg]
+    """(first slot, the slots from there that hold keys, the sparse part) of a table or a span."""
+    if isinstance(table, KeySpan):
+        return table.start, table.dense, table.sparse
+    lo, hi = _span(table._dense)
+    return lo, table._dense[lo:hi], table._sparse
+
+
+_NONZERO = re.compile(rb"[^\x00]")
+_WINDOW = 1 << 16
+
+
+def _span(dense: array) -> tuple[int, int]:  # type: ignore[type-arg]
+    """(first, last + 1) of the slots holding a key, found without copying the array (a worker's
+    table spans the ids of its own piece of a file, a small part of its slots)."""
+    view = memoryview(dense).cast("B")
+    first = _NONZERO.search(view)
+    if first is None:
+        return 0, 0
+    end = len(view)
+    while end > first.start():  # the last key: back from the end a window at a time
+        window = view[max(end - _WINDOW, 0) : end]
+        if _NONZERO.search(window) is not None:
+            end -= len(window) - len(bytes(window).rstrip(b"\x00"))
+            break
+        end -= len(window)
+    size = dense.itemsize
+    return first.start() // size, -(-end // size)
 
 
 def _presence(dense: array) -> int:  # type: ignore[type-arg]

@@ -23,7 +23,7 @@ import json
 import multiprocessing
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain, islice
@@ -36,7 +36,7 @@ import petl
 from chalicelib.config import PipelineConfig
 from chalicelib.layout import Layout
 from kpipe.engine.csvio import TERMINATOR, groups_path, rows_as_lines, write_columns
-from kpipe.engine.keys import KeyTable
+from kpipe.engine.keys import KeySpan, KeyTable
 from kpipe.engine.pieces import Piece, bare_cr, cut
 from kpipe.engine.rules import BatchRefs, FileRules
 
@@ -111,8 +111,8 @@ def _validate_dataset(
     valid_keys = KeyTable()
     jobs = _jobs(raw_dir, rels, workers) if workers > 1 else []
     if len(jobs) > 1:
-        outcomes = _validate_files_in_processes(cfg, name, raw_dir, jobs, part_dir, refs, workers)
-        outcomes = merge_outcomes(cfg, name, lambda _rel: raw_dir, part_dir, refs, outcomes, seen, valid_keys)
+        arriving = _validate_files_in_processes(cfg, name, raw_dir, jobs, part_dir, refs, workers)
+        outcomes = merge_outcomes(cfg, name, lambda _rel: raw_dir, part_dir, refs, arriving, seen, valid_keys)
     else:
         outcomes = [_validate_file(cfg, name, raw_dir, i, rel, part_dir, refs, seen, valid_keys) for i, rel in enumerate(rels)]
     refs.tables[name] = valid_keys
@@ -155,8 +155,8 @@ class FileOutcome:
     reasons: Counter[str]
     valid_path: Path
     rejected_path: Path
-    seen: dict[str, KeyTable] | None = None  # a worker's own uniqueness tables, merged by the parent
-    valid: KeyTable | None = None  # a worker's valid keys -> lookup values (merged by the parent)
+    seen: dict[str, KeyTable | KeySpan] | None = None  # a worker's own uniqueness tables, merged by the parent
+    valid: KeyTable | KeySpan | None = None  # a worker's valid keys -> lookup values (merged by the parent)
     piece: Piece | None = None  # a range of the file's rows (worker processes), None for the whole file
     # a partitioned dataset's valid part holds its rows grouped by partition value, in value order:
     # value -> (byte offset, byte length, rows) in the part file
@@ -404,16 +404,22 @@ def merge_outcomes(
     raw_dir_of: Callable[[str], Path],
     part_dir: Path,
     refs: BatchRefs,
-    outcomes: list[FileOutcome],
+    outcomes: Iterable[FileOutcome],
     seen: dict[str, KeyTable],
     valid_keys: KeyTable,
 ) -> list[FileOutcome]:
     """Files validated alone, merged in file order. Uniqueness is the one rule that crosses files: a
     file whose keys were already seen in an earlier file is validated again, in order, against
     everything seen before it (`raw_dir_of(rel)` gives a directory holding it; rare: it takes a key
-    repeated across files), so the result is exactly the sequential one."""
+    repeated across files), so the result is exactly the sequential one.
+
+    A list of outcomes may come in any order; an iterator must yield them in file order (the local
+    worker pool does), so each is merged and its key tables freed as it arrives."""
     merged: list[FileOutcome] = []
-    for outcome in sorted(outcomes, key=lambda o: o.number):
+    ordered = sorted(outcomes, key=lambda o: o.number) if isinstance(outcomes, list) else outcomes
+    for outcome in ordered:
+        if merged and outcome.number <= merged[-1].number:
+            raise ValueError(f"outcome {outcome.number} arrived after {merged[-1].number}: not in file order")
         local = outcome.seen or {}
         clash = any(seen[col].overlaps(table) for col, table in local.items() if col in seen)
         if clash:
@@ -436,6 +442,9 @@ _WORKER: dict[str, Any] = {}
 def _validate_in_worker(job: tuple[int, str, Piece | None]) -> FileOutcome:
     ctx = _WORKER
     [outcome] = validate_files_alone(ctx["cfg"], ctx["name"], ctx["raw_dir"], [job], ctx["part_dir"], ctx["refs"])
+    # only the slots the piece's keys use travel back to the parent
+    outcome.seen = {col: table.span() for col, table in (outcome.seen or {}).items()}
+    outcome.valid = outcome.valid.span() if outcome.valid is not None else None
     return outcome
 
 
@@ -447,12 +456,13 @@ def _validate_files_in_processes(
     part_dir: Path,
     refs: BatchRefs,
     workers: int,
-) -> list[FileOutcome]:
-    """Files and pieces in parallel (forked workers see the referenced datasets' key tables)."""
+) -> Iterator[FileOutcome]:
+    """Files and pieces in parallel (forked workers see the referenced datasets' key tables), their
+    outcomes yielded in job order as they finish."""
     _WORKER.update(cfg=cfg, name=name, raw_dir=raw_dir, part_dir=part_dir, refs=refs)
     try:
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=multiprocessing.get_context("fork")) as pool:
-            return list(pool.map(_validate_in_worker, jobs))
+            yield from pool.map(_validate_in_worker, jobs)
     finally:
         _WORKER.clear()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -164,8 +165,12 @@ def test_overlaps_and_absorb_agree_with_sets(mine: list[object], theirs: list[ob
     a, b = KeyTable(typecode), KeyTable(typecode)
     a.put_many(mine, [True] * len(mine))
     b.put_many(theirs, [True] * len(theirs))
-    assert a.overlaps(b) == bool(set(mine) & set(theirs))
+    assert a.overlaps(b) == a.overlaps(b.span()) == bool(set(mine) & set(theirs))
     if not a.overlaps(b):
+        twin = KeyTable(typecode)
+        twin.put_many(mine, [True] * len(mine))
+        twin.absorb(b.span(), True)  # what a worker process hands back
+        assert sorted(map(repr, twin.items())) == sorted(repr((k, True)) for k in set(mine) | set(theirs))
         a.absorb(b, True)
         assert sorted(map(repr, a.items())) == sorted(repr((k, True)) for k in set(mine) | set(theirs))
         assert len(a) == len(set(mine) | set(theirs))
@@ -185,3 +190,13 @@ def test_absorb_keeps_the_other_tables_values(mine: dict[object, object], theirs
     a.absorb(b)
     expected = {**mine, **theirs}
     assert a.get_many(list(expected)) == list(expected.values()) and len(a) == len(expected)
+
+
+@pytest.mark.parametrize("keys", [[5], [0, 65_535], [65_536, 200_000], [131_071, 131_072], [1, 300_000]])
+@pytest.mark.parametrize("typecode", ["B", "H"])
+def test_span_covers_exactly_the_slots_in_use(keys: list[int], typecode: str) -> None:
+    table = KeyTable(typecode)
+    table.put_many(keys, [True] * len(keys))
+    span = table.span()
+    assert (span.start, span.start + len(span.dense)) == (min(keys), max(keys) + 1)
+    assert KeyTable().overlaps(span) is False and table.overlaps(span) is True
