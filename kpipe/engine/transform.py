@@ -166,6 +166,7 @@ def index_batch(
     Must run under the pipeline's lease (the indexes are one structure per dataset); with `workers` > 1
     the datasets are indexed in parallel processes."""
     validated_dir, work_dir = Path(validated_dir), Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
     cache = _Cache(store, work_dir / "store")
     out_root = work_dir / "out"
     state = _read_json(cache, STATE) or {"next_seq": 1, "batches": {}}
@@ -180,21 +181,20 @@ def index_batch(
         seq = state["batches"].get(batch_id) or state["next_seq"]
         stem = f"{seq:08d}-{batch_id}"
     prior_plan = _read_json(cache, f"_meta/batches/{stem}.json") or {}
-    indexes = {d.name: _load_index(cache, d.name) for d in datasets}
-
     touched: set[str] = set(prior_plan.get("dates", []))
     moved: dict[str, dict[Any, str]] = {}  # parent dataset -> key -> old date
     written: dict[str, int] = {}
     new_files: list[str] = []
 
-    jobs = [(cfg, d, indexes[d.name], validated_dir, out_root, stem, seq) for d in datasets]
+    # each dataset's index is read from the store's copy and written to work_dir/<dataset>.idx by the
+    # process that indexes the dataset: the tables never travel between processes
+    jobs = [(cfg, d, cache.path(f"_index/{d.name}.idx"), work_dir / f"{d.name}.idx", validated_dir, out_root, stem, seq) for d in datasets]
     if workers > 1 and len(jobs) > 1:  # datasets have indexes of their own: one process each
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=multiprocessing.get_context("fork")) as pool:
             results = list(pool.map(_index_dataset, jobs))
     else:
         results = [_index_dataset(job) for job in jobs]
     for d, result in zip(datasets, results, strict=True):
-        indexes[d.name] = result.index
         moved[d.name] = result.moved
         touched.update(result.touched)
         written[d.name] = result.written
@@ -204,16 +204,16 @@ def index_batch(
     for d in datasets:
         if d.parent is None or not moved[d.parent]:
             continue
+        indexes = {name: KeyTable.load(work_dir / f"{name}.idx") for name in (d.parent, d.name)}
         carried += _carry_children(cfg, d, moved[d.parent], indexes, cache, out_root, seq, stem, new_files)
+        indexes[d.name].save(work_dir / f"{d.name}.idx")
 
     for name in new_files:
         cache.publish(name, out_root / name)
     dates = sorted(touched)
     _publish_json(cache, work_dir, f"_meta/batches/{stem}.json", {"seq": seq, "dates": dates})
     for d in datasets:
-        path = work_dir / f"{d.name}.idx"
-        indexes[d.name].save(path)
-        cache.publish(f"_index/{d.name}.idx", path)
+        cache.publish(f"_index/{d.name}.idx", work_dir / f"{d.name}.idx")
     state["batches"][batch_id] = seq
     state["contents"][digest] = {"seq": seq, "stem": stem}
     state["next_seq"] = max(state["next_seq"], seq + 1)
@@ -223,17 +223,18 @@ def index_batch(
 
 @dataclass
 class _Indexed:
-    index: KeyTable
     moved: dict[Any, str]  # key -> the date it was on before this batch moved it
     touched: set[str]
     written: int
     files: list[str]
 
 
-def _index_dataset(job: tuple[PipelineConfig, _Partitioned, KeyTable, Path, Path, str, int]) -> _Indexed:
-    """One dataset's validated rows into partition files under `out_root`, its index moved to them."""
-    cfg, d, index, validated_dir, out_root, stem, seq = job
-    result = _Indexed(index, {}, set(), 0, [])
+def _index_dataset(job: tuple[PipelineConfig, _Partitioned, Path | None, Path, Path, Path, str, int]) -> _Indexed:
+    """One dataset's validated rows into partition files under `out_root`, its index (read from
+    `index_in`, empty when None) moved to them and saved to `index_out`."""
+    cfg, d, index_in, index_out, validated_dir, out_root, stem, seq = job
+    index = KeyTable.load(index_in) if index_in is not None else KeyTable()
+    result = _Indexed({}, set(), 0, [])
     source = CanonicalCsv(validated_dir / f"{d.name}.csv")
     writers = _PartitionWriters(cfg, d, out_root, stem, source)
 
@@ -268,6 +269,7 @@ def _index_dataset(job: tuple[PipelineConfig, _Partitioned, KeyTable, Path, Path
             update(list(map(d.key_reader, key_texts)), dates)
     result.written = writers.count
     result.files = writers.close()
+    index.save(index_out)
     return result
 
 
