@@ -55,11 +55,30 @@ def _bulk_strings(texts: list[str]) -> list[str]:
     return texts
 
 
+# A clean column whose texts are already canonical is written back as it came, not formatted again
+# (str() of a million ints is a measurable part of validation). Each check is one regex pass over
+# the joined column and errs on the side of "not canonical".
+_NOT_CANONICAL_INT = re.compile(r"(?:^|,)0[0-9]")  # after _bulk_ints: digits only, so a leading zero
+_NOT_CANONICAL_DECIMAL = re.compile(r"(?:^|,)(?:\+|-?0[0-9]|-?\.)|0\.000000")  # sign, zeros, ".5", 1E-7
+
+
+def canonical_ints(texts: list[str]) -> bool:
+    """Are these texts (accepted by `_bulk_ints`) exactly `str(int(t))`?"""
+    return _NOT_CANONICAL_INT.search(",".join(texts)) is None
+
+
+def canonical_decimals(texts: list[str]) -> bool:
+    """Are these texts (accepted by `_bulk_decimals`) exactly `str(Decimal(t))`?"""
+    return _NOT_CANONICAL_DECIMAL.search(",".join(texts)) is None
+
+
 # Each parser's `bulk`: a whole column of non-empty stripped texts in C-level maps, or None when the
 # column is not all clean (the caller then parses value by value and finds the bad ones).
 parse_int.bulk = _bulk_ints  # type: ignore[attr-defined]
 parse_decimal.bulk = _bulk_decimals  # type: ignore[attr-defined]
 parse_string.bulk = _bulk_strings  # type: ignore[attr-defined]
+parse_int.canonical = canonical_ints  # type: ignore[attr-defined]
+parse_decimal.canonical = canonical_decimals  # type: ignore[attr-defined]
 
 
 def datetime_parser(tz: tzinfo) -> Callable[[str], datetime]:

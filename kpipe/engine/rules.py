@@ -208,12 +208,17 @@ class FileRules:
         return values, reasons
 
     # the fast path: a chunk, column by column -------------------------------------------------
-    def apply_chunk(self, rows: list[Sequence[str]]) -> tuple[list[list[Any]], list[tuple[int, list[str]]]]:
-        """The value columns of the valid rows (declared columns, then derived fields) and
-        `(row position, reasons)` for each rejected row; same decisions as `apply`."""
+    def apply_chunk(
+        self, rows: list[Sequence[str]]
+    ) -> tuple[list[list[Any]], list[tuple[int, list[str]]], list[list[str] | None]]:
+        """The value columns of the valid rows (declared columns, then derived fields),
+        `(row position, reasons)` for each rejected row (same decisions as `apply`), and per declared
+        column the valid rows' input texts when they are already canonical (else None), for
+        `format_columns`."""
         n = len(rows)
         if self.missing or not n:
-            return [[] for _ in range(len(self.columns) + len(self.derived))], [(i, self.missing) for i in range(n)]
+            empty = [[] for _ in range(len(self.columns) + len(self.derived))]
+            return empty, [(i, self.missing) for i in range(n)], [None] * len(self.columns)
         width = self.width
         suspect: set[int] = set()
         if min(map(len, rows)) < width:  # a short row's missing fields are empty values
@@ -221,11 +226,15 @@ class FileRules:
         # only the declared columns, each cut out in one C-level pass (a raw file has many others)
         raw_cols = {pos: list(map(getter, rows)) for pos, getter in self.getters}
         cols: list[list[Any]] = []
+        texts: list[list[str] | None] = []
         for col in self.columns:
             if col.pos < 0:
                 cols.append([col.default] * n)  # an absent optional column: its default (or null)
+                texts.append(None)
                 continue
-            values, bad = _bulk_parse(raw_cols[col.pos], col.parse, col.required, col.default)
+            values, bad, clean = _bulk_parse(raw_cols[col.pos], col.parse, col.required, col.default)
+            canonical = getattr(col.parse, "canonical", None)
+            texts.append(clean if clean is not None and canonical is not None and canonical(clean) else None)
             suspect.update(bad)
             for _rule, pred in col.checks:
                 if bad or has_none(values):
@@ -259,12 +268,18 @@ class FileRules:
                     keep.append(i)
         if len(keep) != n:
             cols = [[col[i] for i in keep] for col in cols]
+            texts = [[text[i] for i in keep] if text is not None else None for text in texts]
         for step in self.derived:
             cols.append(step(cols))
-        return cols, rejected
+        return cols, rejected, texts
 
-    def format_columns(self, cols: list[list[Any]]) -> list[list[str]]:
-        return [fmt(col) for fmt, col in zip(self.formatters, cols, strict=True)]
+    def format_columns(self, cols: list[list[Any]], texts: Sequence[list[str] | None] = ()) -> list[list[str]]:
+        """Canonical text of each value column; `texts` (from `apply_chunk`) stand in for the
+        declared columns whose input was canonical already."""
+        return [
+            text if (text := texts[i] if i < len(texts) else None) is not None else fmt(col)
+            for i, (fmt, col) in enumerate(zip(self.formatters, cols, strict=True))
+        ]
 
     def lookup_values(self, cols: list[list[Any]]) -> list[Any]:
         """Per valid row: what dependents of this dataset can look up through its key."""
@@ -332,18 +347,19 @@ def _map_distinct(fn: Callable[[Any], Any], col: list[Any]) -> list[Any]:
 
 def _bulk_parse(
     texts: Sequence[str], parse: Callable[[str], Any], required: bool, default: Any
-) -> tuple[list[Any], list[int]]:
-    """Parse a whole column; positions that are null-but-required or unparseable are returned as bad."""
+) -> tuple[list[Any], list[int], list[str] | None]:
+    """Parse a whole column: (values, positions that are null-but-required or unparseable, and the
+    texts the values were parsed from when the whole column was clean, else None)."""
     fast = getattr(parse, "bulk", None)  # a parser's whole-column fast path (see parsing.py)
     if fast is not None and parse is not parse_string and "" not in texts:
-        values = fast(texts)  # these grammars refuse blanks: a clean column needs no strip
+        values = fast(list(texts))  # these grammars refuse blanks: a clean column needs no strip
         if values is not None:
-            return values, []
+            return values, [], list(texts)
     stripped = list(map(str.strip, texts))
     if fast is not None and "" not in stripped:
         values = fast(stripped)
         if values is not None:
-            return values, []
+            return values, [], stripped
     values: list[Any] = []
     bad: list[int] = []
     for i, text in enumerate(stripped):
@@ -357,7 +373,7 @@ def _bulk_parse(
         except (ValueError, ArithmeticError):
             values.append(None)
             bad.append(i)
-    return values, bad
+    return values, bad, None
 
 
 def _formatter(type_name: str, nullable: bool) -> Callable[[list[Any]], list[str]]:

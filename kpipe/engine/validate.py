@@ -243,7 +243,7 @@ def _validate_file(
                     chunk = [r for r, _ in pairs]
                     lines = [ln for _, ln in pairs]
                 counts["rows_in"] += len(chunk)
-                cols, rejected_rows = rules.apply_chunk(chunk)
+                cols, rejected_rows, texts = rules.apply_chunk(chunk)
                 decided = [(lines[i], chunk[i], why) for i, why in rejected_rows]
                 for ln, r, why in sorted([*undecodable, *decided], key=itemgetter(0)) if undecodable else decided:
                     reject(ln, r, header, src_pos, why)  # in line order, whatever the reason
@@ -253,9 +253,9 @@ def _validate_file(
                 if referenced and valid_keys is not None:  # else nothing points at it: no need to keep
                     valid_keys.put_many(cols[rules.key_pos], rules.lookup_values(cols))
                 if spill is None:
-                    write_columns(valid_fh, valid, rules.format_columns(cols), rules.plain)
+                    write_columns(valid_fh, valid, rules.format_columns(cols, texts), rules.plain)
                 else:
-                    spill.add(rules.format_columns(cols), rules.plain)
+                    spill.add(rules.format_columns(cols, texts), rules.plain)
 
         with open(outcome.valid_path, "w", encoding="utf-8", newline="") as valid_fh:
             stream(csv.writer(valid_fh))
@@ -335,14 +335,14 @@ def _jobs(raw_dir: Path, rels: list[str], workers: int) -> list[tuple[int, str, 
     return jobs
 
 
-def _plain_rows(path: Path, start: int, end: int | None) -> Iterator[tuple[str, ...]]:
+def _plain_rows(path: Path, start: int, end: int | None) -> Iterator[Sequence[str]]:
     """The rows of bytes [start, end) of a plain file (see `_survey`), exactly as csv.reader reads
-    them (tuples, as petl gives them; a blank line is the empty row), about twice as fast: with no
+    them (lists of fields; a blank line is the empty tuple, as petl gives it), about twice as fast: with no
     quote, no NUL and no bare CR, a line is a record and its commas are its field separators."""
     return chain.from_iterable(_plain_blocks(path, start, end))
 
 
-def _plain_blocks(path: Path, start: int, end: int | None) -> Iterator[list[tuple[str, ...]]]:
+def _plain_blocks(path: Path, start: int, end: int | None) -> Iterator[list[Sequence[str]]]:
     with open(path, "rb") as fh:
         fh.seek(start)
         left = (end - start) if end is not None else -1
@@ -362,12 +362,14 @@ def _plain_blocks(path: Path, start: int, end: int | None) -> Iterator[list[tupl
                 carry, data = data[cut:], data[:cut]
             else:
                 carry = b""
-            lines = data.decode("utf-8", "surrogateescape").replace("\r\n", "\n").split("\n")
+            text = data.decode("utf-8", "surrogateescape")
+            crlf = text.count("\r\n")
+            lines = text.split("\r\n") if crlf == text.count("\n") else text.replace("\r\n", "\n").split("\n")
             if lines and lines[-1] == "":
                 lines.pop()  # the terminator of the last line, not a blank line
-            rows = list(map(tuple, map(methodcaller("split", ","), lines)))
+            rows: list[Sequence[str]] = list(map(methodcaller("split", ","), lines))
             if "" in lines:
-                rows = [row if row != ("",) else () for row in rows]
+                rows = [row if row != [""] else () for row in rows]  # a blank line is the empty row
             yield rows
 
 

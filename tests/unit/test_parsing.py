@@ -7,8 +7,12 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kpipe.engine.parsing import (
+    canonical_decimals,
+    canonical_ints,
     datetime_parser,
     format_value,
     parse_decimal,
@@ -185,3 +189,28 @@ def test_format_value_canonical_text() -> None:
 ])
 def test_reader_reads_back_what_format_wrote(type_name: str, value: object) -> None:
     assert reader_for(type_name)(format_value(value)) == value
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.from_regex(r"[+-]?(?:[0-9]{1,9}(?:\.[0-9]{1,9})?|\.[0-9]{1,9})", fullmatch=True), min_size=1, max_size=5))
+def test_decimal_texts_called_canonical_are_what_str_gives_back(texts: list[str]) -> None:
+    """Texts reused as validated output must be exactly what formatting the value would write."""
+    if canonical_decimals(texts):
+        assert [str(Decimal(t)) for t in texts] == texts
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.from_regex(r"[0-9]{1,12}", fullmatch=True), min_size=1, max_size=5))
+def test_int_texts_called_canonical_are_what_str_gives_back(texts: list[str]) -> None:
+    if canonical_ints(texts):
+        assert [str(int(t)) for t in texts] == texts
+    else:
+        assert [str(int(t)) for t in texts] != texts
+
+
+def test_canonical_checks_refuse_what_formatting_would_change() -> None:
+    for text in ("+1.5", "01.5", "-01", ".5", "-.5", "0.0000001", "0.00000000", "00"):
+        assert not canonical_decimals([text]), text
+    for text in ("1.50", "-0", "-0.0", "0", "0.000001", "123456789012345678901234567890"):
+        assert canonical_decimals([text]) and str(Decimal(text)) == text, text
+    assert canonical_ints(["0", "10", "7"]) and not canonical_ints(["1", "007"])
