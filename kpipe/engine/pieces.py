@@ -2,10 +2,10 @@
 
 A CSV file can only be cut at a line break that ends a record. When the file holds no quote
 character every line break does, and when it holds no bare carriage return the csv module's notion
-of a line is the same as a count of "\\n", so each piece knows the line number of its first row
-and how many lines it holds. Files that are not like that (quoted fields, bare CR line ends, NUL
-bytes, which the csv module refuses) are never cut: they are validated whole, exactly as before. A cut never splits a UTF-8 character (a
-"\\n" byte is never inside one), so each piece checks its own bytes' encoding.
+of a line is the same as a count of "\\n", so each piece knows the line number of its first row.
+Files that are not like that (quoted fields, bare CR line ends, NUL bytes, which the csv module
+refuses) are never cut: they are validated whole, exactly as before. A cut never splits a UTF-8
+character (a "\\n" byte is never inside one), so each piece checks its own bytes' encoding.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ class Piece:
     start: int  # byte offset of the piece's first line
     end: int  # byte offset just past its last line
     first_line: int  # line number of its first line (the header is line 1)
-    lines: int  # physical lines in the piece (a last line without "\n" counts)
 
 
 def cut(path: Path, pieces: int, min_bytes: int | None = None, block: int = BLOCK) -> list[Piece] | None:
@@ -57,13 +56,12 @@ def cut(path: Path, pieces: int, min_bytes: int | None = None, block: int = BLOC
     if last == b"\r" or header_end < 0:
         return None
     bounds = [header_end, *(s for s in starts if s > header_end and s < size), size]
-    line_counts = [1, *(c for s, c in zip(starts, counts, strict=True) if s > header_end and s < size), newlines]
+    line_counts = [1, *(c for s, c in zip(starts, counts, strict=True) if s > header_end and s < size)]
     out = []
-    for (start, end), (before, through) in zip(pairwise(bounds), pairwise(line_counts), strict=True):
+    for (start, end), before in zip(pairwise(bounds), line_counts, strict=True):
         if end <= start:
             continue
-        lines = through - before + (1 if end == size and not _ends_with_newline(path, size) else 0)
-        out.append(Piece(start, end, before + 1, lines))
+        out.append(Piece(start, end, before + 1))
     return out if len(out) > 1 else None
 
 
@@ -76,8 +74,3 @@ def bare_cr(previous_last: bytes, block: bytes) -> bool:
         return False
     return block.count(b"\r") - block.endswith(b"\r") != block.count(b"\r\n")
 
-
-def _ends_with_newline(path: Path, size: int) -> bool:
-    with open(path, "rb") as fh:
-        fh.seek(size - 1)
-        return fh.read(1) == b"\n"
