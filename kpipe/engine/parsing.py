@@ -64,12 +64,19 @@ _NOT_CANONICAL_DECIMAL = re.compile(r"(?:^|,)(?:\+|-?0[0-9]|-?\.)|0\.000000")  #
 
 def canonical_ints(texts: list[str]) -> bool:
     """Are these texts (accepted by `_bulk_ints`) exactly `str(int(t))`?"""
+    if min(texts)[0] != "0":  # digits only: a leading zero anywhere would make the smallest text start with it
+        return True
     return _NOT_CANONICAL_INT.search(",".join(texts)) is None
 
 
 def canonical_decimals(texts: list[str]) -> bool:
     """Are these texts (accepted by `_bulk_decimals`) exactly `str(Decimal(t))`?"""
-    return _NOT_CANONICAL_DECIMAL.search(",".join(texts)) is None
+    joined = ",".join(texts)
+    if "0.000000" in joined:  # maybe small enough for str() to write 1E-7
+        return False
+    if min(texts)[0] in "123456789":  # "+", "-", "." and "0" sort first: none of them leads here
+        return True
+    return _NOT_CANONICAL_DECIMAL.search(joined) is None
 
 
 # Each parser's `bulk`: a whole column of non-empty stripped texts in C-level maps, or None when the

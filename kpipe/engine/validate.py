@@ -364,7 +364,10 @@ def _plain_blocks(path: Path, start: int, end: int | None) -> Iterator[list[Sequ
                 carry = b""
             text = data.decode("utf-8", "surrogateescape")
             crlf = text.count("\r\n")
-            lines = text.split("\r\n") if crlf == text.count("\n") else text.replace("\r\n", "\n").split("\n")
+            if not crlf:
+                lines = text.split("\n")
+            else:
+                lines = text.split("\r\n") if crlf == text.count("\n") else text.replace("\r\n", "\n").split("\n")
             if lines and lines[-1] == "":
                 lines.pop()  # the terminator of the last line, not a blank line
             rows: list[Sequence[str]] = list(map(methodcaller("split", ","), lines))
