@@ -245,7 +245,7 @@ def _final(metric: Metric, acc: Any, done: dict[str, Any]) -> Any:
             return Decimal(0)
         return Decimal(num) / Decimal(den)
     if kind == "count_distinct":
-        return len(acc) if acc else 0
+        return len(acc) if acc is not None else 0  # len() of a Distinct deduplicates: once
     if kind in ("sum", "count"):
         return 0 if acc is None else acc
     return acc  # min/max: None when no row had a value
