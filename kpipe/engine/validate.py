@@ -233,7 +233,7 @@ def _validate_file(
                 lines: Sequence[int] = range(line + 1, line + 1 + len(chunk))
                 line += len(chunk)
                 undecodable: list[tuple[int, Sequence[str], list[str]]] = []
-                if () in chunk or not clean:  # blank lines are not rows; undecodable rows are rejected
+                if not all(chunk) or not clean:  # blank lines (empty rows) are not rows; undecodable rows are rejected
                     pairs = [(r, ln) for r, ln in zip(chunk, lines, strict=True) if r]
                     if not clean:
                         bad_bytes = [_has_bad_bytes(r) for r, _ in pairs]
