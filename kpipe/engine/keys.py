@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 DENSE_LIMIT = 1 << 25  # 32M slots max (32-128 MiB worst case); ids beyond go to the dict
+_INT_ONLY = {int}
 
 
 class KeyTable:
@@ -139,9 +140,9 @@ class KeyTable:
 
     def _all_dense(self, keys: list[Any]) -> bool:
         """Every key an int slot already allocated (the usual column of ids): C-level paths apply."""
-        if not keys or not all(map(int.__instancecheck__, keys)):
+        if not keys or set(map(type, keys)) != _INT_ONLY:  # exactly `type(key) is int`, as put() has it
             return False
-        return min(keys) >= 0 and max(keys) < len(self._dense) and not any(map(bool.__instancecheck__, keys))
+        return min(keys) >= 0 and max(keys) < len(self._dense)
 
     def contains_many(self, keys: list[Any]) -> list[bool]:
         dense, n, sparse = self._dense, len(self._dense), self._sparse
