@@ -237,7 +237,7 @@ class FileRules:
             texts.append(clean if clean is not None and canonical is not None and canonical(clean) else None)
             suspect.update(bad)
             for _rule, pred in col.checks:
-                if bad or has_none(values):
+                if bad or (clean is None and has_none(values)):  # a clean column has no null
                     suspect.update(i for i, v in enumerate(values) if v is not None and not pred(v))
                 elif not all(map(pred, values)):
                     suspect.update(i for i, v in enumerate(values) if not pred(v))
