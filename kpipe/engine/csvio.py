@@ -32,7 +32,8 @@ def needs_quoting(col: Sequence[str]) -> bool:
 
 
 def rows_as_lines(cols: Sequence[Sequence[str]], plain: Sequence[bool]) -> list[str]:
-    """Each row of `cols` as its CSV line without the terminator (as `csv.writer` would quote it)."""
+    """Each row of `cols` as its CSV line without the terminator (as `csv.writer` would quote it;
+    a lone empty field is written as `""`)."""
     if len(cols) > 1 and not any(needs_quoting(col) for col, safe in zip(cols, plain, strict=True) if not safe):
         return list(map(",".join, zip(*cols, strict=True)))
     buffer = io.StringIO(newline="")
@@ -46,20 +47,18 @@ def rows_as_lines(cols: Sequence[Sequence[str]], plain: Sequence[bool]) -> list[
     return lines
 
 
-def write_columns(fh: TextIO, writer: Any, cols: Sequence[Sequence[str]], plain: Sequence[bool]) -> None:
-    """Write the rows of `cols` (equal-length text columns) to `fh`; `writer` is a `csv.writer` on `fh`.
+def write_columns(fh: TextIO, cols: Sequence[Sequence[str]], plain: Sequence[bool]) -> None:
+    """Write the rows of `cols` (equal-length text columns) to `fh`.
 
     `plain[i]` says column i cannot hold a character that needs quoting (the engine formatted it)."""
     if not cols or not cols[0]:
         return
-    if len(cols) == 1 or any(needs_quoting(col) for col, safe in zip(cols, plain, strict=True) if not safe):
-        writer.writerows(zip(*cols, strict=True))  # a lone empty field is written as "" by csv
-        return
-    fh.write(TERMINATOR.join(map(",".join, zip(*cols, strict=True))))
+    fh.write(TERMINATOR.join(rows_as_lines(cols, plain)))
     fh.write(TERMINATOR)
 
 
 BLOCK_CHARS = 1 << 16  # ~650 rows: a chunk that stays in cache parses twice as fast as ~10k rows
+QUOTED_CHUNK_ROWS = 2048
 
 
 class CanonicalCsv:
@@ -82,7 +81,7 @@ class CanonicalCsv:
         splits; more take one full split per line."""
         if self.quoted:
             data = iter(petl.data(petl.fromcsv(str(self.path), encoding="utf-8")))
-            while rows := list(islice(data, 2048)):
+            while rows := list(islice(data, QUOTED_CHUNK_ROWS)):
                 yield rows, [list(map(itemgetter(p), rows)) for p in positions]
             return
         if len(positions) > 2:

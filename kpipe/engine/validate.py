@@ -37,7 +37,7 @@ from chalicelib.config import PipelineConfig
 from chalicelib.layout import Layout
 from kpipe.engine.csvio import TERMINATOR, groups_path, rows_as_lines, write_columns
 from kpipe.engine.keys import KeySpan, KeyTable
-from kpipe.engine.pieces import Piece, bare_cr, cut
+from kpipe.engine.pieces import Piece, cut, plain_block
 from kpipe.engine.rules import BatchRefs, FileRules
 
 REJECT_META = ["_file", "_line", "_reasons"]
@@ -175,17 +175,17 @@ def _validate_file(
     valid_keys: KeyTable | None,
     piece: Piece | None = None,
 ) -> FileOutcome:
-    """Stream one raw file (petl's `fromcsv`) a chunk at a time: valid rows to a part file, rejected
-    rows to another.
+    """Stream one raw file (or one piece of it) a chunk at a time: valid rows to a part file,
+    rejected rows to another.
 
     `valid_keys` None (in a worker process): the file's valid keys come back in the outcome instead."""
-    keep_valid = valid_keys is None and is_referenced(cfg, name)
+    referenced = is_referenced(cfg, name)
+    keep_valid = valid_keys is None and referenced
     if keep_valid:
         valid_keys = KeyTable()
     ds = cfg.datasets[name]
     source_headers = [col.header(col_name) for col_name, col in ds.columns.items()]
     declared = set(source_headers)
-    referenced = is_referenced(cfg, name)
     counts = {"rows_in": 0, "rows_valid": 0, "rows_rejected": 0}
     outcome = FileOutcome(
         rel,
@@ -253,7 +253,7 @@ def _validate_file(
                 if referenced and valid_keys is not None:  # else nothing points at it: no need to keep
                     valid_keys.put_many(cols[rules.key_pos], rules.lookup_values(cols))
                 if spill is None:
-                    write_columns(valid_fh, valid, rules.format_columns(cols, texts), rules.plain)
+                    write_columns(valid_fh, rules.format_columns(cols, texts), rules.plain)
                 else:
                     spill.add(rules.format_columns(cols, texts), rules.plain)
 
@@ -521,7 +521,8 @@ def _survey(path: Path, piece: Piece | None = None) -> tuple[bool, int | None]:
     needed. A plain file (no quote, NUL or bare CR; every piece is one) is read by `_plain_rows`."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     start, end = (piece.start, piece.end) if piece is not None else (0, None)
-    clean, plain, last, header_end = True, True, b"", -1
+    # a piece is plain already (`cut` checked its whole file): only its encoding is checked here
+    clean, plain, last, header_end = True, piece is None, b"", -1
     with open(path, "rb") as fh:
         fh.seek(start)
         left = end - start if end is not None else None
@@ -532,7 +533,7 @@ def _survey(path: Path, piece: Piece | None = None) -> tuple[bool, int | None]:
                     decoder.decode(chunk)
                 except UnicodeDecodeError:
                     clean = False
-            if plain and (b'"' in chunk or b"\x00" in chunk or bare_cr(last, chunk)):
+            if plain and not plain_block(last, chunk):
                 plain = False
             if header_end < 0 and b"\n" in chunk:
                 header_end = offset + chunk.index(b"\n") + 1

@@ -19,7 +19,7 @@ FIELD = st.text(alphabet=st.sampled_from(list('ab ,"\r\n\'0-.é')), max_size=6)
 
 def _both(cols: list[list[str]], plain: list[bool]) -> tuple[str, str]:
     fast, slow = io.StringIO(newline=""), io.StringIO(newline="")
-    write_columns(fast, csv.writer(fast), cols, plain)
+    write_columns(fast, cols, plain)
     csv.writer(slow).writerows(zip(*cols, strict=True))
     return fast.getvalue(), slow.getvalue()
 
@@ -77,7 +77,7 @@ def test_select_reads_what_csv_reader_reads_and_write_records_copies_bytes(rows:
         with open(path, "w", encoding="utf-8", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow([f"h{i}" for i in range(width)])
-            write_columns(fh, writer, [list(c) for c in zip(*rows, strict=True)], [False] * width)
+            write_columns(fh, [list(c) for c in zip(*rows, strict=True)], [False] * width)
         with open(path, encoding="utf-8", newline="") as fh:
             expected = list(csv.reader(fh))[1:]
         source = CanonicalCsv(path)
