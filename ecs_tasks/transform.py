@@ -3,17 +3,19 @@
 Runs under the pipeline lease, after validate. Steps, each idempotent so a retried task converges:
 1. Download `validated/<batch_id>/<dataset>.csv` (and the `.groups.json` sidecar of a partitioned dataset).
 2. The engine's `index_batch` on the S3 processed store (a re-run of a batch reuses its sequence number and
-   rewrites identical files): partitions + key index, and the dates the batch touches.
-3. `recompute` the complete KPI items of those dates and replace the dates in the KPI tables (puts, then
-   deletes of keys a date no longer has).
+   rewrites identical files): partitions + key index, the dates the batch touches, and the KPI items of
+   the dates it brings alone (computed while indexing), which replace those dates in the KPI tables.
+3. `recompute` the complete KPI items of the other touched dates and replace them in the KPI tables (puts,
+   then deletes of keys a date no longer has).
 4. Archive exactly the snapshot's objects: copy to `archived/<batch_id>/...`, then delete that version
    (a version already gone with its copy present was archived by an earlier attempt).
 5. The report (`reports/<batch_id>/report.json`) becomes SUCCEEDED; the batch record too.
 
 Scale-out (`KPIPE_TRANSFORM_STEP`, set by the state machine): a big batch (at least `KPIPE_FANOUT_MIN_ROWS`
-rows, default 500,000, and `scale.transform_concurrency` > 1 in pipeline.yaml) stops after step 2 and returns
+validated rows in partitioned datasets, default 500,000, and `scale.transform_concurrency` > 1 in pipeline.yaml)
+is indexed without computing any KPI, stops after step 2 and returns
 `{"status": "indexed", "groups": [0..n-1]}`; the state machine's Map then runs one `recompute` task per group
-of dates (`KPIPE_DATE_GROUP` of `KPIPE_DATE_GROUPS`, step 3 for those dates) and one `finish` task (4-5).
+of the dates left to recompute (`KPIPE_DATE_GROUP` of `KPIPE_DATE_GROUPS`, step 3 for those dates) and one `finish` task (4-5).
 The dates of each group are those of `kpipe.engine.transform.date_groups`, so any split gives the same KPIs.
 """
 
@@ -33,7 +35,7 @@ from chalicelib.obs import emit_metrics
 from ecs_tasks import common
 from kpipe.engine.runtime import tune_gc
 from kpipe.engine.store import S3Store
-from kpipe.engine.transform import date_groups, index_batch, recompute
+from kpipe.engine.transform import date_groups, index_batch, partitioned_rows, recompute
 
 STEPS = ("auto", "recompute", "finish")
 DEFAULT_FANOUT_MIN_ROWS = 500_000
@@ -66,25 +68,42 @@ def transform(ctx: common.TaskContext, log: Any) -> dict[str, Any]:
                 )
         # the datasets' indexes in parallel, one process per vCPU the task was given (as validate does)
         workers = min(len(os.sched_getaffinity(0)), 4)
-        indexed = index_batch(cfg, ctx.batch_id, validated_dir, store, Path(tmp) / "index", workers=workers)
-        groups = min(cfg.scale.transform_concurrency, len(indexed.dates))
-        rows = sum(indexed.rows_written.values())
+        # a big batch leaves every KPI to the Map's recompute tasks (many Fargate tasks at once); a
+        # smaller one gets the KPIs of the dates it brings alone while indexing, in this task
+        rows = partitioned_rows(cfg, validated_dir)
+        fan_out = cfg.scale.transform_concurrency > 1 and rows >= int(ctx.env.get("KPIPE_FANOUT_MIN_ROWS") or DEFAULT_FANOUT_MIN_ROWS)
+        indexed = index_batch(cfg, ctx.batch_id, validated_dir, store, Path(tmp) / "index", workers=workers, aggregate=not fan_out)
+        # written before the plan, so a retry after a crash here indexes (identically) and writes them again
+        written = write_kpis(ctx, cfg, indexed.tables)
+        rest = indexed.recompute_dates
+        groups = min(cfg.scale.transform_concurrency, len(rest))
         plan = {
             "batch_id": ctx.batch_id,
             "seq": indexed.seq,
             "dates": indexed.dates,
+            "recompute_dates": rest,
             "groups": groups,
             "rows_written": indexed.rows_written,
             "rows_carried": indexed.rows_carried,
             "index_seconds": round(time.perf_counter() - started, 3),
         }
         common.put_json(ctx.s3, ctx.bucket, layout.transform_plan_key(ctx.batch_id), plan)
-        if groups > 1 and rows >= int(ctx.env.get("KPIPE_FANOUT_MIN_ROWS") or DEFAULT_FANOUT_MIN_ROWS):
-            log.info("batch_indexed", seq=indexed.seq, dates=len(indexed.dates), rows=rows, groups=groups)
+        if fan_out and groups > 1:
+            log.info("batch_indexed", seq=indexed.seq, dates=len(indexed.dates), recompute=len(rest), rows=rows, groups=groups)
             return {"status": "indexed", "batch_id": ctx.batch_id, "seq": indexed.seq, "groups": list(range(groups)), "group_count": groups}
-        tables = recompute(cfg, indexed.dates, store, Path(tmp) / "recompute")
-    plan["kpi_items"] = write_kpis(ctx, cfg, tables)
+        tables = recompute(cfg, rest, store, Path(tmp) / "recompute")
+    plan["kpi_items"] = _add_counts(written, write_kpis(ctx, cfg, tables))
     return _finish(ctx, cfg, layout, plan, log, started)
+
+
+def _add_counts(*parts: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
+    total: dict[str, dict[str, int]] = {}
+    for part in parts:
+        for table, counts in part.items():
+            for kind, n in counts.items():
+                total.setdefault(table, {}).setdefault(kind, 0)
+                total[table][kind] += n
+    return total
 
 
 def write_kpis(ctx: common.TaskContext, cfg: PipelineConfig, tables: Mapping[str, Mapping[str, list[dict[str, Any]]]]) -> dict[str, dict[str, int]]:
@@ -106,7 +125,7 @@ def _recompute_group(ctx: common.TaskContext, cfg: PipelineConfig, layout: Layou
     if not plan:
         raise RuntimeError(f"no transform plan at {layout.transform_plan_key(ctx.batch_id)}: the index step has not run")
     group, groups = int(ctx.env["KPIPE_DATE_GROUP"]), int(ctx.env.get("KPIPE_DATE_GROUPS") or plan["groups"])
-    dates = date_groups(plan["dates"], groups)[group]
+    dates = date_groups(plan.get("recompute_dates", plan["dates"]), groups)[group]
     with common.work_dir("recompute") as tmp:
         tables = recompute(cfg, dates, store, Path(tmp))
     written = write_kpis(ctx, cfg, tables)

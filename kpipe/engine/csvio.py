@@ -69,29 +69,23 @@ class CanonicalCsv:
     line is a row and `str.split(",")` parses it exactly, about twice as fast as the csv module. A
     file with a quote is read through petl's `fromcsv` (csv.reader) instead."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, quoted: bool | None = None) -> None:
+        """`quoted`: whether the file holds a quote character, when the caller knows (else it is looked for)."""
         self.path = path
-        self.quoted = _contains(path, b'"')
+        self.quoted = _contains(path, b'"') if quoted is None else quoted
 
     def select(self, positions: Sequence[int], width: int) -> Iterator[tuple[list[Any], list[list[str]]]]:
         """(records, the columns at `positions`) a chunk at a time, for files of `width` fields.
 
         A record is the row's line (or its fields, in a quoted file) and goes back out unchanged
-        through `write_records`. One or two columns are cut out of each line by C-level partial
-        splits; more take one full split per line."""
+        through `write_records`; an unquoted file's columns are cut by `cut_columns`."""
         if self.quoted:
             data = iter(petl.data(petl.fromcsv(str(self.path), encoding="utf-8")))
             while rows := list(islice(data, QUOTED_CHUNK_ROWS)):
                 yield rows, [list(map(itemgetter(p), rows)) for p in positions]
             return
-        if len(positions) > 2:
-            for lines in self._lines():
-                rows = [line.split(",") for line in lines]
-                yield lines, [list(map(itemgetter(p), rows)) for p in positions]
-            return
-        cutters = [_cutter(p, width) for p in positions]
         for lines in self._lines():
-            yield lines, [list(map(get, map(cut, lines))) for cut, get in cutters]
+            yield lines, cut_columns(lines, positions, width)
 
     def write_records(self, fh: TextIO, writer: Any, records: Sequence[Any]) -> None:
         """Records from `select`, written to another CSV file (the same bytes csv.writer would write)."""
@@ -101,10 +95,12 @@ class CanonicalCsv:
             fh.write(TERMINATOR.join(records))
             fh.write(TERMINATOR)
 
-    def blocks(self, spans: Sequence[Sequence[Any]], pos: int, width: int) -> Iterator[tuple[str, str, list[str]]]:
+    def blocks(
+        self, spans: Sequence[Sequence[Any]], positions: Sequence[int], width: int
+    ) -> Iterator[tuple[str, str, list[list[str]]]]:
         """For each `[value, byte offset, bytes, rows]` span (a validated file's groups sidecar), its
-        text a block of whole lines at a time with field `pos` of each line: (value, text, fields)."""
-        cut, get = _cutter(pos, width)
+        text a block of whole lines at a time with the fields at `positions` of each line:
+        (value, text, columns)."""
         with open(self.path, "rb") as fh:
             for value, start, length, _rows in spans:
                 fh.seek(start)
@@ -120,7 +116,7 @@ class CanonicalCsv:
                     carry = data[end:]
                     text = data[:end].decode("utf-8")
                     if text:
-                        yield value, text, list(map(get, map(cut, text.split(TERMINATOR)[:-1])))
+                        yield value, text, cut_columns(text.split(TERMINATOR)[:-1], positions, width)
 
     def _lines(self) -> Iterator[list[str]]:
         with open(self.path, encoding="utf-8", newline="") as fh:
@@ -133,6 +129,15 @@ class CanonicalCsv:
                     yield lines
             if carry:
                 yield [carry]
+
+
+def cut_columns(lines: Sequence[str], positions: Sequence[int], width: int) -> list[list[str]]:
+    """The fields at `positions` of unquoted lines of `width` fields, as columns. One or two are cut
+    out of each line by C-level partial splits (from the nearer end); more take one full split."""
+    if len(positions) > 2:
+        rows = list(map(methodcaller("split", ","), lines))
+        return [list(map(itemgetter(p), rows)) for p in positions]
+    return [list(map(get, map(cut, lines))) for cut, get in map(_cutter, positions, [width] * len(positions))]
 
 
 def groups_path(validated_csv: Path) -> Path:

@@ -144,6 +144,10 @@ class KeyTable:
             return False
         return min(keys) >= 0 and max(keys) < len(self._dense)
 
+    def _all_beyond(self, keys: list[Any]) -> bool:
+        """Every key an int past the last allocated slot (a batch of new ids)."""
+        return set(map(type, keys)) == _INT_ONLY and min(keys) >= len(self._dense)
+
     def contains_many(self, keys: list[Any]) -> list[bool]:
         dense, n, sparse = self._dense, len(self._dense), self._sparse
         if self._all_dense(keys):
@@ -157,6 +161,8 @@ class KeyTable:
         dense, n, sparse, values = self._dense, len(self._dense), self._sparse, self._values
         if self._all_dense(keys):
             return list(map(values.__getitem__, map(dense.__getitem__, keys)))
+        if not sparse and keys and self._all_beyond(keys):  # new ids past every slot: none is here
+            return [None] * len(keys)
         return [
             values[dense[key] if key < n else 0] if type(key) is int and 0 <= key < DENSE_LIMIT else values[sparse.get(key, 0)]
             for key in keys

@@ -23,7 +23,9 @@ import csv
 import hashlib
 import json
 import multiprocessing
+import pickle
 import shutil
+from array import array
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -140,12 +142,17 @@ def transform_batch(
     work_dir: Path,
     workers: int = 1,
 ) -> TransformResult:
-    """Index the batch into the store, then recompute the KPIs of every date it touched."""
-    indexed = index_batch(cfg, batch_id, validated_dir, store, work_dir, workers)
-    if workers > 1 and isinstance(store, LocalStore) and len(indexed.dates) > 1:
-        tables = _recompute_in_processes(cfg, indexed.dates, store, Path(work_dir), workers)
+    """Index the batch into the store, then the KPIs of every date it touched: those of the dates it
+    brings alone come from the indexing pass itself, the others are recomputed from the store."""
+    indexed = index_batch(cfg, batch_id, validated_dir, store, work_dir, workers, aggregate=True)
+    rest = indexed.recompute_dates
+    if workers > 1 and isinstance(store, LocalStore) and len(rest) > 1:
+        recomputed = _recompute_in_processes(cfg, rest, store, Path(work_dir), workers)
     else:
-        tables = recompute(cfg, indexed.dates, store, Path(work_dir))
+        recomputed = recompute(cfg, rest, store, Path(work_dir))
+    tables = {
+        name: dict(sorted({**indexed.tables.get(name, {}), **recomputed.get(name, {})}.items())) for name in cfg.kpis
+    }
     return TransformResult(batch_id, indexed.seq, indexed.dates, tables, indexed.rows_written, indexed.rows_carried)
 
 
@@ -153,18 +160,37 @@ def transform_batch(
 class IndexResult:
     batch_id: str
     seq: int
-    dates: list[str]
+    dates: list[str]  # every date the batch touched
     rows_written: dict[str, int]
     rows_carried: int
+    # with `aggregate`: each KPI table's items of the dates the batch brought alone (see `index_batch`)
+    tables: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
+
+    @property
+    def recompute_dates(self) -> list[str]:
+        """The touched dates whose KPIs still need `recompute`."""
+        done = {date for by_date in self.tables.values() for date in by_date}
+        return [date for date in self.dates if date not in done]
 
 
 def index_batch(
-    cfg: PipelineConfig, batch_id: str, validated_dir: Path, store: ProcessedStore, work_dir: Path, workers: int = 1
+    cfg: PipelineConfig,
+    batch_id: str,
+    validated_dir: Path,
+    store: ProcessedStore,
+    work_dir: Path,
+    workers: int = 1,
+    aggregate: bool = False,
 ) -> IndexResult:
     """Write the batch's rows into the store's partitions and move the index to them.
 
-    Must run under the pipeline's lease (the indexes are one structure per dataset); with `workers` > 1
-    the datasets are indexed in parallel processes."""
+    Must run under the pipeline's lease (the indexes are one structure per dataset). Validated files
+    grouped by date (the groups sidecar) are indexed a date at a time, groups of dates in parallel
+    processes when `workers` > 1; others a dataset at a time.
+
+    With `aggregate`, the KPI items of each date the batch brings alone are computed from its rows as
+    they are written (`IndexResult.tables`): no other file in the date's partitions, every row live,
+    nothing carried in. Those items are what `recompute` would give, without reading the rows again."""
     validated_dir, work_dir = Path(validated_dir), Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     cache = _Cache(store, work_dir / "store")
@@ -182,43 +208,213 @@ def index_batch(
         stem = f"{seq:08d}-{batch_id}"
     prior_plan = _read_json(cache, f"_meta/batches/{stem}.json") or {}
     touched: set[str] = set(prior_plan.get("dates", []))
-    moved: dict[str, dict[Any, str]] = {}  # parent dataset -> key -> old date
+    moved: dict[str, dict[Any, str]] = {d.name: {} for d in datasets}  # dataset -> key -> old date
     written: dict[str, int] = {}
     new_files: list[str] = []
+    tables: dict[str, dict[str, list[dict[str, Any]]]] = {}
 
-    # each dataset's index is read from the store's copy and written to work_dir/<dataset>.idx by the
-    # process that indexes the dataset: the tables never travel between processes
-    jobs = [(cfg, d, cache.path(f"_index/{d.name}.idx"), work_dir / f"{d.name}.idx", validated_dir, out_root, stem, seq) for d in datasets]
-    if workers > 1 and len(jobs) > 1:  # datasets have indexes of their own: one process each
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=multiprocessing.get_context("fork")) as pool:
-            results = list(pool.map(_index_dataset, jobs))
-    else:
-        results = [_index_dataset(job) for job in jobs]
-    for d, result in zip(datasets, results, strict=True):
-        moved[d.name] = result.moved
-        touched.update(result.touched)
-        written[d.name] = result.written
-        new_files.extend(result.files)
+    spans = {d.name: _read_spans(validated_dir / f"{d.name}.csv") for d in datasets}
+    if all(s is not None for s in spans.values()):
+        indexes = {d.name: _load_index(cache, d.name) for d in datasets}
+        job = _DatesJob(cfg, datasets, {n: dict((s[0], s) for s in spans[n] or []) for n in spans}, indexes, {}, validated_dir,
+                        out_root, stem, seq, KpiPlan.compile(cfg) if aggregate and cfg.kpis else None, set())
+        job.prepare(cache)
+        for result in _index_dates_in_groups(job, work_dir, workers):
+            for d in datasets:
+                _apply_puts(indexes[d.name], result.puts[d.name])
+                moved[d.name].update(result.moved.get(d.name, {}))
+                written[d.name] = written.get(d.name, 0) + result.written.get(d.name, 0)
+            touched.update(result.touched)
+            new_files.extend(result.files)
+            for table, by_date in result.tables.items():
+                tables.setdefault(table, {}).update(by_date)
+    else:  # no sidecar (an older release validated the batch) or a quoted file: a dataset at a time
+        # each dataset's index is read from the store's copy and written to work_dir/<dataset>.idx by the
+        # process that indexes the dataset: the tables never travel between processes
+        jobs = [(cfg, d, cache.path(f"_index/{d.name}.idx"), work_dir / f"{d.name}.idx", validated_dir, out_root, stem, seq) for d in datasets]
+        if workers > 1 and len(jobs) > 1:  # datasets have indexes of their own: one process each
+            with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=multiprocessing.get_context("fork")) as pool:
+                results = list(pool.map(_index_dataset, jobs))
+        else:
+            results = [_index_dataset(job) for job in jobs]
+        for d, result in zip(datasets, results, strict=True):
+            moved[d.name] = result.moved
+            touched.update(result.touched)
+            written[d.name] = result.written
+            new_files.extend(result.files)
+        indexes = {d.name: KeyTable.load(work_dir / f"{d.name}.idx") for d in datasets}
 
     carried = 0
     for d in datasets:
         if d.parent is None or not moved[d.parent]:
             continue
-        indexes = {name: KeyTable.load(work_dir / f"{name}.idx") for name in (d.parent, d.name)}
-        carried += _carry_children(cfg, d, moved[d.parent], indexes, cache, out_root, seq, stem, new_files)
-        indexes[d.name].save(work_dir / f"{d.name}.idx")
+        count, dates_in = _carry_children(cfg, d, moved[d.parent], indexes, cache, out_root, seq, stem, new_files)
+        carried += count
+        for by_date in tables.values():  # rows carried in: those dates are recomputed
+            for date in dates_in:
+                by_date.pop(date, None)
 
     for name in new_files:
         cache.publish(name, out_root / name)
     dates = sorted(touched)
     _publish_json(cache, work_dir, f"_meta/batches/{stem}.json", {"seq": seq, "dates": dates})
     for d in datasets:
+        indexes[d.name].save(work_dir / f"{d.name}.idx")
         cache.publish(f"_index/{d.name}.idx", work_dir / f"{d.name}.idx")
     state["batches"][batch_id] = seq
     state["contents"][digest] = {"seq": seq, "stem": stem}
     state["next_seq"] = max(state["next_seq"], seq + 1)
     _publish_json(cache, work_dir, STATE, state)
-    return IndexResult(batch_id, seq, dates, written, carried)
+    return IndexResult(batch_id, seq, dates, written, carried, tables)
+
+
+@dataclass
+class _DatesJob:
+    """What the processes indexing groups of dates share (handed over by fork, read only)."""
+
+    cfg: PipelineConfig
+    datasets: list[_Partitioned]
+    spans: dict[str, dict[str, Sequence[Any]]]  # dataset -> date -> [date, offset, bytes, rows]
+    indexes: dict[str, KeyTable]  # as before this batch
+    codes: dict[str, dict[str, int]]  # dataset -> date -> index code of (seq, date), fixed before forking
+    validated_dir: Path
+    out_root: Path
+    stem: str
+    seq: int
+    plan: KpiPlan | None  # None: no aggregation
+    alone: set[str]  # dates with no other file in any partition: their KPIs may come from this pass
+
+    def prepare(self, cache: _Cache) -> None:
+        for d in self.datasets:
+            self.codes[d.name] = {date: self.indexes[d.name].code((self.seq, date)) for date in self.spans[d.name]}
+        if self.plan is not None:
+            self.alone = {date for date in self.dates() if self._alone(cache, date)}
+
+    def dates(self) -> list[str]:
+        return sorted({date for by_date in self.spans.values() for date in by_date})
+
+    def weight(self, date: str) -> int:
+        return sum(by_date[date][2] for by_date in self.spans.values() if date in by_date)
+
+    def _alone(self, cache: _Cache, date: str) -> bool:
+        own = f"{self.stem}.csv"  # this batch's own file, from an earlier attempt: rewritten identically
+        return all(name.endswith("/" + own) for d in self.datasets for name, _ in _partition_files(cache, self.cfg, d.name, date))
+
+
+@dataclass
+class _DatesIndexed:
+    moved: dict[str, dict[Any, str]]  # dataset -> key -> the date it was on before this batch moved it
+    touched: set[str]
+    written: dict[str, int]
+    files: list[str]
+    puts: dict[str, Path]  # dataset -> the index updates, for the parent to apply (`_apply_puts`)
+    tables: dict[str, dict[str, list[dict[str, Any]]]]
+
+
+_DATES_JOB: dict[str, _DatesJob] = {}
+
+
+def _index_dates_in_groups(job: _DatesJob, work_dir: Path, workers: int) -> list[_DatesIndexed]:
+    """The batch's dates in up to `workers` groups of about equal bytes (largest first onto the
+    lightest group), each group in its own process."""
+    groups: list[list[str]] = [[] for _ in range(max(1, min(workers, len(job.dates()))))]
+    load = [0] * len(groups)
+    for date in sorted(job.dates(), key=lambda d: (-job.weight(d), d)):
+        lightest = load.index(min(load))
+        groups[lightest].append(date)
+        load[lightest] += job.weight(date)
+    tasks = [(sorted(group), work_dir / f"puts-{i}") for i, group in enumerate(groups)]
+    if len(tasks) == 1:
+        return [_index_dates(job, *tasks[0])]
+    _DATES_JOB["job"] = job
+    try:
+        with ProcessPoolExecutor(max_workers=len(tasks), mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(pool.map(_index_dates_in_worker, tasks))
+    finally:
+        _DATES_JOB.clear()
+
+
+def _index_dates_in_worker(task: tuple[list[str], Path]) -> _DatesIndexed:
+    return _index_dates(_DATES_JOB["job"], *task)
+
+
+def _index_dates(job: _DatesJob, dates: list[str], puts_dir: Path) -> _DatesIndexed:
+    """Each date's lines of every dataset copied to its partition files; the keys' index updates
+    written to `puts_dir` (applied by the parent: the index stays one table per dataset); and, for a
+    date the batch brings alone whose rows all stay live, its KPI items."""
+    plan = job.plan
+    puts_dir.mkdir(parents=True, exist_ok=True)
+    result = _DatesIndexed({d.name: {} for d in job.datasets}, set(), {}, [], {}, {})
+    feeds = {d.name: plan.fields.get(d.name, []) if plan is not None else [] for d in job.datasets}
+    writers = {d.name: _PartitionWriters(job.cfg, d, job.out_root, job.stem) for d in job.datasets}
+    sources = {d.name: CanonicalCsv(job.validated_dir / f"{d.name}.csv", quoted=False) for d in job.datasets}
+    puts = {d.name: open(puts_dir / d.name, "wb") for d in job.datasets}  # noqa: SIM115 - closed below
+    try:
+        for date in dates:
+            agg = DateAggregator(plan) if plan is not None and date in job.alone else None
+            for d in job.datasets:
+                span = job.spans[d.name].get(date)
+                if span is None:
+                    continue
+                fields = feeds[d.name] if agg is not None else []
+                positions = [d.key_pos, *(d.header.index(f) for f in fields)]
+                for _date, text, (key_texts, *kpi_texts) in sources[d.name].blocks([span], positions, len(d.header)):
+                    writers[d.name].write_text(date, text, len(key_texts))
+                    keys = list(map(d.key_reader, key_texts))
+                    live = _note_keys(job, d, date, keys, result, puts[d.name])
+                    if agg is not None and not live:
+                        agg = None  # a newer batch holds some of these keys: the date is recomputed
+                    if agg is not None and fields:
+                        agg.add(d.name, [_read_column(r, c) for r, c in zip(plan.readers(d.name), kpi_texts, strict=True)])  # type: ignore[union-attr]
+                writers[d.name].finish(date)
+            result.touched.add(date)
+            if agg is not None:
+                for table, items in agg.items().items():
+                    result.tables.setdefault(table, {})[date] = items
+    finally:
+        for fh in puts.values():
+            fh.close()
+    for d in job.datasets:
+        result.written[d.name] = writers[d.name].count
+        result.files.extend(writers[d.name].close())
+        result.puts[d.name] = puts_dir / d.name
+    return result
+
+
+def _note_keys(job: _DatesJob, d: _Partitioned, date: str, keys: list[Any], result: _DatesIndexed, puts: Any) -> bool:
+    """Record the index updates for `keys`, rows of `date`; False when some row is dead (its key
+    already belongs to a newer batch)."""
+    olds = job.indexes[d.name].get_many(keys)
+    live = True
+    if olds.count(None) != len(olds):  # keys seen before: moved, re-sent or replaced since
+        put = []
+        for key, old in zip(keys, olds, strict=True):
+            if old is not None:
+                if old[0] > job.seq:
+                    live = False
+                    continue  # a newer batch already replaced this key: this row stays dead
+                if old[1] != date:
+                    result.touched.add(old[1])
+                    result.moved[d.name][key] = old[1]
+            put.append(key)
+        keys = put
+    try:
+        packed: Any = array("q", keys)  # ids: 8 bytes each in the file
+    except (TypeError, OverflowError):
+        packed = keys
+    pickle.dump((job.codes[d.name][date], packed), puts, protocol=pickle.HIGHEST_PROTOCOL)
+    return live
+
+
+def _apply_puts(index: KeyTable, path: Path) -> None:
+    """Apply the index updates a date worker recorded (`_note_keys`), one date's keys at a time."""
+    with open(path, "rb") as fh:
+        while True:
+            try:
+                code, keys = pickle.load(fh)
+            except EOFError:
+                return
+            index.put_codes(keys, [code] * len(keys))
 
 
 @dataclass
@@ -256,9 +452,9 @@ def _index_dataset(job: tuple[PipelineConfig, _Partitioned, Path | None, Path, P
             put_values.append((seq, date))
         index.put_many(put_keys, put_values)
 
-    spans = _read_spans(groups_path(source.path)) if not source.quoted else None
+    spans = _read_spans(source.path)
     if spans is not None:  # rows already grouped by date: copy each date's lines as they are
-        for date, text, key_texts in source.blocks(spans, d.key_pos, len(d.header)):
+        for date, text, (key_texts,) in source.blocks(spans, [d.key_pos], len(d.header)):
             writers.write_text(date, text, len(key_texts))
             result.touched.add(date)
             update(list(map(d.key_reader, key_texts)), [date] * len(key_texts))
@@ -351,6 +547,13 @@ class _PartitionWriters:
         self.files[date][0].write(text)
         self.count += rows
 
+    def finish(self, date: str) -> None:
+        """Close a date's file once its rows are all written (a batch may span more dates than a
+        process may hold files open)."""
+        entry = self.files.get(date)
+        if entry is not None and not entry[0].closed:
+            entry[0].close()
+
     def close(self) -> list[str]:
         for fh, _, _ in self.files.values():
             fh.close()
@@ -367,8 +570,9 @@ def _carry_children(
     seq: int,
     stem: str,
     new_files: list[str],
-) -> int:
-    """Copy the live children of moved parents from the old date to the parent's new date."""
+) -> tuple[int, list[str]]:
+    """Copy the live children of moved parents from the old date to the parent's new date:
+    (rows carried, the dates they went to)."""
     parent_index, index = indexes[d.parent or ""], indexes[d.name]
     by_old_date: dict[str, set[Any]] = defaultdict(set)
     for key, old_date in moved_parents.items():
@@ -393,8 +597,9 @@ def _carry_children(
                 writers.write(new_date, moved_row)
                 index.put(key, (seq, new_date))
                 carried += 1
+    dates_in = sorted(writers.files)
     new_files.extend(writers.close())
-    return carried
+    return carried, dates_in
 
 
 def _partition_files(cache: _Cache, cfg: PipelineConfig, dataset: str, date: str) -> list[tuple[str, int]]:
@@ -465,9 +670,26 @@ def _content_digest(validated_dir: Path, datasets: list[_Partitioned]) -> str:
     return digest.hexdigest()
 
 
-def _read_spans(path: Path) -> list[list[Any]] | None:
-    """A validated file's groups sidecar, or None without one (then rows are grouped as they come)."""
-    if not path.is_file():
+def partitioned_rows(cfg: PipelineConfig, validated_dir: Path) -> int:
+    """Valid rows of the partitioned datasets of a validated batch (from the groups sidecars; a file
+    without one is counted by its lines): what sizes the transform's work."""
+    rows = 0
+    for d in partitioned_datasets(cfg):
+        path = Path(validated_dir) / f"{d.name}.csv"
+        sidecar = groups_path(path)
+        if sidecar.is_file():
+            rows += sum(span[3] for span in json.loads(sidecar.read_text(encoding="utf-8"))["groups"])
+        elif path.is_file():
+            with open(path, "rb") as fh:
+                rows += max(sum(block.count(b"\n") for block in iter(lambda: fh.read(1 << 20), b"")) - 1, 0)
+    return rows
+
+
+def _read_spans(validated_csv: Path) -> list[list[Any]] | None:
+    """A validated file's groups sidecar, or None without one (then rows are grouped as they come)
+    or when the file holds a quote (then its lines are not all rows: it is read with csv.reader)."""
+    path = groups_path(validated_csv)
+    if not path.is_file() or CanonicalCsv(validated_csv).quoted:
         return None
     spans: list[list[Any]] = json.loads(path.read_text(encoding="utf-8"))["groups"]
     return spans

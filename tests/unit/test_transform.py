@@ -270,3 +270,29 @@ def test_worker_processes_give_the_same_result(tmp_path: Path, cfg: PipelineConf
     assert tables_bytes(tmp_path / "parallel") == tables_bytes(tmp_path / "serial")
     assert [b["datasets"] for b in parallel["batches"]] == [b["datasets"] for b in serial["batches"]]
     assert_oracle(batches, kpis_of(tmp_path / "serial"))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_kpis_from_the_indexing_pass_equal_a_recompute_from_the_store(tmp_path: Path, cfg: PipelineConfig,
+                                                                      workers: int) -> None:
+    """The dates a batch brings alone get their KPIs while being indexed; every other touched date is
+    left to `recompute`. After each batch of a sequence with re-sent, moved and replaced rows (and
+    batches processed again after newer ones), those items are exactly what a recompute of the date
+    from the store gives, and both kinds of date occur."""
+    from kpipe.engine.transform import index_batch, recompute
+    from kpipe.generate import generate_batches
+
+    batches = generate_batches(tmp_path / "gen", 150, batches=3, invalid_fraction=0.05, seed=11, days=5)
+    store = LocalStore(tmp_path / "store")
+    alone, left = 0, 0
+    for n, batch in enumerate([*batches, batches[0], batches[2], batches[1]]):
+        work = tmp_path / f"w{n}"
+        validate_batch(cfg, batch, work, f"b-{n}")
+        indexed = index_batch(cfg, f"b-{n}", work / "validated", store, work / "index", workers, aggregate=True)
+        full = recompute(cfg, indexed.dates, store, work / "recompute")
+        from_index = {table: by_date for table, by_date in indexed.tables.items() if by_date}
+        assert from_index == {table: {d: full[table][d] for d in by_date} for table, by_date in from_index.items()}
+        assert set(indexed.recompute_dates) == set(indexed.dates) - {d for by_date in from_index.values() for d in by_date}
+        alone += len(indexed.dates) - len(indexed.recompute_dates)
+        left += len(indexed.recompute_dates)
+    assert alone and left
