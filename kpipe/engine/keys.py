@@ -130,6 +130,23 @@ class KeyTable:
                 sparse[key] = code
         self._count += count
 
+    def put_new_codes(self, keys: Sequence[Any], code: int) -> None:
+        """`put_codes` of one code for keys known to be absent and distinct (a batch's new ids, checked
+        with `get_many` beforehand): no per-key presence test, C-level stores for int slots."""
+        if not keys:
+            return
+        if type(keys) is not array:
+            keys = list(keys)
+            if set(map(type, keys)) != _INT_ONLY:
+                self.put_codes(keys, [code] * len(keys))
+                return
+        if min(keys) < 0 or max(keys) >= DENSE_LIMIT:
+            self.put_codes(keys, [code] * len(keys))
+            return
+        self._reserve(keys)
+        deque(map(self._dense.__setitem__, keys, repeat(code)), 0)
+        self._count += len(keys)
+
     def put_many(self, keys: list[Any], values: list[Any]) -> None:
         try:
             code_of = {v: self._code(v) for v in set(values)}  # one dictionary probe per distinct value

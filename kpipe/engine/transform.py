@@ -385,8 +385,8 @@ def _note_keys(job: _DatesJob, d: _Partitioned, date: str, keys: list[Any], resu
     """Record the index updates for `keys`, rows of `date`; False when some row is dead (its key
     already belongs to a newer batch)."""
     olds = job.indexes[d.name].get_many(keys)
-    live = True
-    if olds.count(None) != len(olds):  # keys seen before: moved, re-sent or replaced since
+    live, new = True, olds.count(None) == len(olds)
+    if not new:  # keys seen before: moved, re-sent or replaced since
         put = []
         for key, old in zip(keys, olds, strict=True):
             if old is not None:
@@ -402,7 +402,7 @@ def _note_keys(job: _DatesJob, d: _Partitioned, date: str, keys: list[Any], resu
         packed: Any = array("q", keys)  # ids: 8 bytes each in the file
     except (TypeError, OverflowError):
         packed = keys
-    pickle.dump((job.codes[d.name][date], packed), puts, protocol=pickle.HIGHEST_PROTOCOL)
+    pickle.dump((job.codes[d.name][date], packed, new), puts, protocol=pickle.HIGHEST_PROTOCOL)
     return live
 
 
@@ -411,10 +411,13 @@ def _apply_puts(index: KeyTable, path: Path) -> None:
     with open(path, "rb") as fh:
         while True:
             try:
-                code, keys = pickle.load(fh)
+                code, keys, new = pickle.load(fh)
             except EOFError:
                 return
-            index.put_codes(keys, [code] * len(keys))
+            if new:  # none of them in the index yet, and keys are unique in a batch
+                index.put_new_codes(keys, code)
+            else:
+                index.put_codes(keys, [code] * len(keys))
 
 
 @dataclass

@@ -200,3 +200,28 @@ def test_span_covers_exactly_the_slots_in_use(keys: list[int], typecode: str) ->
     span = table.span()
     assert (span.start, span.start + len(span.dense)) == (min(keys), max(keys) + 1)
     assert KeyTable().overlaps(span) is False and table.overlaps(span) is True
+
+
+KEY = st.one_of(st.integers(-5, 3000), st.integers(DENSE_LIMIT, DENSE_LIMIT + 2), st.text(max_size=3))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(KEY, max_size=40, unique=True), st.lists(KEY, max_size=40, unique=True), st.booleans())
+def test_put_new_codes_and_get_many_agree_with_put_and_get(before: list[object], batch: list[object], packed: bool) -> None:
+    """A batch's new keys stored with one code (as an int64 array when they fit, as the transform
+    hands them over) read back exactly as key-by-key puts; get_many of keys past every slot is None."""
+    from array import array
+
+    batch = [k for k in batch if k not in before]
+    fast, slow = KeyTable(), KeyTable()
+    for t in (fast, slow):
+        for k in before:
+            t.put(k, "old")
+    assert fast.get_many(batch) == [None] * len(batch)
+    ints = all(type(k) is int for k in batch)
+    fast.put_new_codes(array("q", batch) if packed and ints else batch, fast.code("new"))  # type: ignore[arg-type]
+    for k in batch:
+        slow.put(k, "new")
+    keys = [*before, *batch]
+    assert fast.get_many(keys) == slow.get_many(keys) == [*(["old"] * len(before)), *(["new"] * len(batch))]
+    assert len(fast) == len(slow) == len(keys)
