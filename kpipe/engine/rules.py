@@ -219,12 +219,14 @@ class FileRules:
         if self.missing or not n:
             empty = [[] for _ in range(len(self.columns) + len(self.derived))]
             return empty, [(i, self.missing) for i in range(n)], [None] * len(self.columns)
-        width = self.width
         suspect: set[int] = set()
-        if min(map(len, rows)) < width:  # a short row's missing fields are empty values
-            rows = [r if len(r) >= width else (*r, *([""] * (width - len(r)))) for r in rows]
         # only the declared columns, each cut out in one C-level pass (a raw file has many others)
-        raw_cols = {pos: list(map(getter, rows)) for pos, getter in self.getters}
+        try:
+            raw_cols = {pos: list(map(getter, rows)) for pos, getter in self.getters}
+        except IndexError:  # a row too short to hold a declared column: its missing fields are empty
+            width = self.width
+            rows = [r if len(r) >= width else (*r, *([""] * (width - len(r)))) for r in rows]
+            raw_cols = {pos: list(map(getter, rows)) for pos, getter in self.getters}
         cols: list[list[Any]] = []
         texts: list[list[str] | None] = []
         for col in self.columns:
