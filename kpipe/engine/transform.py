@@ -345,7 +345,7 @@ def _index_dates(job: _DatesJob, dates: list[str], puts_dir: Path) -> _DatesInde
     plan = job.plan
     puts_dir.mkdir(parents=True, exist_ok=True)
     result = _DatesIndexed({d.name: {} for d in job.datasets}, set(), {}, [], {}, {})
-    feeds = {d.name: plan.fields.get(d.name, []) if plan is not None else [] for d in job.datasets}
+    feeds = {d.name: _KpiColumns(plan, d) for d in job.datasets if plan is not None and d.name in plan.fields}
     writers = {d.name: _PartitionWriters(job.cfg, d, job.out_root, job.stem) for d in job.datasets}
     sources = {d.name: CanonicalCsv(job.validated_dir / f"{d.name}.csv", quoted=False) for d in job.datasets}
     puts = {d.name: open(puts_dir / d.name, "wb") for d in job.datasets}  # noqa: SIM115 - closed below
@@ -356,16 +356,21 @@ def _index_dates(job: _DatesJob, dates: list[str], puts_dir: Path) -> _DatesInde
                 span = job.spans[d.name].get(date)
                 if span is None:
                     continue
-                fields = feeds[d.name] if agg is not None else []
-                positions = [d.key_pos, *(d.header.index(f) for f in fields)]
-                for _date, text, (key_texts, *kpi_texts) in sources[d.name].blocks([span], positions, len(d.header)):
-                    writers[d.name].write_text(date, text, len(key_texts))
-                    keys = list(map(d.key_reader, key_texts))
-                    live = _note_keys(job, d, date, keys, result, puts[d.name])
-                    if agg is not None and not live:
-                        agg = None  # a newer batch holds some of these keys: the date is recomputed
-                    if agg is not None and fields:
-                        agg.add(d.name, [_read_column(r, c) for r, c in zip(plan.readers(d.name), kpi_texts, strict=True)])  # type: ignore[union-attr]
+                feed = feeds.get(d.name) if agg is not None else None
+                positions = feed.positions if feed is not None else [d.key_pos]
+                pending: list[list[Any]] | None = None  # KPI columns of a few blocks, added together
+                for _date, text, cut in sources[d.name].blocks([span], positions, len(d.header)):
+                    writers[d.name].write_text(date, text, len(cut[0]))
+                    keys = list(map(d.key_reader, cut[0]))
+                    if not _note_keys(job, d, date, keys, result, puts[d.name]):
+                        agg = feed = None  # a newer batch holds some of these keys: the date is recomputed
+                    if feed is not None:
+                        pending = feed.extend(pending, feed.columns(date, keys, cut))
+                        if len(pending[0]) >= AGGREGATE_ROWS:
+                            agg.add(d.name, pending)  # type: ignore[union-attr]
+                            pending = None
+                if pending is not None and agg is not None:
+                    agg.add(d.name, pending)
                 writers[d.name].finish(date)
             result.touched.add(date)
             if agg is not None:
@@ -379,6 +384,41 @@ def _index_dates(job: _DatesJob, dates: list[str], puts_dir: Path) -> _DatesInde
         result.files.extend(writers[d.name].close())
         result.puts[d.name] = puts_dir / d.name
     return result
+
+
+AGGREGATE_ROWS = 4096  # rows a group's metrics are folded over at a time: fewer, bigger buckets
+
+
+class _KpiColumns:
+    """How a dataset's KPI fields (`KpiPlan.fields`) come out of a date's lines: the key's values are
+    the ones just read for the index, the partition field is the date itself, the others are cut."""
+
+    def __init__(self, plan: KpiPlan, d: _Partitioned) -> None:
+        self.positions = [d.key_pos]  # fields to cut from each line, the key first
+        self.sources: list[tuple[str | int, Any]] = []
+        for name, reader in zip(plan.fields[d.name], plan.readers(d.name), strict=True):
+            pos = d.header.index(name)
+            if pos == d.key_pos and reader is d.key_reader:
+                self.sources.append(("key", None))
+            elif pos == d.part_pos and reader is str:
+                self.sources.append(("date", None))
+            else:
+                self.positions.append(pos)
+                self.sources.append((len(self.positions) - 1, reader))
+
+    def columns(self, date: str, keys: list[Any], cut: list[list[str]]) -> list[list[Any]]:
+        return [
+            keys if src == "key" else [date] * len(keys) if src == "date" else _read_column(reader, cut[src])  # type: ignore[index]
+            for src, reader in self.sources
+        ]
+
+    @staticmethod
+    def extend(pending: list[list[Any]] | None, cols: list[list[Any]]) -> list[list[Any]]:
+        if pending is None:
+            return cols  # new lists (the keys' too: the index took what it needed from them)
+        for have, col in zip(pending, cols, strict=True):
+            have.extend(col)
+        return pending
 
 
 def _note_keys(job: _DatesJob, d: _Partitioned, date: str, keys: list[Any], result: _DatesIndexed, puts: Any) -> bool:
