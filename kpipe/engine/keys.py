@@ -211,9 +211,10 @@ class KeyTable:
         the slots `other` uses (one big-int AND), so two tables of a million ids take milliseconds,
         not a key-by-key scan, and memory for one span of slots."""
         lo, dense, sparse = _dense_span(other)
-        hi = lo + len(dense)
-        if dense and _presence(self._dense[lo:hi]) & _presence(dense):
-            return True
+        for start in range(0, len(dense), _MERGE_SLOTS):  # a window at a time: bounded temporaries
+            part = dense[start : start + _MERGE_SLOTS]
+            if _presence(self._dense[lo + start : lo + start + len(part)]) & _presence(part):
+                return True
         small, big = sorted((self._sparse, sparse), key=len)
         return any(key in big for key in small)
 
@@ -235,9 +236,11 @@ class KeyTable:
             pass
         elif self._dense.itemsize == 1 and dense.itemsize == 1:  # disjoint lanes: OR, no carries
             table = bytes(codes.get(c, 0) for c in range(256))
-            lanes = dense.tobytes().translate(table)
-            merged = int.from_bytes(self._dense[lo:hi].tobytes(), "little") | int.from_bytes(lanes, "little")
-            self._dense[lo:hi] = array("B", merged.to_bytes(hi - lo, "little"))
+            for start in range(0, len(dense), _MERGE_SLOTS):  # a window at a time: bounded temporaries
+                a, b = lo + start, lo + min(start + _MERGE_SLOTS, len(dense))
+                lanes = dense[start : b - lo].tobytes().translate(table)
+                merged = int.from_bytes(self._dense[a:b].tobytes(), "little") | int.from_bytes(lanes, "little")
+                self._dense[a:b] = array("B", merged.to_bytes(b - a, "little"))
         else:
             present = [(key, code) for key, code in enumerate(dense, lo) if code]
             deque(map(self._dense.__setitem__, [k for k, _ in present], [codes[c] for _, c in present]), 0)
@@ -280,6 +283,7 @@ class KeyTable:
 
 
 _NONZERO_TO_ONE = bytes([0] + [1] * 255)
+_MERGE_SLOTS = 1 << 18  # slots compared or merged at a time (each window's copies stay ~1 MiB)
 
 
 @dataclass

@@ -519,6 +519,8 @@ def recompute(
 
     Independent per date, so groups of dates can run in parallel (processes here, Map-state
     ECS tasks on AWS) once `index_batch` has published the index."""
+    if not dates:  # nothing to read: not even the indexes (megabytes for a big store)
+        return {name: {} for name in cfg.kpis}
     cache = _Cache(store, Path(work_dir) / "store")
     datasets = partitioned_datasets(cfg)
     indexes = {d.name: _load_index(cache, d.name) for d in datasets}

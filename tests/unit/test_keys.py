@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kpipe.engine import keys as keys_module
 from kpipe.engine.keys import DENSE_LIMIT, KeyTable
 
 
@@ -159,9 +161,15 @@ def test_bulk_methods_agree_with_a_dict(steps: list[tuple[list[object], object]]
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(KEYS, max_size=30), st.lists(KEYS, max_size=30), st.sampled_from(["B", "H"]))
-def test_overlaps_and_absorb_agree_with_sets(mine: list[object], theirs: list[object], typecode: str) -> None:
-    """The bitmap merge of files validated alone equals putting the other file's keys one by one."""
+@given(st.lists(KEYS, max_size=30), st.lists(KEYS, max_size=30), st.sampled_from(["B", "H"]), st.sampled_from([3, 64, 1 << 18]))
+def test_overlaps_and_absorb_agree_with_sets(mine: list[object], theirs: list[object], typecode: str, window: int) -> None:
+    """The bitmap merge of files validated alone equals putting the other file's keys one by one,
+    whatever the window of slots merged at a time."""
+    with patch.object(keys_module, "_MERGE_SLOTS", window):
+        _overlaps_and_absorb_agree_with_sets(mine, theirs, typecode)
+
+
+def _overlaps_and_absorb_agree_with_sets(mine: list[object], theirs: list[object], typecode: str) -> None:
     a, b = KeyTable(typecode), KeyTable(typecode)
     a.put_many(mine, [True] * len(mine))
     b.put_many(theirs, [True] * len(theirs))
