@@ -27,7 +27,7 @@ import pickle
 import shutil
 from array import array
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,8 +185,8 @@ def index_batch(
     """Write the batch's rows into the store's partitions and move the index to them.
 
     Must run under the pipeline's lease (the indexes are one structure per dataset). Validated files
-    grouped by date (the groups sidecar) are indexed a date at a time, groups of dates in parallel
-    processes when `workers` > 1; others a dataset at a time.
+    grouped by date (the groups sidecar) are indexed a date at a time, dates in `workers` parallel
+    processes; others a dataset at a time.
 
     With `aggregate`, the KPI items of each date the batch brings alone are computed from its rows as
     they are written (`IndexResult.tables`): no other file in the date's partitions, every row live,
@@ -219,7 +219,7 @@ def index_batch(
         job = _DatesJob(cfg, datasets, {n: dict((s[0], s) for s in spans[n] or []) for n in spans}, indexes, {}, validated_dir,
                         out_root, stem, seq, KpiPlan.compile(cfg) if aggregate and cfg.kpis else None, set())
         job.prepare(cache)
-        for result in _index_dates_in_groups(job, work_dir, workers):
+        for result in _index_each_date(job, work_dir, workers):
             for d in datasets:
                 _apply_puts(indexes[d.name], result.puts[d.name])
                 moved[d.name].update(result.moved.get(d.name, {}))
@@ -270,7 +270,7 @@ def index_batch(
 
 @dataclass
 class _DatesJob:
-    """What the processes indexing groups of dates share (handed over by fork, read only)."""
+    """What the processes indexing dates share (handed over by fork, read only)."""
 
     cfg: PipelineConfig
     datasets: list[_Partitioned]
@@ -314,22 +314,19 @@ class _DatesIndexed:
 _DATES_JOB: dict[str, _DatesJob] = {}
 
 
-def _index_dates_in_groups(job: _DatesJob, work_dir: Path, workers: int) -> list[_DatesIndexed]:
-    """The batch's dates in up to `workers` groups of about equal bytes (largest first onto the
-    lightest group), each group in its own process."""
-    groups: list[list[str]] = [[] for _ in range(max(1, min(workers, len(job.dates()))))]
-    load = [0] * len(groups)
-    for date in sorted(job.dates(), key=lambda d: (-job.weight(d), d)):
-        lightest = load.index(min(load))
-        groups[lightest].append(date)
-        load[lightest] += job.weight(date)
-    tasks = [(sorted(group), work_dir / f"puts-{i}") for i, group in enumerate(groups)]
-    if len(tasks) == 1:
-        return [_index_dates(job, *tasks[0])]
+def _index_each_date(job: _DatesJob, work_dir: Path, workers: int) -> Iterator[_DatesIndexed]:
+    """Each date of the batch indexed on its own, in up to `workers` processes, biggest dates first
+    (the last ones to finish are then small); results come back as dates finish, so the parent
+    applies one date's index updates while the others are still being written."""
+    dates = sorted(job.dates(), key=lambda d: (-job.weight(d), d))
+    tasks = [([date], work_dir / "puts" / f"{i:06d}") for i, date in enumerate(dates)]
+    if workers <= 1 or len(tasks) <= 1:
+        yield from (_index_dates(job, *task) for task in tasks)
+        return
     _DATES_JOB["job"] = job
     try:
-        with ProcessPoolExecutor(max_workers=len(tasks), mp_context=multiprocessing.get_context("fork")) as pool:
-            return list(pool.map(_index_dates_in_worker, tasks))
+        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=multiprocessing.get_context("fork")) as pool:
+            yield from pool.map(_index_dates_in_worker, tasks)
     finally:
         _DATES_JOB.clear()
 
