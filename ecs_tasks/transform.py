@@ -66,7 +66,7 @@ def transform(ctx: common.TaskContext, log: Any) -> dict[str, Any]:
                 common.download_if_present(
                     ctx.s3, ctx.bucket, layout.validated_groups_key(ctx.batch_id, name), validated_dir / f"{name}.groups.json"
                 )
-        # the datasets' indexes in parallel, one process per vCPU the task was given (as validate does)
+        # dates indexed in parallel, one process per vCPU the task was given (as validate does)
         workers = min(len(os.sched_getaffinity(0)), 4)
         # a big batch leaves every KPI to the Map's recompute tasks (many Fargate tasks at once); a
         # smaller one gets the KPIs of the dates it brings alone while indexing, in this task

@@ -208,8 +208,8 @@ class KeyTable:
 
     def overlaps(self, other: KeyTable | KeySpan) -> bool:
         """Does any key of `other` sit in this table too? Dense parts are compared as bitmaps over
-        the slots `other` uses (one big-int AND), so two tables of a million ids take milliseconds,
-        not a key-by-key scan, and memory for one span of slots."""
+        the slots `other` uses (big-int ANDs, a window of slots at a time), so two tables of a million
+        ids take milliseconds, not a key-by-key scan, and little memory beyond the tables."""
         lo, dense, sparse = _dense_span(other)
         for start in range(0, len(dense), _MERGE_SLOTS):  # a window at a time: bounded temporaries
             part = dense[start : start + _MERGE_SLOTS]
