@@ -58,3 +58,18 @@ def test_validated_files_without_their_groups_sidecar_give_the_same_store(tmp_pa
         files = {p.relative_to(store.root): p.read_bytes() for p in store.root.rglob("*.csv")}
         outputs.append((tables, files))
     assert outputs[0] == outputs[1]
+
+
+def test_partitioned_rows_counts_the_same_with_or_without_sidecars(tmp_path: Path) -> None:
+    """What sizes the transform task (fan out or not) before anything is indexed."""
+    from kpipe.engine.transform import partitioned_rows
+
+    cfg = load_config(default_config_path())
+    [batch] = generate_batches(tmp_path / "in", 120, batches=1, invalid_fraction=0.05, seed=3)
+    report = validate_batch(cfg, batch, tmp_path / "work", "b-1")
+    expected = sum(report["datasets"][name]["rows_valid"] for name in ("orders", "order_items"))
+    validated = tmp_path / "work" / "validated"
+    assert partitioned_rows(cfg, validated) == expected
+    for sidecar in validated.glob("*.groups.json"):
+        sidecar.unlink()
+    assert partitioned_rows(cfg, validated) == expected
