@@ -421,26 +421,35 @@ class _KpiColumns:
 def _note_keys(job: _DatesJob, d: _Partitioned, date: str, keys: list[Any], result: _DatesIndexed, puts: Any) -> bool:
     """Record the index updates for `keys`, rows of `date`; False when some row is dead (its key
     already belongs to a newer batch)."""
-    olds = job.indexes[d.name].get_many(keys)
-    live, new = True, olds.count(None) == len(olds)
-    if not new:  # keys seen before: moved, re-sent or replaced since
-        put = []
-        for key, old in zip(keys, olds, strict=True):
-            if old is not None:
-                if old[0] > job.seq:
-                    live = False
-                    continue  # a newer batch already replaced this key: this row stays dead
-                if old[1] != date:
-                    result.touched.add(old[1])
-                    result.moved[d.name][key] = old[1]
-            put.append(key)
-        keys = put
+    taken = _claim(keys, [date] * len(keys), job.indexes[d.name].get_many(keys), job.seq, result.moved[d.name], result.touched)
+    put = keys if taken is None else [keys[i] for i in taken]
     try:
-        packed: Any = array("q", keys)  # ids: 8 bytes each in the file
+        packed: Any = array("q", put)  # ids: 8 bytes each in the file
     except (TypeError, OverflowError):
-        packed = keys
-    pickle.dump((job.codes[d.name][date], packed, new), puts, protocol=pickle.HIGHEST_PROTOCOL)
-    return live
+        packed = put
+    pickle.dump((job.codes[d.name][date], packed, taken is None), puts, protocol=pickle.HIGHEST_PROTOCOL)
+    return len(put) == len(keys)
+
+
+def _claim(
+    keys: Sequence[Any], dates: Sequence[str], olds: Sequence[Any], seq: int, moved: dict[Any, str], touched: set[str]
+) -> list[int] | None:
+    """Which rows of this batch (batch `seq`) the index is to point at, given each key's current
+    (seq, date) or None: None when no key was seen before (all of them), else their positions. A key
+    held by a newer batch stays with it (the row is dead); a key that was on another date moves, and
+    that date is noted in `moved` and `touched` (it must be recomputed, its children carried)."""
+    if olds.count(None) == len(olds):
+        return None
+    taken = []
+    for i, (key, date, old) in enumerate(zip(keys, dates, olds, strict=True)):
+        if old is not None:
+            if old[0] > seq:
+                continue
+            if old[1] != date:
+                touched.add(old[1])
+                moved[key] = old[1]
+        taken.append(i)
+    return taken
 
 
 def _apply_puts(index: KeyTable, path: Path) -> None:
@@ -475,22 +484,12 @@ def _index_dataset(job: tuple[PipelineConfig, _Partitioned, Path | None, Path, P
     writers = _PartitionWriters(cfg, d, out_root, stem, source)
 
     def update(keys: list[Any], dates: Sequence[str]) -> None:
-        olds = index.get_many(keys)
-        if olds.count(None) == len(olds):  # all keys new: the first-batch fast path
+        taken = _claim(keys, dates, index.get_many(keys), seq, result.moved, result.touched)
+        if taken is None:  # all keys new: the first-batch fast path
             code_of = {date: index.code((seq, date)) for date in set(dates)}
             index.put_codes(keys, list(map(code_of.__getitem__, dates)))
-            return
-        put_keys, put_values = [], []
-        for key, date, old in zip(keys, dates, olds, strict=True):
-            if old is not None:
-                if old[0] > seq:
-                    continue  # a newer batch already replaced this key: this row stays dead
-                if old[1] != date:
-                    result.touched.add(old[1])
-                    result.moved[key] = old[1]
-            put_keys.append(key)
-            put_values.append((seq, date))
-        index.put_many(put_keys, put_values)
+        else:
+            index.put_many([keys[i] for i in taken], [(seq, dates[i]) for i in taken])
 
     spans = _read_spans(source.path)
     if spans is not None:  # rows already grouped by date: copy each date's lines as they are
