@@ -119,7 +119,18 @@ def datetime_parser(tz: tzinfo) -> Callable[[str], datetime]:
             return None
         return [d.replace(tzinfo=tz) if d.tzinfo is None else d.astimezone(tz) for d in parsed]
 
+    def canonical_texts(texts: list[str], values: list[datetime]) -> list[str]:
+        """`isoformat()` of each value (parsed from `texts` by `bulk`), built from the text itself
+        when it is a whole-second time with no offset or with Z in a UTC pipeline (the usual export):
+        isoformat costs ~0.7 us a value, the slices a fifth of that. By the grammar, 19 characters is
+        "date time" and 20 is "date timeZ"."""
+        if not utc_zone:
+            return list(map(datetime.isoformat, values))
+        iso = datetime.isoformat
+        return [f"{t[:10]}T{t[11:19]}+00:00" if len(t) in (19, 20) else iso(v) for t, v in zip(texts, values, strict=True)]
+
     parse.bulk = bulk  # type: ignore[attr-defined]
+    parse.canonical_texts = canonical_texts  # type: ignore[attr-defined]
     return parse
 
 

@@ -213,8 +213,8 @@ class FileRules:
     ) -> tuple[list[list[Any]], list[tuple[int, list[str]]], list[list[str] | None]]:
         """The value columns of the valid rows (declared columns, then derived fields),
         `(row position, reasons)` for each rejected row (same decisions as `apply`), and per declared
-        column the valid rows' input texts when they are already canonical (else None), for
-        `format_columns`."""
+        column the valid rows' canonical texts when the input gave them cheaply (`_canonical_texts`,
+        else None), for `format_columns`."""
         n = len(rows)
         if self.missing or not n:
             empty = [[] for _ in range(len(self.columns) + len(self.derived))]
@@ -235,8 +235,7 @@ class FileRules:
                 texts.append(None)
                 continue
             values, bad, clean = _bulk_parse(raw_cols[col.pos], col.parse, col.required, col.default)
-            canonical = getattr(col.parse, "canonical", None)
-            texts.append(clean if clean is not None and canonical is not None and canonical(clean) else None)
+            texts.append(_canonical_texts(col.parse, clean, values) if clean is not None else None)
             suspect.update(bad)
             for _rule, pred in col.checks:
                 if bad or (clean is None and has_none(values)):  # a clean column has no null
@@ -376,6 +375,16 @@ def _bulk_parse(
             values.append(None)
             bad.append(i)
     return values, bad, None
+
+
+def _canonical_texts(parse: Callable[[str], Any], clean: list[str], values: list[Any]) -> list[str] | None:
+    """The canonical text of a clean column's values when its parser can tell it from the input
+    texts more cheaply than formatting the values (see parsing.py), else None."""
+    canonical = getattr(parse, "canonical", None)  # ints, decimals: is the input canonical already?
+    if canonical is not None:
+        return clean if canonical(clean) else None
+    rewrite = getattr(parse, "canonical_texts", None)  # datetimes: rebuilt from the input
+    return rewrite(clean, values) if rewrite is not None else None
 
 
 def _formatter(type_name: str, nullable: bool) -> Callable[[list[Any]], list[str]]:
