@@ -15,11 +15,12 @@ Rule ids, as they appear in reports and rejected files:
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from operator import itemgetter
+from itertools import repeat
+from operator import is_not, itemgetter
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -28,7 +29,9 @@ from kpipe.engine.keys import KeyTable
 from kpipe.engine.parsing import datetime_parser, has_none, parse_decimal, parse_int, parse_string
 
 Predicate = Callable[[Any], bool]
-ColumnStep = Callable[[list[list[Any]]], list[Any]]
+# a derived field from the value columns so far and the values already looked up in a column's
+# reference table (by column position: the reference check's own lookups, reused)
+ColumnStep = Callable[[list[list[Any]], Mapping[int, list[Any]]], list[Any]]
 _COMPARE = {"gt": operator.gt, "ge": operator.ge, "lt": operator.lt, "le": operator.le}
 # bound.__lt__(v) is v > bound, evaluated in C with no Python frame per value
 _REFLECTED = {"gt": "__lt__", "ge": "__le__", "lt": "__gt__", "le": "__ge__"}
@@ -204,7 +207,7 @@ class FileRules:
         if reasons:
             return None, reasons
         cols = [[v] for v in values]
-        values.extend(step(cols)[0] for step in self.derived)
+        values.extend(step(cols, {})[0] for step in self.derived)
         return values, reasons
 
     # the fast path: a chunk, column by column -------------------------------------------------
@@ -248,7 +251,9 @@ class FileRules:
         uniques = [(c, col.unique, f"{col.name}.unique") for c, col in enumerate(self.columns) if col.unique is not None]
         refs = [(c, col.ref, f"{col.name}.references") for c, col in enumerate(self.columns) if col.ref is not None]
         unique_ok = [table.add_new_many(cols[c]) if not suspect else None for c, table, _ in uniques]
-        ref_ok = [table.contains_many(cols[c]) if not suspect else None for c, table, _ in refs]
+        # a reference check looks each key up; lookups through the same column reuse what it found
+        found = {c: table.get_many(cols[c]) for c, table, _ in refs} if not suspect else {}
+        ref_ok = [list(map(is_not, found[c], repeat(None))) if not suspect else None for c, _table, _ in refs]
         if not suspect and all(map(all, unique_ok)) and all(map(all, ref_ok)):
             keep = list(range(n))  # the common case: a clean chunk
         else:
@@ -270,8 +275,9 @@ class FileRules:
         if len(keep) != n:
             cols = [[col[i] for i in keep] for col in cols]
             texts = [[text[i] for i in keep] if text is not None else None for text in texts]
+            found = {c: [got[i] for i in keep] for c, got in found.items()}
         for step in self.derived:
-            cols.append(step(cols))
+            cols.append(step(cols, found))
         return cols, rejected, texts
 
     def format_columns(self, cols: list[list[Any]], texts: Sequence[list[str] | None] = ()) -> list[list[str]]:
@@ -295,11 +301,11 @@ def _derive_step(cfg: PipelineConfig, dataset: str, spec: Derived, refs: BatchRe
     pos = fields.index
     if spec.date_of:
         i = pos(spec.date_of)
-        return lambda cols: _map_present(datetime.date, cols[i])
+        return lambda cols, _found: _map_present(datetime.date, cols[i])
     if spec.multiply:
         a, b = (pos(f) for f in spec.multiply)
 
-        def multiply(cols: list[list[Any]]) -> list[Any]:
+        def multiply(cols: list[list[Any]], _found: Mapping[int, list[Any]]) -> list[Any]:
             x, y = cols[a], cols[b]
             if has_none(x) or has_none(y):
                 return [p * q if p is not None and q is not None else None for p, q in zip(x, y, strict=True)]
@@ -308,7 +314,7 @@ def _derive_step(cfg: PipelineConfig, dataset: str, spec: Derived, refs: BatchRe
         return multiply
     if spec.lower:
         i = pos(spec.lower)
-        return lambda cols: _map_present(str.lower, cols[i])
+        return lambda cols, _found: _map_present(str.lower, cols[i])
     if spec.equals:
         i = pos(spec.equals.field)
         value = spec.equals.value
@@ -319,7 +325,7 @@ def _derive_step(cfg: PipelineConfig, dataset: str, spec: Derived, refs: BatchRe
             pred = check_predicate(Check(eq=value, ignore_case=spec.equals.ignore_case), cfg.field_type(dataset, spec.equals.field))
             test = lambda v: v is not None and pred(v)  # noqa: E731
         # a status-like field has a handful of distinct values: decide each once, then look up
-        return lambda cols: _map_distinct(test, cols[i])
+        return lambda cols, _found: _map_distinct(test, cols[i])
     assert spec.lookup is not None
     via = pos(spec.lookup.via)
     target = ds.columns[spec.lookup.via].references
@@ -327,8 +333,15 @@ def _derive_step(cfg: PipelineConfig, dataset: str, spec: Derived, refs: BatchRe
     slot = refs.lookup_fields[target].index(spec.lookup.field)
     table = refs.tables.get(target) or KeyTable()
 
-    def lookup(cols: list[list[Any]]) -> list[Any]:
-        return [f[slot] if f is not None else None for f in table.get_many(cols[via])]
+    field_of = itemgetter(slot)
+
+    def lookup(cols: list[list[Any]], found: Mapping[int, list[Any]]) -> list[Any]:
+        got = found.get(via)
+        if got is None:
+            got = table.get_many(cols[via])
+        if has_none(got):
+            return [f[slot] if f is not None else None for f in got]
+        return list(map(field_of, got))
 
     return lookup
 
