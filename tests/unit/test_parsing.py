@@ -234,3 +234,21 @@ def test_datetime_canonical_texts_are_what_isoformat_gives(texts: list[str], zon
     values = parse.bulk(texts)  # type: ignore[attr-defined]
     assert values is not None
     assert parse.canonical_texts(texts, values) == [v.isoformat() for v in values]  # type: ignore[attr-defined]
+
+
+NEAR_DECIMAL = st.text(alphabet="0123456789.+-e \n", max_size=6)
+NEAR_DATETIME = st.one_of(
+    DATETIME_TEXT,
+    st.builds(lambda t, i, c: t[:i] + c + t[i + 1 :], DATETIME_TEXT, st.integers(0, 30), st.sampled_from(["x", "\n", "", " ", "1"])),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(NEAR_DECIMAL, max_size=6), st.lists(NEAR_DATETIME, max_size=6))
+def test_whole_column_grammar_checks_agree_with_value_by_value(decimals: list[str], datetimes: list[str]) -> None:
+    """One regex pass over a joined column accepts exactly the columns whose every value the
+    value-by-value grammar accepts (a value holding the separator included)."""
+    from kpipe.engine.parsing import _DATETIME, _DATETIME_COLUMN, _DECIMAL_COLUMN, DECIMAL_GRAMMAR, column_matches
+
+    assert column_matches(_DECIMAL_COLUMN, decimals) == all(DECIMAL_GRAMMAR.match(t) for t in decimals)
+    assert column_matches(_DATETIME_COLUMN, datetimes) == all(_DATETIME.match(t) for t in datetimes)
