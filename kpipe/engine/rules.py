@@ -402,7 +402,9 @@ def _canonical_texts(parse: Callable[[str], Any], clean: list[str], values: list
 
 def _formatter(type_name: str, nullable: bool) -> Callable[[list[Any]], list[str]]:
     """Canonical text of a value column (see parsing.format_value, which this matches)."""
-    if not nullable and type_name in ("string", "int", "decimal"):
+    if type_name == "string":  # the values are the texts (the column is only read from here on)
+        return lambda col: [v if v is not None else "" for v in col] if nullable and has_none(col) else col
+    if not nullable and type_name in ("int", "decimal"):
         return lambda col: list(map(str, col))
     if type_name == "datetime":
         return lambda col: list(map(datetime.isoformat, col)) if not has_none(col) else [v.isoformat() if v is not None else "" for v in col]
