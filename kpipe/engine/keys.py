@@ -165,15 +165,6 @@ class KeyTable:
         """Every key an int past the last allocated slot (a batch of new ids)."""
         return set(map(type, keys)) == _INT_ONLY and min(keys) >= len(self._dense)
 
-    def contains_many(self, keys: list[Any]) -> list[bool]:
-        dense, n, sparse = self._dense, len(self._dense), self._sparse
-        if self._all_dense(keys):
-            return list(map(bool, map(dense.__getitem__, keys)))
-        return [
-            (key < n and dense[key] != 0) if type(key) is int and 0 <= key < DENSE_LIMIT else key in sparse
-            for key in keys
-        ]
-
     def get_many(self, keys: list[Any]) -> list[Any]:
         dense, n, sparse, values = self._dense, len(self._dense), self._sparse, self._values
         if self._all_dense(keys):
