@@ -216,9 +216,9 @@ def index_batch(
     spans = {d.name: _read_spans(validated_dir / f"{d.name}.csv") for d in datasets}
     if all(s is not None for s in spans.values()):
         indexes = {d.name: _load_index(cache, d.name) for d in datasets}
-        job = _DatesJob(cfg, datasets, {n: dict((s[0], s) for s in spans[n] or []) for n in spans}, indexes, {}, validated_dir,
-                        out_root, stem, seq, KpiPlan.compile(cfg) if aggregate and cfg.kpis else None, set())
-        job.prepare(cache)
+        date_spans = {name: {span[0]: span for span in spans[name] or []} for name in spans}
+        plan = KpiPlan.compile(cfg) if aggregate and cfg.kpis else None
+        job = _DatesJob(cfg, datasets, date_spans, indexes, validated_dir, out_root, stem, seq, plan).prepare(cache)
         for result in _index_each_date(job, work_dir, workers):
             for d in datasets:
                 _apply_puts(indexes[d.name], result.puts[d.name])
@@ -276,19 +276,22 @@ class _DatesJob:
     datasets: list[_Partitioned]
     spans: dict[str, dict[str, Sequence[Any]]]  # dataset -> date -> [date, offset, bytes, rows]
     indexes: dict[str, KeyTable]  # as before this batch
-    codes: dict[str, dict[str, int]]  # dataset -> date -> index code of (seq, date), fixed before forking
     validated_dir: Path
     out_root: Path
     stem: str
     seq: int
     plan: KpiPlan | None  # None: no aggregation
-    alone: set[str]  # dates with no other file in any partition: their KPIs may come from this pass
+    codes: dict[str, dict[str, int]] = field(default_factory=dict)  # dataset -> date -> code of (seq, date)
+    alone: set[str] = field(default_factory=set)  # dates with no other file in any partition
 
-    def prepare(self, cache: _Cache) -> None:
+    def prepare(self, cache: _Cache) -> _DatesJob:
+        """Fix the index codes of this batch's dates (before forking, so every process uses the same
+        ones) and find the dates the batch brings alone (their KPIs may come from this pass)."""
         for d in self.datasets:
             self.codes[d.name] = {date: self.indexes[d.name].code((self.seq, date)) for date in self.spans[d.name]}
         if self.plan is not None:
             self.alone = {date for date in self.dates() if self._alone(cache, date)}
+        return self
 
     def dates(self) -> list[str]:
         return sorted({date for by_date in self.spans.values() for date in by_date})
