@@ -322,67 +322,55 @@ def _index_each_date(job: _DatesJob, work_dir: Path, workers: int) -> Iterator[_
     (the last ones to finish are then small); results come back as dates finish, so the parent
     applies one date's index updates while the others are still being written."""
     dates = sorted(job.dates(), key=lambda d: (-job.weight(d), d))
-    tasks = [([date], work_dir / "puts" / f"{i:06d}") for i, date in enumerate(dates)]
+    tasks = [(date, work_dir / "puts" / f"{i:06d}") for i, date in enumerate(dates)]
     if workers <= 1 or len(tasks) <= 1:
-        yield from (_index_dates(job, *task) for task in tasks)
+        yield from (_index_date(job, *task) for task in tasks)
         return
     _DATES_JOB["job"] = job
     try:
         with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=multiprocessing.get_context("fork")) as pool:
-            yield from pool.map(_index_dates_in_worker, tasks)
+            yield from pool.map(_index_date_in_worker, tasks)
     finally:
         _DATES_JOB.clear()
 
 
-def _index_dates_in_worker(task: tuple[list[str], Path]) -> _DatesIndexed:
-    return _index_dates(_DATES_JOB["job"], *task)
+def _index_date_in_worker(task: tuple[str, Path]) -> _DatesIndexed:
+    return _index_date(_DATES_JOB["job"], *task)
 
 
-def _index_dates(job: _DatesJob, dates: list[str], puts_dir: Path) -> _DatesIndexed:
-    """Each date's lines of every dataset copied to its partition files; the keys' index updates
-    written to `puts_dir` (applied by the parent: the index stays one table per dataset); and, for a
-    date the batch brings alone whose rows all stay live, its KPI items."""
+def _index_date(job: _DatesJob, date: str, puts_dir: Path) -> _DatesIndexed:
+    """The date's lines of every dataset copied to its partition files; the keys' index updates
+    written to `puts_dir` (applied by the parent: the index stays one table per dataset); and, when
+    the batch brings the date alone and its rows all stay live, its KPI items."""
     plan = job.plan
     puts_dir.mkdir(parents=True, exist_ok=True)
-    result = _DatesIndexed({d.name: {} for d in job.datasets}, set(), {}, [], {}, {})
-    feeds = {d.name: _KpiColumns(plan, d) for d in job.datasets if plan is not None and d.name in plan.fields}
-    writers = {d.name: _PartitionWriters(job.cfg, d, job.out_root, job.stem) for d in job.datasets}
-    sources = {d.name: CanonicalCsv(job.validated_dir / f"{d.name}.csv", quoted=False) for d in job.datasets}
-    puts = {d.name: open(puts_dir / d.name, "wb") for d in job.datasets}  # noqa: SIM115 - closed below
-    try:
-        for date in dates:
-            agg = DateAggregator(plan) if plan is not None and date in job.alone else None
-            for d in job.datasets:
-                span = job.spans[d.name].get(date)
-                if span is None:
-                    continue
-                feed = feeds.get(d.name) if agg is not None else None
-                positions = feed.positions if feed is not None else [d.key_pos]
-                pending: list[list[Any]] | None = None  # KPI columns of a few blocks, added together
-                for _date, text, cut in sources[d.name].blocks([span], positions, len(d.header)):
-                    writers[d.name].write_text(date, text, len(cut[0]))
-                    keys = list(map(d.key_reader, cut[0]))
-                    if not _note_keys(job, d, date, keys, result, puts[d.name]):
-                        agg = feed = None  # a newer batch holds some of these keys: the date is recomputed
-                    if feed is not None:
-                        pending = feed.extend(pending, feed.columns(date, keys, cut))
-                        if len(pending[0]) >= AGGREGATE_ROWS:
-                            agg.add(d.name, pending)  # type: ignore[union-attr]
-                            pending = None
-                if pending is not None and agg is not None:
-                    agg.add(d.name, pending)
-                writers[d.name].finish(date)
-            result.touched.add(date)
-            if agg is not None:
-                for table, items in agg.items().items():
-                    result.tables.setdefault(table, {})[date] = items
-    finally:
-        for fh in puts.values():
-            fh.close()
+    result = _DatesIndexed({d.name: {} for d in job.datasets}, {date}, {}, [], {}, {})
+    agg = DateAggregator(plan) if plan is not None and date in job.alone else None
     for d in job.datasets:
-        result.written[d.name] = writers[d.name].count
-        result.files.extend(writers[d.name].close())
+        writers = _PartitionWriters(job.cfg, d, job.out_root, job.stem)
         result.puts[d.name] = puts_dir / d.name
+        span = job.spans[d.name].get(date)
+        feed = _KpiColumns(plan, d) if agg is not None and d.name in plan.fields else None  # type: ignore[union-attr]
+        pending: list[list[Any]] | None = None  # KPI columns of a few blocks, added together
+        with open(result.puts[d.name], "wb") as puts:
+            source = CanonicalCsv(job.validated_dir / f"{d.name}.csv", quoted=False)
+            positions = feed.positions if feed is not None else [d.key_pos]
+            for _date, text, cut in source.blocks([span] if span is not None else [], positions, len(d.header)):
+                writers.write_text(date, text, len(cut[0]))
+                keys = list(map(d.key_reader, cut[0]))
+                if not _note_keys(job, d, date, keys, result, puts):
+                    agg = feed = None  # a newer batch holds some of these keys: the date is recomputed
+                if feed is not None:
+                    pending = feed.extend(pending, feed.columns(date, keys, cut))
+                    if len(pending[0]) >= AGGREGATE_ROWS:
+                        agg.add(d.name, pending)  # type: ignore[union-attr]
+                        pending = None
+        if pending is not None and agg is not None:
+            agg.add(d.name, pending)
+        result.written[d.name] = writers.count
+        result.files.extend(writers.close())
+    if agg is not None:
+        result.tables = {table: {date: items} for table, items in agg.items().items()}
     return result
 
 
@@ -590,13 +578,6 @@ class _PartitionWriters:
         self.writer(date)
         self.files[date][0].write(text)
         self.count += rows
-
-    def finish(self, date: str) -> None:
-        """Close a date's file once its rows are all written (a batch may span more dates than a
-        process may hold files open)."""
-        entry = self.files.get(date)
-        if entry is not None and not entry[0].closed:
-            entry[0].close()
 
     def close(self) -> list[str]:
         for fh, _, _ in self.files.values():
