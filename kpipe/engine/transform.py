@@ -231,7 +231,10 @@ def index_batch(
     else:  # no sidecar (an older release validated the batch) or a quoted file: a dataset at a time
         # each dataset's index is read from the store's copy and written to work_dir/<dataset>.idx by the
         # process that indexes the dataset: the tables never travel between processes
-        jobs = [(cfg, d, cache.path(f"_index/{d.name}.idx"), work_dir / f"{d.name}.idx", validated_dir, out_root, stem, seq) for d in datasets]
+        jobs = [
+            (cfg, d, cache.path(f"_index/{d.name}.idx"), work_dir / f"{d.name}.idx", validated_dir, out_root, stem, seq, spans[d.name])
+            for d in datasets
+        ]
         if workers > 1 and len(jobs) > 1:  # datasets have indexes of their own: one process each
             with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=multiprocessing.get_context("fork")) as pool:
                 results = list(pool.map(_index_dataset, jobs))
@@ -283,6 +286,7 @@ class _DatesJob:
     plan: KpiPlan | None  # None: no aggregation
     codes: dict[str, dict[str, int]] = field(default_factory=dict)  # dataset -> date -> code of (seq, date)
     alone: set[str] = field(default_factory=set)  # dates with no other file in any partition
+    feeds: dict[str, _KpiColumns] = field(default_factory=dict)  # dataset -> how its KPI fields are read
 
     def prepare(self, cache: _Cache) -> _DatesJob:
         """Fix the index codes of this batch's dates (before forking, so every process uses the same
@@ -291,6 +295,7 @@ class _DatesJob:
             self.codes[d.name] = {date: self.indexes[d.name].code((self.seq, date)) for date in self.spans[d.name]}
         if self.plan is not None:
             self.alone = {date for date in self.dates() if self._alone(cache, date)}
+            self.feeds = {d.name: _KpiColumns(self.plan, d) for d in self.datasets if d.name in self.plan.fields}
         return self
 
     def dates(self) -> list[str]:
@@ -342,15 +347,14 @@ def _index_date(job: _DatesJob, date: str, puts_dir: Path) -> _DatesIndexed:
     """The date's lines of every dataset copied to its partition files; the keys' index updates
     written to `puts_dir` (applied by the parent: the index stays one table per dataset); and, when
     the batch brings the date alone and its rows all stay live, its KPI items."""
-    plan = job.plan
     puts_dir.mkdir(parents=True, exist_ok=True)
     result = _DatesIndexed({d.name: {} for d in job.datasets}, {date}, {}, [], {}, {})
-    agg = DateAggregator(plan) if plan is not None and date in job.alone else None
+    agg = DateAggregator(job.plan) if job.plan is not None and date in job.alone else None
     for d in job.datasets:
         writers = _PartitionWriters(job.cfg, d, job.out_root, job.stem)
         result.puts[d.name] = puts_dir / d.name
         span = job.spans[d.name].get(date)
-        feed = _KpiColumns(plan, d) if agg is not None and d.name in plan.fields else None  # type: ignore[union-attr]
+        feed = job.feeds.get(d.name) if agg is not None else None
         pending: list[list[Any]] | None = None  # KPI columns of a few blocks, added together
         with open(result.puts[d.name], "wb") as puts:
             source = CanonicalCsv(job.validated_dir / f"{d.name}.csv", quoted=False)
@@ -465,13 +469,17 @@ class _Indexed:
     files: list[str]
 
 
-def _index_dataset(job: tuple[PipelineConfig, _Partitioned, Path | None, Path, Path, Path, str, int]) -> _Indexed:
+def _index_dataset(
+    job: tuple[PipelineConfig, _Partitioned, Path | None, Path, Path, Path, str, int, list[list[Any]] | None],
+) -> _Indexed:
     """One dataset's validated rows into partition files under `out_root`, its index (read from
-    `index_in`, empty when None) moved to them and saved to `index_out`."""
-    cfg, d, index_in, index_out, validated_dir, out_root, stem, seq = job
+    `index_in`, empty when None) moved to them and saved to `index_out`; `spans` is its groups sidecar
+    as `_read_spans` gave it (None: rows are grouped as they come)."""
+    cfg, d, index_in, index_out, validated_dir, out_root, stem, seq, spans = job
     index = KeyTable.load(index_in) if index_in is not None else KeyTable()
     result = _Indexed({}, set(), 0, [])
-    source = CanonicalCsv(validated_dir / f"{d.name}.csv")
+    # spans are only read from an unquoted file; without them the file is looked at for quotes
+    source = CanonicalCsv(validated_dir / f"{d.name}.csv", quoted=False if spans is not None else None)
     writers = _PartitionWriters(cfg, d, out_root, stem, source)
 
     def update(keys: list[Any], dates: Sequence[str]) -> None:
@@ -482,7 +490,6 @@ def _index_dataset(job: tuple[PipelineConfig, _Partitioned, Path | None, Path, P
         else:
             index.put_many([keys[i] for i in taken], [(seq, dates[i]) for i in taken])
 
-    spans = _read_spans(source.path)
     if spans is not None:  # rows already grouped by date: copy each date's lines as they are
         for date, text, (key_texts,) in source.blocks(spans, [d.key_pos], len(d.header)):
             writers.write_text(date, text, len(key_texts))
