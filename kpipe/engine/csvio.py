@@ -116,7 +116,7 @@ class CanonicalCsv:
                     carry = data[end:]
                     text = data[:end].decode("utf-8")
                     if text:
-                        yield value, text, cut_columns(text.split(TERMINATOR)[:-1], positions, width)
+                        yield value, text, split_columns(text, positions, width)
 
     def _lines(self) -> Iterator[list[str]]:
         with open(self.path, encoding="utf-8", newline="") as fh:
@@ -138,6 +138,61 @@ def cut_columns(lines: Sequence[str], positions: Sequence[int], width: int) -> l
         rows = list(map(methodcaller("split", ","), lines))
         return [list(map(itemgetter(p), rows)) for p in positions]
     return [list(map(get, map(cut, lines))) for cut, get in map(_cutter, positions, [width] * len(positions))]
+
+
+def split_fields(text: str, width: int, terminator: str = TERMINATOR) -> list[str] | None:
+    """Every field of `text` (whole unquoted lines, each ended by `terminator`) in one C-level split,
+    with a "\n" marker after each line's `width` fields: row k is `fields[k*(width+1) : k*(width+1)+width]`
+    and column p is `fields[p :: width+1]`. None when some line does not hold exactly `width` fields
+    (a blank line, a short or long row): the caller then splits line by line.
+
+    Why: one split of the block instead of one per line, and columns cut by slicing, not by one
+    itemgetter call per row, take about a third less time for a line of ten fields. The markers prove
+    the alignment: exactly n of them at every (width+1)-th place means each line has width fields."""
+    lines = text.count(terminator)
+    if terminator != "\n" and text.count("\n") != lines:
+        return None  # a stray line feed inside a line would pass for a marker
+    fields = text.replace(terminator, ",\n,").split(",")
+    fields.pop()  # the empty string after the last line's marker
+    step = width + 1
+    if len(fields) != lines * step or fields[width::step].count("\n") != lines:
+        return None
+    return fields
+
+
+class FlatRows(Sequence[list[str]]):
+    """A block of rows split by `split_fields`: row i is a slice of the fields, made when asked for (a
+    rejected row); the validator reads whole columns (`column`), so most rows never exist as lists."""
+
+    __slots__ = ("fields", "rows", "step", "width")
+
+    def __init__(self, fields: list[str], width: int) -> None:
+        self.fields, self.width, self.step = fields, width, width + 1
+        self.rows = len(fields) // self.step
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __getitem__(self, i: int) -> list[str]:  # type: ignore[override]
+        if not -self.rows <= i < self.rows:
+            raise IndexError(i)
+        start = (i % self.rows) * self.step
+        return self.fields[start : start + self.width]
+
+    def __iter__(self) -> Iterator[list[str]]:
+        return map(self.__getitem__, range(self.rows))
+
+    def column(self, pos: int) -> list[str]:
+        return self.fields[pos :: self.step]
+
+
+def split_columns(text: str, positions: Sequence[int], width: int) -> list[list[str]]:
+    """The fields at `positions` of the unquoted lines of `text` (each ended by "\r\n"), as columns."""
+    if len(positions) > 2:
+        fields = split_fields(text, width)
+        if fields is not None:
+            return [fields[p :: width + 1] for p in positions]
+    return cut_columns(text.split(TERMINATOR)[:-1], positions, width)
 
 
 def groups_path(validated_csv: Path) -> Path:

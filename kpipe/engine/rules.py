@@ -224,8 +224,12 @@ class FileRules:
             return empty, [(i, self.missing) for i in range(n)], [None] * len(self.columns)
         suspect: set[int] = set()
         # only the declared columns, each cut out in one C-level pass (a raw file has many others)
+        column = getattr(rows, "column", None)  # FlatRows: columns are slices of one split
         try:
-            raw_cols = {pos: list(map(getter, rows)) for pos, getter in self.getters}
+            if column is not None:
+                raw_cols = {pos: column(pos) for pos, _getter in self.getters}
+            else:
+                raw_cols = {pos: list(map(getter, rows)) for pos, getter in self.getters}
         except IndexError:  # a row too short to hold a declared column: its missing fields are empty
             width = self.width
             rows = [r if len(r) >= width else (*r, *([""] * (width - len(r)))) for r in rows]

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kpipe.engine import csvio
-from kpipe.engine.csvio import CanonicalCsv, write_columns
+from kpipe.engine.csvio import CanonicalCsv, FlatRows, split_columns, split_fields, write_columns
 
 FIELD = st.text(alphabet=st.sampled_from(list('ab ,"\r\n\'0-.é')), max_size=6)
 
@@ -93,3 +93,26 @@ def test_select_reads_what_csv_reader_reads_and_write_records_copies_bytes(rows:
             for records, _ in source.select([0], width):
                 source.write_records(out, writer, records)
         assert copy.read_bytes()[len("h\r\n") :] == path.read_bytes()[path.read_bytes().index(b"\r\n") + 2 :]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.text(alphabet=st.sampled_from(list("a,\n\r")), max_size=7), max_size=8),
+    st.integers(1, 4),
+    st.sampled_from(["\n", "\r\n"]),
+)
+def test_split_fields_gives_each_line_width_fields_or_refuses(lines: list[str], width: int, terminator: str) -> None:
+    """The one-pass split is exactly the line-by-line split whenever it answers, and answers whenever
+    every line (split at `terminator`) holds `width` fields and no stray line feed."""
+    text = "".join(line + terminator for line in lines)
+    fields = split_fields(text, width, terminator)
+    by_line = [line.split(",") for line in text.split(terminator)[:-1]]
+    aligned = all(len(row) == width for row in by_line) and (terminator == "\n" or text.count("\n") == len(by_line))
+    assert (fields is not None) == aligned
+    if fields is not None:
+        rows = FlatRows(fields, width)
+        assert list(rows) == by_line and len(rows) == len(by_line)
+        columns = [[row[p] for row in by_line] for p in range(width)]
+        assert [rows.column(p) for p in range(width)] == columns
+        if terminator == "\r\n":  # the transform's reader of canonical files
+            assert split_columns(text, list(range(width)), width) == columns

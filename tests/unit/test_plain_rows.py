@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kpipe.engine import validate
-from kpipe.engine.validate import _plain_rows, _survey
+from kpipe.engine.csvio import FlatRows
+from kpipe.engine.validate import _plain_blocks, _plain_rows, _survey
 
 LINE = st.lists(st.sampled_from(["a", "b", ",", " ", "é", "\t", "1", "\x00", '"', "\r"]), max_size=8).map("".join)
 BAD = st.sampled_from([b"", b"\xff", b"\xe9t"])
@@ -48,5 +49,8 @@ def test_plain_rows_equal_csv_reader(lines: list[tuple[str, str, bytes]], bom: b
         expected = list(petl.data(petl.fromcsv(str(path), encoding="utf-8-sig", errors="surrogateescape")))
         with patch.object(validate, "PLAIN_BLOCK", block):
             got = list(_plain_rows(path, start, None))
+            blocks = list(_plain_blocks(path, start, None, 2))  # the validator's way: whole blocks, split flat when they can be
     assert [tuple(r) for r in got] == [tuple(r) for r in expected]
+    assert [tuple(r) for block in blocks for r in block] == [tuple(r) for r in expected]
+    assert all(len(r) == 2 for block in blocks if isinstance(block, FlatRows) for r in block)
     assert all(r == () for r in got if not r)  # blank lines are the empty tuple the validator skips
