@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.config import PipelineConfig
+from kpipe.engine.digests import files_sha256
 from kpipe.engine.store import LocalStore
 from kpipe.engine.transform import transform_batch
 from kpipe.engine.validate import dataset_files, validate_batch
@@ -23,15 +24,13 @@ from kpipe.tables import load_table, replace_dates, save_table
 Progress = Callable[[str], None]
 
 
-def local_batch_id(cfg: PipelineConfig, batch_dir: Path) -> str:
+def local_batch_id(cfg: PipelineConfig, batch_dir: Path, threads: int = 1) -> str:
     """Content-addressed: the same files give the same id, so re-processing is recognised."""
+    files = [(name, rel) for name, rels in sorted(dataset_files(cfg, batch_dir).items()) for rel in rels]
     digest = hashlib.sha256()
-    for name, rels in sorted(dataset_files(cfg, batch_dir).items()):
-        for rel in rels:
-            digest.update(f"{name}\0{rel}\0".encode())
-            with open(batch_dir / rel, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    digest.update(chunk)
+    for (name, rel), file_digest in zip(files, files_sha256([batch_dir / rel for _, rel in files], threads), strict=True):
+        digest.update(f"{name}\0{rel}\0".encode())
+        digest.update(file_digest)
     return "b-" + digest.hexdigest()[:20]
 
 
@@ -62,7 +61,7 @@ def process_batches(
         missing = missing_parts(cfg, batch_dir)
         if missing:
             raise BatchIncomplete(f"{batch_dir} is not a complete batch: missing {', '.join(missing)}")
-        batch_id = local_batch_id(cfg, batch_dir)
+        batch_id = local_batch_id(cfg, batch_dir, workers)
         work = out / "work" / batch_id
         shutil.rmtree(work, ignore_errors=True)
         started = time.perf_counter()
