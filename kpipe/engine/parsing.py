@@ -10,6 +10,7 @@ and only then converts. A parser raises ValueError for a value outside its gramm
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
@@ -56,8 +57,19 @@ def parse_string(text: str) -> str:
 
 
 def _bulk_ints(texts: list[str]) -> list[int] | None:
+    """Digits only (no sign, no blank): the column read as one JSON array, whose C scanner converts
+    a number about a quarter faster than a call of `int()` per text does."""
     joined = "".join(texts)
-    return list(map(int, texts)) if joined.isascii() and joined.isdigit() else None
+    if not (joined.isascii() and joined.isdigit()):
+        return None
+    try:
+        values: list[int] = _JSON.decode("[" + ",".join(texts) + "]")
+    except ValueError:  # a leading zero ("007"): not a JSON number, but int() reads it
+        return list(map(int, texts))
+    return values
+
+
+_JSON = json.JSONDecoder()
 
 
 def _bulk_decimals(texts: list[str]) -> list[Decimal] | None:

@@ -46,9 +46,17 @@ class LocalStore:
         names = (p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
         return sorted(n for n in names if n.startswith(prefix) and not n.endswith(".tmp"))
 
-    def publish(self, name: str, src: Path) -> None:
+    def publish(self, name: str, src: Path, move: bool = False) -> None:
+        """`move`: `src` is scratch its writer is done with, so it is renamed into place when it sits
+        on the same filesystem (the transform's partition files: no second copy of every row)."""
         dest = self.root / name
         dest.parent.mkdir(parents=True, exist_ok=True)
+        if move:
+            try:
+                Path(src).replace(dest)
+                return
+            except OSError:  # another filesystem: copy as below
+                pass
         tmp = dest.with_name(dest.name + ".tmp")
         shutil.copyfile(src, tmp)
         tmp.replace(dest)

@@ -122,16 +122,22 @@ class _Cache:
             self.listings[top] = set(self.store.list(top))
         return sorted(n for n in self.listings[top] if n.startswith(prefix))
 
-    def publish(self, name: str, src: Path) -> None:
-        """Publish to the store and keep what was published as the local copy."""
-        self.store.publish(name, src)
+    def publish(self, name: str, src: Path, move: bool = False) -> None:
+        """Publish to the store and keep what was published as the local copy. `move`: `src` is
+        scratch the caller is done with, taken instead of copied where it can be."""
+        if isinstance(self.store, LocalStore):
+            self.store.publish(name, src, move=move)
+        else:
+            self.store.publish(name, src)
+            local = self.root / name
+            local.parent.mkdir(parents=True, exist_ok=True)
+            if move:
+                Path(src).replace(local)  # both under the transform's work directory
+            else:
+                shutil.copyfile(src, local)
         for top, names in self.listings.items():
             if name.startswith(top):
                 names.add(name)
-        if not isinstance(self.store, LocalStore):
-            local = self.root / name
-            local.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, local)
 
 
 def transform_batch(
@@ -258,7 +264,7 @@ def index_batch(
                 by_date.pop(date, None)
 
     for name in new_files:
-        cache.publish(name, out_root / name)
+        cache.publish(name, out_root / name, move=True)
     dates = sorted(touched)
     _publish_json(cache, work_dir, f"_meta/batches/{stem}.json", {"seq": seq, "dates": dates})
     for d in datasets:

@@ -252,3 +252,22 @@ def test_whole_column_grammar_checks_agree_with_value_by_value(decimals: list[st
 
     assert column_matches(_DECIMAL_COLUMN, decimals) == all(DECIMAL_GRAMMAR.match(t) for t in decimals)
     assert column_matches(_DATETIME_COLUMN, datetimes) == all(_DATETIME.match(t) for t in datetimes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet="0123456789+- ٣", min_size=1, max_size=25), max_size=8))
+def test_whole_column_ints_are_what_parse_int_gives(texts: list[str]) -> None:
+    """The whole-column int reader (one JSON array) gives exactly the values and types parse_int
+    gives, leading zeros and 20-digit ids included, or declines a column parse_int would not read."""
+    values = parse_int.bulk(texts)  # type: ignore[attr-defined]
+    expected = []
+    for text in texts:
+        try:
+            expected.append(parse_int(text))
+        except ValueError:
+            expected = None
+            break
+    if values is not None:
+        assert expected is not None and values == expected and all(type(v) is int for v in values)
+    elif expected is not None:
+        assert not texts or any(not t.isdigit() for t in texts)  # signs are left to the value-by-value path
