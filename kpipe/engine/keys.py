@@ -29,6 +29,19 @@ DENSE_LIMIT = 1 << 25  # 32M slots max (32-128 MiB worst case); ids beyond go to
 _INT_ONLY = {int}
 
 
+class IntColumn(list[int]):
+    """A column whose every value is an `int` (no bool, no null): what a clean int column parses to.
+
+    The bulk methods below take C-level paths only for such columns; for a plain list they first
+    scan every key's type (about a fifth of a lookup's cost), for this one they need not."""
+
+    __slots__ = ()
+
+
+def _ints_only(keys: Sequence[Any]) -> bool:
+    return type(keys) is IntColumn or set(map(type, keys)) == _INT_ONLY  # exactly `type(key) is int`, as put() has it
+
+
 class KeyTable:
     def __init__(self, typecode: str = "B") -> None:
         # slots start at one byte (a set, or a few distinct values) and widen as codes need
@@ -135,9 +148,9 @@ class KeyTable:
         with `get_many` beforehand): no per-key presence test, C-level stores for int slots."""
         if not keys:
             return
-        if type(keys) is not array:
+        if type(keys) is not array and type(keys) is not IntColumn:
             keys = list(keys)
-            if set(map(type, keys)) != _INT_ONLY:
+            if not _ints_only(keys):
                 self.put_codes(keys, [code] * len(keys))
                 return
         if min(keys) < 0 or max(keys) >= DENSE_LIMIT:
@@ -157,13 +170,13 @@ class KeyTable:
 
     def _all_dense(self, keys: list[Any]) -> bool:
         """Every key an int slot already allocated (the usual column of ids): C-level paths apply."""
-        if not keys or set(map(type, keys)) != _INT_ONLY:  # exactly `type(key) is int`, as put() has it
+        if not keys or not _ints_only(keys):
             return False
         return min(keys) >= 0 and max(keys) < len(self._dense)
 
     def _all_beyond(self, keys: list[Any]) -> bool:
         """Every key an int past the last allocated slot (a batch of new ids)."""
-        return set(map(type, keys)) == _INT_ONLY and min(keys) >= len(self._dense)
+        return _ints_only(keys) and min(keys) >= len(self._dense)
 
     def get_many(self, keys: list[Any]) -> list[Any]:
         dense, n, sparse, values = self._dense, len(self._dense), self._sparse, self._values

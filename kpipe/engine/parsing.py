@@ -19,6 +19,8 @@ from itertools import repeat
 from operator import is_
 from typing import Any
 
+from kpipe.engine.keys import IntColumn
+
 _DECIMAL = r"[+-]?(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)"
 DECIMAL_GRAMMAR = re.compile(_DECIMAL + r"\Z")
 _DATETIME = re.compile(
@@ -63,13 +65,17 @@ def _bulk_ints(texts: list[str]) -> list[int] | None:
     if not (joined.isascii() and joined.isdigit()):
         return None
     try:
-        values: list[int] = _JSON.decode("[" + ",".join(texts) + "]")
+        return IntColumn(_JSON.decode("[" + ",".join(texts) + "]"))
     except ValueError:  # a leading zero ("007"): not a JSON number, but int() reads it
-        return list(map(int, texts))
-    return values
+        return IntColumn(map(int, texts))
 
 
 _JSON = json.JSONDecoder()
+
+
+def read_ints(texts: list[str]) -> IntColumn:
+    """Int texts (canonical ones, as the engine writes them) back to ints, in bulk when it can."""
+    return _bulk_ints(texts) or IntColumn(map(int, texts))
 
 
 def _bulk_decimals(texts: list[str]) -> list[Decimal] | None:

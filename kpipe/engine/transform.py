@@ -39,7 +39,7 @@ from chalicelib.config import PipelineConfig
 from kpipe.engine.csvio import CanonicalCsv, groups_path
 from kpipe.engine.keys import KeyTable
 from kpipe.engine.kpis import DateAggregator, KpiPlan
-from kpipe.engine.parsing import read_bool, reader_for
+from kpipe.engine.parsing import read_bool, read_ints, reader_for
 from kpipe.engine.store import LocalStore, ProcessedStore
 
 STATE = "_meta/state.json"
@@ -367,7 +367,7 @@ def _index_date(job: _DatesJob, date: str, puts_dir: Path) -> _DatesIndexed:
             positions = feed.positions if feed is not None else [d.key_pos]
             for _date, text, cut in source.blocks([span] if span is not None else [], positions, len(d.header)):
                 writers.write_text(date, text, len(cut[0]))
-                keys = list(map(d.key_reader, cut[0]))
+                keys = _read_keys(d, cut[0])
                 if not _note_keys(job, d, date, keys, result, puts):
                     agg = feed = None  # a newer batch holds some of these keys: the date is recomputed
                 if feed is not None:
@@ -674,7 +674,7 @@ def recompute_dates(
                     continue
                 want = (file_seq, date)
                 for _records, (key_texts, *raw) in CanonicalCsv(path).select([d.key_pos, *positions], len(d.header)):
-                    states = index.get_many(list(map(d.key_reader, key_texts)))
+                    states = index.get_many(_read_keys(d, key_texts))
                     if states.count(want) != len(states):
                         live = [i for i, state in enumerate(states) if state == want]
                         if not live:
@@ -686,6 +686,10 @@ def recompute_dates(
     return tables
 
 
+def _read_keys(d: _Partitioned, texts: list[str]) -> list[Any]:
+    return read_ints(texts) if d.key_reader is int else list(map(d.key_reader, texts))
+
+
 def _read_column(reader: Any, texts: Sequence[str]) -> list[Any]:
     """Canonical text back to typed values; empty text is null."""
     if reader is str:
@@ -694,7 +698,7 @@ def _read_column(reader: Any, texts: Sequence[str]) -> list[Any]:
         return [t == "true" if t != "" else None for t in texts] if "" in texts else list(map("true".__eq__, texts))
     if "" in texts:
         return [reader(t) if t != "" else None for t in texts]
-    return list(map(reader, texts))
+    return read_ints(list(texts)) if reader is int else list(map(reader, texts))
 
 
 def _content_digest(validated_dir: Path, datasets: list[_Partitioned]) -> str:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kpipe.engine import keys as keys_module
-from kpipe.engine.keys import DENSE_LIMIT, KeyTable
+from kpipe.engine.keys import DENSE_LIMIT, IntColumn, KeyTable
 
 
 def test_dense_int_keys() -> None:
@@ -139,12 +139,15 @@ KEYS = st.one_of(st.integers(-5, 3000), st.text(max_size=3))  # bools would equa
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.lists(KEYS, max_size=40), st.sampled_from(["a", "b", ("c", 1), True])), max_size=6))
-def test_bulk_methods_agree_with_a_dict(steps: list[tuple[list[object], object]]) -> None:
+@given(st.lists(st.tuples(st.lists(KEYS, max_size=40), st.sampled_from(["a", "b", ("c", 1), True])), max_size=6), st.booleans())
+def test_bulk_methods_agree_with_a_dict(steps: list[tuple[list[object], object]], as_int_column: bool) -> None:
     """The column-at-a-time fast paths (all keys dense ints) and the general loop answer exactly as a
-    plain dict would, whatever mix of new, repeated, negative and string keys a chunk holds."""
+    plain dict would, whatever mix of new, repeated, negative and string keys a chunk holds, and a
+    column of ints handed over as an `IntColumn` (no type scan) is answered as the same plain list."""
     table, model = KeyTable(), {}
     for i, (keys, value) in enumerate(steps):
+        if as_int_column and all(type(k) is int for k in keys):
+            keys = IntColumn(keys)
         assert table.get_many(keys) == [model.get(k) for k in keys]
         if i % 2:
             expected = []
