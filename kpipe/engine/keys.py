@@ -90,6 +90,10 @@ class KeyTable:
             top = None
         if type(top) is not int or top >= DENSE_LIMIT:
             top = max((k for k in keys if type(k) is int and 0 <= k < DENSE_LIMIT), default=-1)
+        self._reserve_to(top)
+
+    def _reserve_to(self, top: int) -> None:
+        """Slots up to `top` (an int key below DENSE_LIMIT) exist."""
         if top >= len(self._dense):
             grow = max(top + 1 - len(self._dense), len(self._dense) // 4, 1024)
             self._dense.frombytes(bytes(self._dense.itemsize * grow))
@@ -143,9 +147,10 @@ class KeyTable:
                 sparse[key] = code
         self._count += count
 
-    def put_new_codes(self, keys: Sequence[Any], code: int) -> None:
+    def put_new_codes(self, keys: Sequence[Any], code: int, bounds: tuple[int, int] | None = None) -> None:
         """`put_codes` of one code for keys known to be absent and distinct (a batch's new ids, checked
-        with `get_many` beforehand): no per-key presence test, C-level stores for int slots."""
+        with `get_many` beforehand): no per-key presence test, C-level stores for int slots.
+        `bounds`: (smallest, largest) of int keys, when the caller has them already."""
         if not keys:
             return
         if type(keys) is not array and type(keys) is not IntColumn:
@@ -153,10 +158,11 @@ class KeyTable:
             if not _ints_only(keys):
                 self.put_codes(keys, [code] * len(keys))
                 return
-        if min(keys) < 0 or max(keys) >= DENSE_LIMIT:
+        low, top = bounds if bounds is not None else (min(keys), max(keys))
+        if low < 0 or top >= DENSE_LIMIT:
             self.put_codes(keys, [code] * len(keys))
             return
-        self._reserve(keys)
+        self._reserve_to(top)
         deque(map(self._dense.__setitem__, keys, repeat(code)), 0)
         self._count += len(keys)
 

@@ -424,11 +424,14 @@ def _note_keys(job: _DatesJob, d: _Partitioned, date: str, keys: list[Any], resu
     already belongs to a newer batch)."""
     taken = _claim(keys, [date] * len(keys), job.indexes[d.name].get_many(keys), job.seq, result.moved[d.name], result.touched)
     put = keys if taken is None else [keys[i] for i in taken]
+    bounds = None
     try:
         packed: Any = array("q", put)  # ids: 8 bytes each in the file
+        if put:  # found here, over ints, for the parent (over an array, min and max box every id)
+            bounds = (min(put), max(put))
     except (TypeError, OverflowError):
         packed = put
-    pickle.dump((job.codes[d.name][date], packed, taken is None), puts, protocol=pickle.HIGHEST_PROTOCOL)
+    pickle.dump((job.codes[d.name][date], packed, taken is None, bounds), puts, protocol=pickle.HIGHEST_PROTOCOL)
     return len(put) == len(keys)
 
 
@@ -458,11 +461,11 @@ def _apply_puts(index: KeyTable, path: Path) -> None:
     with open(path, "rb") as fh:
         while True:
             try:
-                code, keys, new = pickle.load(fh)
+                code, keys, new, bounds = pickle.load(fh)
             except EOFError:
                 return
             if new:  # none of them in the index yet, and keys are unique in a batch
-                index.put_new_codes(keys, code)
+                index.put_new_codes(keys, code, bounds)
             else:
                 index.put_codes(keys, [code] * len(keys))
 

@@ -229,7 +229,8 @@ def test_put_new_codes_and_get_many_agree_with_put_and_get(before: list[object],
             t.put(k, "old")
     assert fast.get_many(batch) == [None] * len(batch)
     ints = all(type(k) is int for k in batch)
-    fast.put_new_codes(array("q", batch) if packed and ints else batch, fast.code("new"))  # type: ignore[arg-type]
+    bounds = (min(batch), max(batch)) if packed and ints and batch else None  # as the index workers send them
+    fast.put_new_codes(array("q", batch) if packed and ints else batch, fast.code("new"), bounds)  # type: ignore[arg-type]
     for k in batch:
         slow.put(k, "new")
     keys = [*before, *batch]
