@@ -135,11 +135,24 @@ def datetime_parser(tz: tzinfo) -> Callable[[str], datetime]:
 
     utc_zone = _is_utc(tz)
 
+    def whole_seconds_utc(texts: list[str]) -> list[str] | None:
+        """In a UTC pipeline, the `isoformat()` texts of a column (accepted by the grammar) whose every
+        value is "date time" or "date timeZ" (19 or 20 characters, by the grammar: a fraction or an
+        offset makes it longer), made by a few whole-column string operations instead of a step per
+        value; else None. By the grammar the only space is the separator and the only Z the suffix."""
+        if not utc_zone or not texts or not set(map(len, texts)) <= {19, 20}:
+            return None
+        joined = "\n".join(texts).replace(" ", "T").replace("Z", "")
+        return (joined.replace("\n", "+00:00\n") + "+00:00").split("\n")
+
     def bulk(texts: list[str]) -> list[datetime] | None:
         """A clean column in C-level maps; None sends the caller to `parse` value by value."""
         if not column_matches(_DATETIME_COLUMN, texts):
             return None
         try:
+            iso = whole_seconds_utc(texts)
+            if iso is not None:  # each with "+00:00": fromisoformat gives them in UTC already
+                return list(map(datetime.fromisoformat, iso))
             if utc_zone:
                 # naive text + "+00:00" lets fromisoformat attach the zone: 5x cheaper than replace()
                 texts = [t if t[-1] == "Z" or t[-6] in "+-" else t + "+00:00" for t in texts]
@@ -157,6 +170,9 @@ def datetime_parser(tz: tzinfo) -> Callable[[str], datetime]:
         "date time" and 20 is "date timeZ"."""
         if not utc_zone:
             return list(map(datetime.isoformat, values))
+        whole = whole_seconds_utc(texts)
+        if whole is not None:
+            return whole
         iso = datetime.isoformat
         return [f"{t[:10]}T{t[11:19]}+00:00" if len(t) in (19, 20) else iso(v) for t, v in zip(texts, values, strict=True)]
 

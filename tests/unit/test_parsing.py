@@ -271,3 +271,43 @@ def test_whole_column_ints_are_what_parse_int_gives(texts: list[str]) -> None:
         assert expected is not None and values == expected and all(type(v) is int for v in values)
     elif expected is not None:
         assert not texts or any(not t.isdigit() for t in texts)  # signs are left to the value-by-value path
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(NEAR_DATETIME, min_size=1, max_size=8), st.sampled_from(["UTC", "Etc/UTC", "Europe/Berlin"]))
+def test_whole_column_datetimes_are_what_parse_gives(texts: list[str], zone: str) -> None:
+    """The whole-column datetime reader (whatever fast path it takes) gives exactly the values parse
+    gives one by one, zone included, or declines a column parse would refuse somewhere."""
+    parse = datetime_parser(ZoneInfo(zone))
+    values = parse.bulk(texts)  # type: ignore[attr-defined]
+    expected = []
+    for text in texts:
+        try:
+            expected.append(parse(text))
+        except ValueError:
+            expected = None
+            break
+    if values is not None:
+        assert expected is not None
+        assert [(v, v.utcoffset(), v.isoformat()) for v in values] == [(v, v.utcoffset(), v.isoformat()) for v in expected]
+
+
+WHOLE_SECOND_TEXT = st.builds(
+    lambda d, sep, zone: d.strftime(f"%Y-%m-%d{sep}%H:%M:%S") + zone,
+    st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2100, 12, 31)),
+    st.sampled_from([" ", "T"]),
+    st.sampled_from(["", "Z"]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(WHOLE_SECOND_TEXT, min_size=1, max_size=12), st.sampled_from(["UTC", "Etc/UTC", "Europe/Berlin"]))
+def test_whole_second_columns_take_the_string_path_and_agree(texts: list[str], zone: str) -> None:
+    """The usual export (whole seconds, naive or Z, either separator) is read and written back by
+    whole-column string operations in a UTC pipeline: same values and same texts as one by one."""
+    parse = datetime_parser(ZoneInfo(zone))
+    values = parse.bulk(texts)  # type: ignore[attr-defined]
+    expected = [parse(t) for t in texts]
+    assert values is not None
+    assert [(v, v.utcoffset()) for v in values] == [(v, v.utcoffset()) for v in expected]
+    assert parse.canonical_texts(texts, values) == [v.isoformat() for v in expected]  # type: ignore[attr-defined]
