@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-BUFFER = 1 << 20
-
 
 def file_sha256(path: Path) -> bytes:
     with open(path, "rb") as fh:

@@ -371,7 +371,7 @@ def _plain_blocks(path: Path, start: int, end: int | None, width: int | None = N
                 carry = b""
             text = data.decode("utf-8", "surrogateescape")
             crlf = text.count("\r\n")
-            if width is not None and text:
+            if width is not None and width > 1 and text:  # one field: a blank line would pass for an empty field
                 flat = text if text.endswith("\n") else text + "\n"
                 terminator = "\r\n" if crlf == flat.count("\n") else "\n"
                 fields = split_fields(flat if terminator == "\r\n" or not crlf else flat.replace("\r\n", "\n"), width, terminator)

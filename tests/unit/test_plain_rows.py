@@ -25,12 +25,15 @@ BAD = st.sampled_from([b"", b"\xff", b"\xe9t"])
     st.booleans(),
     st.booleans(),
     st.integers(1, 64),
+    st.sampled_from([["id"], ["id", "name"]]),
 )
-def test_plain_rows_equal_csv_reader(lines: list[tuple[str, str, bytes]], bom: bool, final_newline: bool, block: int) -> None:
+def test_plain_rows_equal_csv_reader(
+    lines: list[tuple[str, str, bytes]], bom: bool, final_newline: bool, block: int, header: list[str]
+) -> None:
     body = b"".join(text.encode() + bad + end.encode() for text, end, bad in lines)
     if not final_newline and body.endswith(b"\n"):
         body = body[:-2] if body.endswith(b"\r\n") else body[:-1]
-    data = (b"\xef\xbb\xbf" if bom else b"") + b"id,name\r\n" + body
+    data = (b"\xef\xbb\xbf" if bom else b"") + ",".join(header).encode() + b"\r\n" + body
     with TemporaryDirectory() as tmp:
         path = Path(tmp) / "f.csv"
         path.write_bytes(data)
@@ -49,8 +52,8 @@ def test_plain_rows_equal_csv_reader(lines: list[tuple[str, str, bytes]], bom: b
         expected = list(petl.data(petl.fromcsv(str(path), encoding="utf-8-sig", errors="surrogateescape")))
         with patch.object(validate, "PLAIN_BLOCK", block):
             got = list(_plain_rows(path, start, None))
-            blocks = list(_plain_blocks(path, start, None, 2))  # the validator's way: whole blocks, split flat when they can be
+            blocks = list(_plain_blocks(path, start, None, len(header)))  # the validator's way: blocks, split flat when they can be
     assert [tuple(r) for r in got] == [tuple(r) for r in expected]
     assert [tuple(r) for block in blocks for r in block] == [tuple(r) for r in expected]
-    assert all(len(r) == 2 for block in blocks if isinstance(block, FlatRows) for r in block)
+    assert all(len(r) == len(header) for block in blocks if isinstance(block, FlatRows) for r in block)
     assert all(r == () for r in got if not r)  # blank lines are the empty tuple the validator skips
