@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -254,19 +255,21 @@ def test_whole_column_grammar_checks_agree_with_value_by_value(decimals: list[st
     assert column_matches(_DATETIME_COLUMN, datetimes) == all(_DATETIME.match(t) for t in datetimes)
 
 
+def _one_by_one(parse: Any, texts: list[str]) -> list[Any] | None:
+    """What the value-by-value parser gives for a column, or None when it refuses a value."""
+    try:
+        return [parse(text) for text in texts]
+    except ValueError:
+        return None
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.text(alphabet="0123456789+- ٣", min_size=1, max_size=25), max_size=8))
 def test_whole_column_ints_are_what_parse_int_gives(texts: list[str]) -> None:
     """The whole-column int reader (one JSON array) gives exactly the values and types parse_int
     gives, leading zeros and 20-digit ids included, or declines a column parse_int would not read."""
     values = parse_int.bulk(texts)  # type: ignore[attr-defined]
-    expected = []
-    for text in texts:
-        try:
-            expected.append(parse_int(text))
-        except ValueError:
-            expected = None
-            break
+    expected = _one_by_one(parse_int, texts)
     if values is not None:
         assert expected is not None and values == expected and all(type(v) is int for v in values)
     elif expected is not None:
@@ -280,13 +283,7 @@ def test_whole_column_datetimes_are_what_parse_gives(texts: list[str], zone: str
     gives one by one, zone included, or declines a column parse would refuse somewhere."""
     parse = datetime_parser(ZoneInfo(zone))
     values = parse.bulk(texts)  # type: ignore[attr-defined]
-    expected = []
-    for text in texts:
-        try:
-            expected.append(parse(text))
-        except ValueError:
-            expected = None
-            break
+    expected = _one_by_one(parse, texts)
     if values is not None:
         assert expected is not None
         assert [(v, v.utcoffset(), v.isoformat()) for v in values] == [(v, v.utcoffset(), v.isoformat()) for v in expected]
