@@ -100,6 +100,12 @@ def canonical_ints(texts: list[str]) -> bool:
     return _NOT_CANONICAL_INT.search(",".join(texts)) is None
 
 
+def canonical_strings(texts: list[str]) -> bool:
+    """A clean string column's texts are its values and so their canonical text: it is written as
+    it came, with no pass over it for nulls."""
+    return True
+
+
 def canonical_decimals(texts: list[str]) -> bool:
     """Are these texts (accepted by `_bulk_decimals`) exactly `str(Decimal(t))`?"""
     joined = ",".join(texts)
@@ -117,6 +123,7 @@ parse_decimal.bulk = _bulk_decimals  # type: ignore[attr-defined]
 parse_string.bulk = _bulk_strings  # type: ignore[attr-defined]
 parse_int.canonical = canonical_ints  # type: ignore[attr-defined]
 parse_decimal.canonical = canonical_decimals  # type: ignore[attr-defined]
+parse_string.canonical = canonical_strings  # type: ignore[attr-defined]
 
 
 def datetime_parser(tz: tzinfo) -> Callable[[str], datetime]:
