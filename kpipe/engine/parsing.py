@@ -67,7 +67,10 @@ def _bulk_ints(texts: list[str]) -> list[int] | None:
     try:
         return IntColumn(_JSON.decode("[" + ",".join(texts) + "]"))
     except ValueError:  # a leading zero ("007"): not a JSON number, but int() reads it
-        return IntColumn(map(int, texts))
+        try:
+            return IntColumn(map(int, texts))
+        except ValueError:  # beyond int()'s 4,300 digits: value by value, where its row is rejected
+            return None
 
 
 _JSON = json.JSONDecoder()

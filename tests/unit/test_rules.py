@@ -83,6 +83,7 @@ def test_optional_value_missing_is_fine(run: Any) -> None:
     ("products", "retail_price", "NaN"),
     ("orders", "order_id", "x5"),
     ("orders", "user_id", "7.5"),
+    ("orders", "user_id", "9" * 5000),  # beyond int()'s 4,300 digits: a type error, not a crash
     ("orders", "created_at", "2025-13-45T00:00:00"),
     ("orders", "created_at", "2025-02-29T10:00:00"),
     ("order_items", "product_id", "\u0661"),
