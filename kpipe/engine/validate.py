@@ -371,17 +371,15 @@ def _plain_blocks(path: Path, start: int, end: int | None, width: int | None = N
                 carry = b""
             text = data.decode("utf-8", "surrogateescape")
             crlf = text.count("\r\n")
+            terminator = "\r\n" if crlf and crlf == text.count("\n") else "\n"
+            if crlf and terminator == "\n":
+                text = text.replace("\r\n", "\n")  # mixed line ends: one kind
             if width is not None and width > 1 and text:  # one field: a blank line would pass for an empty field
-                flat = text if text.endswith("\n") else text + "\n"
-                terminator = "\r\n" if crlf == flat.count("\n") else "\n"
-                fields = split_fields(flat if terminator == "\r\n" or not crlf else flat.replace("\r\n", "\n"), width, terminator)
+                fields = split_fields(text if text.endswith(terminator) else text + terminator, width, terminator)
                 if fields is not None:
                     yield FlatRows(fields, width)
                     continue
-            if not crlf:
-                lines = text.split("\n")
-            else:
-                lines = text.split("\r\n") if crlf == text.count("\n") else text.replace("\r\n", "\n").split("\n")
+            lines = text.split(terminator)
             if lines and lines[-1] == "":
                 lines.pop()  # the terminator of the last line, not a blank line
             rows: list[Sequence[str]] = list(map(methodcaller("split", ","), lines))
