@@ -20,6 +20,7 @@ from itertools import compress
 from typing import Any
 
 from chalicelib.config import Metric, PipelineConfig
+from kpipe.engine.keys import IntColumn
 from kpipe.engine.parsing import has_none, reader_for
 from kpipe.engine.rules import check_predicate
 
@@ -112,24 +113,32 @@ class DateAggregator:
             for m_index, _kind, _fpos, conds in source.metrics:
                 if conds and m_index not in masks:
                     masks[m_index] = _mask(cols, conds)
+            # per value column, once per call rather than once per group: may it hold a null, is it
+            # all ints (read as an IntColumn: a count_distinct then needs no per-value type check)
+            fields = {fpos for _m, _k, fpos, _c in source.metrics}
+            nullable = {fpos: has_none(cols[fpos]) for fpos in fields}
+            ints = {fpos: isinstance(cols[fpos], IntColumn) for fpos in fields}
             for key, idxs in buckets.items():
                 if None in key:
                     continue  # a row without its key fields cannot be placed in this table
                 accs = groups.get(key)
                 if accs is None:
                     accs = groups[key] = [None] * len(table.metrics)
+                gathered: dict[int, list[Any]] = {}  # a field's values in this group, cut once
                 for m_index, kind, fpos, conds in source.metrics:
                     col = cols[fpos]
                     if idxs is not None:
-                        col = list(map(col.__getitem__, idxs))
+                        col = gathered.get(fpos)  # type: ignore[assignment]
+                        if col is None:
+                            col = gathered[fpos] = list(map(cols[fpos].__getitem__, idxs))
                     if conds:
                         mask = masks[m_index]
                         values = list(compress(col, mask if idxs is None else map(mask.__getitem__, idxs)))
                     else:
                         values = col
-                    if has_none(values):
+                    if nullable[fpos] and has_none(values):
                         values = [v for v in values if v is not None]
-                    accs[m_index] = _reduce(kind, accs[m_index], values)
+                    accs[m_index] = _reduce(kind, accs[m_index], values, ints[fpos])
 
     def items(self) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {}
@@ -199,11 +208,12 @@ class Distinct:
         self.ints: array[int] | None = array("q")
         self.other: set[Any] = set()
 
-    def update(self, values: list[Any]) -> None:
+    def update(self, values: list[Any], ints: bool = False) -> None:
+        """`ints`: the values are known to be ints (never flags), so they need no type check."""
         if self.ints is not None:
             size = len(self.ints)
             try:
-                if not any(map(bool.__instancecheck__, values)):
+                if ints or not any(map(bool.__instancecheck__, values)):
                     self.ints.extend(values)
                     return
             except (TypeError, OverflowError):
@@ -216,11 +226,11 @@ class Distinct:
         return len(set(self.ints)) if self.ints is not None else len(self.other)
 
 
-def _reduce(kind: str, acc: Any, values: list[Any]) -> Any:
-    """Fold a bucket of non-null values into a metric's running accumulator."""
+def _reduce(kind: str, acc: Any, values: list[Any], ints: bool = False) -> Any:
+    """Fold a bucket of non-null values into a metric's running accumulator (`ints`: all ints)."""
     if kind == "count_distinct":
         acc = acc if acc is not None else Distinct()
-        acc.update(values)
+        acc.update(values, ints)
         return acc
     if not values:
         return acc
