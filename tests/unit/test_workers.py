@@ -8,7 +8,7 @@ from pathlib import Path
 from pytest import MonkeyPatch
 
 from chalicelib.config import default_config_path, load_config
-from kpipe.engine import pieces
+from kpipe.engine import pieces, validate
 from kpipe.generate import generate_batches
 from kpipe.process import process_batches
 
@@ -86,3 +86,18 @@ def test_files_cut_into_pieces_decide_exactly_as_whole_files(tmp_path: Path, mon
     for a, b in zip(one["batches"], two["batches"], strict=True):
         assert (a["datasets"], a["files"]) == (b["datasets"], b["files"])
     assert _outputs(tmp_path / "w1") == _outputs(tmp_path / "w2")
+
+
+def test_spill_limits_do_not_change_the_outputs(tmp_path: Path, monkeypatch: MonkeyPatch) -> None:
+    """A file's valid rows wait in memory, go to one spill file per date (the first few kept open) and
+    are joined in date order: flushing every few rows with one file left open gives the same bytes."""
+    batches = generate_batches(tmp_path / "gen", 300, batches=1, invalid_fraction=0.05, seed=3, days=12)
+    cfg = load_config(default_config_path())
+    process_batches(cfg, batches, tmp_path / "default")
+    monkeypatch.setattr(validate._GroupSpill, "FLUSH_LINES", 7)
+    monkeypatch.setattr(validate._GroupSpill, "OPEN_SPILLS", 1)
+    monkeypatch.setattr(validate, "PLAIN_BLOCK", 512)  # a few rows a chunk: many flushes per file
+    process_batches(cfg, batches, tmp_path / "tiny")
+    outputs = _outputs(tmp_path / "default")
+    assert len([n for n in outputs if n.startswith("processed/orders/order_date=")]) == 12
+    assert outputs == _outputs(tmp_path / "tiny")
