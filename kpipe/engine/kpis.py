@@ -103,6 +103,10 @@ class DateAggregator:
     def add(self, dataset: str, cols: list[list[Any]]) -> None:
         if not cols or not cols[0]:
             return
+        # per value column, once per call rather than once per table and group: is it all ints (an
+        # IntColumn: no null, and a count_distinct needs no per-value type check), may it hold a null
+        ints = [type(col) is IntColumn for col in cols]
+        nullable: dict[int, bool] = {}
         for t_index, table in enumerate(self.plan.tables):
             source = table.sources.get(dataset)
             if source is None:
@@ -113,11 +117,9 @@ class DateAggregator:
             for m_index, _kind, _fpos, conds in source.metrics:
                 if conds and m_index not in masks:
                     masks[m_index] = _mask(cols, conds)
-            # per value column, once per call rather than once per group: may it hold a null, is it
-            # all ints (read as an IntColumn: a count_distinct then needs no per-value type check)
-            fields = {fpos for _m, _k, fpos, _c in source.metrics}
-            nullable = {fpos: has_none(cols[fpos]) for fpos in fields}
-            ints = {fpos: isinstance(cols[fpos], IntColumn) for fpos in fields}
+            for _m, _k, fpos, _c in source.metrics:
+                if fpos not in nullable:
+                    nullable[fpos] = not ints[fpos] and has_none(cols[fpos])
             for key, idxs in buckets.items():
                 if None in key:
                     continue  # a row without its key fields cannot be placed in this table
