@@ -50,7 +50,8 @@ def cut(path: Path, pieces: int, min_bytes: int | None = None, block: int = BLOC
                 starts.append(offset + at + 1)
                 counts.append(newlines + chunk.count(b"\n", 0, at + 1))
                 targets.pop(0)
-            newlines += chunk.count(b"\n")
+            if targets:  # line numbers are only needed up to the last cut (counting is most of a scan)
+                newlines += chunk.count(b"\n")
             offset += len(chunk)
             last = chunk[-1:]
     if last == b"\r" or header_end < 0:
