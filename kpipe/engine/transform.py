@@ -422,7 +422,9 @@ class _KpiColumns:
 def _note_keys(job: _DatesJob, d: _Partitioned, date: str, keys: list[Any], result: _DatesIndexed, puts: Any) -> bool:
     """Record the index updates for `keys`, rows of `date`; False when some row is dead (its key
     already belongs to a newer batch)."""
-    taken = _claim(keys, [date] * len(keys), job.indexes[d.name].get_many(keys), job.seq, result.moved[d.name], result.touched)
+    index = job.indexes[d.name]
+    # an empty index (the store's first batch) holds none of the keys: nothing to look up
+    taken = _claim(keys, [date] * len(keys), index.get_many(keys), job.seq, result.moved[d.name], result.touched) if len(index) else None
     put = keys if taken is None else [keys[i] for i in taken]
     bounds = None
     try:
