@@ -100,8 +100,11 @@ class KeyTable:
 
     def add_new_many(self, keys: list[Any], value: Any = True) -> list[bool]:
         """`add_new` over a column in one call (the per-key method call is the cost here)."""
+        code = self._code(value)
+        if self._new_run(keys, code):
+            return [True] * len(keys)
         self._reserve(keys)
-        code, dense, sparse, added = self._code(value), self._dense, self._sparse, []
+        dense, sparse, added = self._dense, self._sparse, []
         if self._all_dense(keys) and not any(map(dense.__getitem__, keys)) and len(set(keys)) == len(keys):
             deque(map(dense.__setitem__, keys, repeat(code)), 0)  # all new: C-level stores
             self._count += len(keys)
@@ -121,6 +124,28 @@ class KeyTable:
                 append(True)
         self._count += sum(added)
         return added
+
+    def _new_run(self, keys: Sequence[Any], code: int) -> bool:
+        """Store `code` for `keys` when they are distinct ints none of which is here yet, tested over
+        the span of slots they fall in (a chunk of a file's ids is a near-contiguous run): the span is
+        all empty before, and afterwards as many of its slots are taken as there are keys. Two array
+        copies instead of a lookup and a set entry per key. False (nothing stored) otherwise."""
+        if not keys or not _ints_only(keys):
+            return False
+        low, top = min(keys), max(keys)
+        span = top + 1 - low
+        if low < 0 or top >= DENSE_LIMIT or span > 8 * len(keys):
+            return False
+        self._reserve_to(top)
+        dense = self._dense
+        if _free_slots(dense, low, top + 1) != span:
+            return False
+        deque(map(dense.__setitem__, keys, repeat(code)), 0)
+        if span - _free_slots(dense, low, top + 1) != len(keys):  # a key repeated within the column
+            dense[low : top + 1] = array(dense.typecode, bytes(dense.itemsize * span))  # empty, as it was
+            return False
+        self._count += len(keys)
+        return True
 
     def code(self, value: Any) -> int:
         """The code a value is stored under (for `put_codes`)."""
@@ -290,6 +315,12 @@ class KeyTable:
             table._count = header["count"]
             table._dense.fromfile(fh, header["dense_len"])
         return table
+
+
+def _free_slots(dense: array, start: int, end: int) -> int:  # type: ignore[type-arg]
+    """How many of the slots dense[start:end] hold no key."""
+    part = dense[start:end]
+    return part.tobytes().count(0) if part.itemsize == 1 else part.count(0)
 
 
 _NONZERO_TO_ONE = bytes([0] + [1] * 255)

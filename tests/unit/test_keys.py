@@ -236,3 +236,25 @@ def test_put_new_codes_and_get_many_agree_with_put_and_get(before: list[object],
     keys = [*before, *batch]
     assert fast.get_many(keys) == slow.get_many(keys) == [*(["old"] * len(before)), *(["new"] * len(batch))]
     assert len(fast) == len(slow) == len(keys)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 400), st.integers(1, 60), st.integers(0, 3)), min_size=1, max_size=8),
+    st.sampled_from(["B", "H"]),
+    st.booleans(),
+)
+def test_runs_of_ids_are_added_as_a_dict_would_add_them(runs: list[tuple[int, int, int]], typecode: str, as_int_column: bool) -> None:
+    """Columns of near-contiguous ids (a chunk of a file's keys), some overlapping earlier ones, some
+    with a key repeated inside: the span test stores exactly the new, first-seen keys."""
+    table, model = KeyTable(typecode), set()
+    for start, length, repeats in runs:
+        keys = list(range(start, start + length)) + [start + (i * 7) % length for i in range(repeats)]
+        column = IntColumn(keys) if as_int_column else keys
+        expected = []
+        for k in keys:
+            expected.append(k not in model)
+            model.add(k)
+        assert table.add_new_many(column) == expected
+        assert len(table) == len(model)
+    assert sorted(k for k, _ in table.items()) == sorted(model)
