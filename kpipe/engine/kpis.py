@@ -20,7 +20,7 @@ from itertools import compress
 from typing import Any
 
 from chalicelib.config import Metric, PipelineConfig
-from kpipe.engine.keys import IntColumn
+from kpipe.engine.keys import IntColumn, take
 from kpipe.engine.parsing import has_none, reader_for
 from kpipe.engine.rules import check_predicate
 
@@ -132,10 +132,10 @@ class DateAggregator:
                     if idxs is not None:
                         col = gathered.get(fpos)  # type: ignore[assignment]
                         if col is None:
-                            col = gathered[fpos] = list(map(cols[fpos].__getitem__, idxs))
+                            col = gathered[fpos] = take(cols[fpos], idxs)
                     if conds:
                         mask = masks[m_index]
-                        values = list(compress(col, mask if idxs is None else map(mask.__getitem__, idxs)))
+                        values = list(compress(col, mask if idxs is None else take(mask, idxs)))
                     else:
                         values = col
                     if nullable[fpos] and has_none(values):
@@ -190,7 +190,7 @@ def _mask(cols: list[list[Any]], conds: list[tuple[int, Any]]) -> list[bool]:
         col = cols[cp]
         # a where-field (a flag, a status) has few distinct values: decide each once, then look up
         decided = {v: v is not None and bool(pred(v)) for v in set(col)}
-        passed = list(map(decided.__getitem__, col))
+        passed = take(decided, col)
         mask = passed if mask is None else list(map(operator.and_, mask, passed))
     assert mask is not None
     return mask

@@ -25,7 +25,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from chalicelib.config import Check, Column, Dataset, Derived, PipelineConfig
-from kpipe.engine.keys import KeyTable
+from kpipe.engine.keys import KeyTable, take
 from kpipe.engine.parsing import datetime_parser, has_none, parse_decimal, parse_int, parse_string
 
 Predicate = Callable[[Any], bool]
@@ -360,7 +360,7 @@ def _map_present(fn: Callable[[Any], Any], col: list[Any]) -> list[Any]:
 def _map_distinct(fn: Callable[[Any], Any], col: list[Any]) -> list[Any]:
     """`fn` over a column of few distinct (hashable) values, each decided once."""
     decided = {v: fn(v) for v in set(col)}
-    return list(map(decided.__getitem__, col))
+    return take(decided, col)
 
 
 def _bulk_parse(
@@ -414,9 +414,9 @@ def _formatter(type_name: str, nullable: bool) -> Callable[[list[Any]], list[str
         return lambda col: list(map(datetime.isoformat, col)) if not has_none(col) else [v.isoformat() if v is not None else "" for v in col]
     if type_name == "date":  # a few distinct days in a batch: each formatted once
         text = _Memo(date.isoformat)
-        return lambda col: list(map(text.__getitem__, col))
+        return lambda col: take(text, col)
     if type_name == "bool":
-        return lambda col: list(map(_BOOL_TEXT.__getitem__, col))
+        return lambda col: take(_BOOL_TEXT, col)
     return lambda col: [str(v) if v is not None else "" for v in col] if has_none(col) else list(map(str, col))
 
 
