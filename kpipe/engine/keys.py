@@ -21,8 +21,8 @@ from array import array
 from collections import deque
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import repeat
-from operator import itemgetter, setitem
+from itertools import islice, repeat
+from operator import itemgetter, lt, setitem
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +141,11 @@ class KeyTable:
         dense = self._dense
         if _free_slots(dense, low, top + 1) != span:
             return False
+        if span == len(keys) and all(map(lt, keys, islice(keys, 1, None))):
+            # rising, as many as the span: exactly the ids low..top (a file's ids in order): one store
+            dense[low : top + 1] = array(dense.typecode, [code]) * span
+            self._count += span
+            return True
         _store(dense, keys, repeat(code))
         if span - _free_slots(dense, low, top + 1) != len(keys):  # a key repeated within the column
             dense[low : top + 1] = array(dense.typecode, bytes(dense.itemsize * span))  # empty, as it was
