@@ -258,3 +258,13 @@ def test_runs_of_ids_are_added_as_a_dict_would_add_them(runs: list[tuple[int, in
         assert table.add_new_many(column) == expected
         assert len(table) == len(model)
     assert sorted(k for k, _ in table.items()) == sorted(model)
+
+
+@pytest.mark.parametrize("keys", [[5, 5, 7], [7, 6, 5], [5, 7, 6, 6], [3, 4, 5], [9, 8, 10, 7]])
+def test_a_column_as_wide_as_its_span_is_a_run_only_when_it_rises(keys: list[int]) -> None:
+    """As many keys as slots in their span, yet a repeat leaves a gap (5, 5, 7 has no 6): only a
+    rising column is exactly the span's ids."""
+    table = KeyTable()
+    expected = [k not in keys[:i] for i, k in enumerate(keys)]
+    assert table.add_new_many(IntColumn(keys)) == expected
+    assert sorted(k for k, _ in table.items()) == sorted(set(keys))
