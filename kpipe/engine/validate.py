@@ -199,7 +199,8 @@ def _validate_file(
         valid=valid_keys if keep_valid else None,
     )
     path = raw_dir / rel
-    clean, plain_from = _survey(path, piece)
+    # a piece is plain (`cut` checked its whole file); a plain file's blocks tell their own encoding
+    clean, plain_from = (None, piece.start) if piece is not None else _survey(path)
 
     spill = _GroupSpill(outcome.valid_path, ds.fields().index(ds.partition_by)) if ds.partition_by else None
     with open(outcome.rejected_path, "w", encoding="utf-8", errors="surrogateescape", newline="") as rej_fh:
@@ -226,21 +227,21 @@ def _validate_file(
             if header is None:
                 return  # an empty file: no header, no rows
             line = 1 if piece is None else piece.first_line - 1
-            chunks: Iterator[Sequence[Sequence[str]]]
+            chunks: Iterator[tuple[Sequence[Sequence[str]], bool]]  # (rows, all UTF-8?)
             if plain_from is not None:  # no quote anywhere: every line is a row of comma-separated fields
                 chunks = _plain_blocks(path, plain_from, piece.end if piece is not None else None, len(header))
             else:
-                chunks = iter(lambda: list(islice(rows, CHUNK_ROWS)), [])
+                chunks = ((chunk, bool(clean)) for chunk in iter(lambda: list(islice(rows, CHUNK_ROWS)), []))
             rules = FileRules(cfg, name, header, refs, seen)
             src_pos = _positions(header, source_headers)  # where the declared columns sit in this file
-            for chunk in chunks:
+            for chunk, chunk_clean in chunks:
                 lines: Sequence[int] = range(line + 1, line + 1 + len(chunk))
                 line += len(chunk)
                 undecodable: list[tuple[int, Sequence[str], list[str]]] = []
                 # blank lines (empty rows) are not rows (a FlatRows block has none); undecodable rows are rejected
-                if not clean or (not isinstance(chunk, FlatRows) and not all(chunk)):
+                if not chunk_clean or (not isinstance(chunk, FlatRows) and not all(chunk)):
                     pairs = [(r, ln) for r, ln in zip(chunk, lines, strict=True) if r]
-                    if not clean:
+                    if not chunk_clean:
                         bad_bytes = [_has_bad_bytes(r) for r, _ in pairs]
                         undecodable = [(ln, r, ["row.encoding"]) for (r, ln), bad in zip(pairs, bad_bytes, strict=True) if bad]
                         counts["rows_in"] += len(undecodable)
@@ -358,12 +359,15 @@ def _plain_rows(path: Path, start: int, end: int | None) -> Iterator[Sequence[st
     """The rows of bytes [start, end) of a plain file (see `_survey`), exactly as csv.reader reads
     them (lists of fields; a blank line is the empty tuple, as petl gives it), about twice as fast: with no
     quote, no NUL and no bare CR, a line is a record and its commas are its field separators."""
-    return chain.from_iterable(_plain_blocks(path, start, end))
+    return chain.from_iterable(rows for rows, _clean in _plain_blocks(path, start, end))
 
 
-def _plain_blocks(path: Path, start: int, end: int | None, width: int | None = None) -> Iterator[Sequence[Sequence[str]]]:
-    """The rows of `_plain_rows` a block at a time; with `width`, a block whose lines all hold `width`
-    fields (the usual case) comes as `FlatRows`, split in one pass."""
+def _plain_blocks(
+    path: Path, start: int, end: int | None, width: int | None = None
+) -> Iterator[tuple[Sequence[Sequence[str]], bool]]:
+    """The rows of `_plain_rows` a block at a time, each with whether its bytes were all UTF-8 (only
+    a block that was not has its rows checked for undecodable bytes); with `width`, a block whose
+    lines all hold `width` fields (the usual case) comes as `FlatRows`, split in one pass."""
     with open(path, "rb") as fh:
         fh.seek(start)
         left = (end - start) if end is not None else -1
@@ -383,7 +387,10 @@ def _plain_blocks(path: Path, start: int, end: int | None, width: int | None = N
                 carry, data = data[cut:], data[:cut]
             else:
                 carry = b""
-            text = data.decode("utf-8", "surrogateescape")
+            try:
+                text, clean = data.decode("utf-8"), True  # whole lines: a cut never splits a character
+            except UnicodeDecodeError:
+                text, clean = data.decode("utf-8", "surrogateescape"), False
             crlf = text.count("\r\n")
             terminator = "\r\n" if crlf and crlf == text.count("\n") else "\n"
             if crlf and terminator == "\n":
@@ -391,7 +398,7 @@ def _plain_blocks(path: Path, start: int, end: int | None, width: int | None = N
             if width is not None and width > 1 and text:  # one field: a blank line would pass for an empty field
                 fields = split_fields(text if text.endswith(terminator) else text + terminator, width, terminator)
                 if fields is not None:
-                    yield FlatRows(fields, width)
+                    yield FlatRows(fields, width), clean
                     continue
             lines = text.split(terminator)
             if lines and lines[-1] == "":
@@ -399,7 +406,7 @@ def _plain_blocks(path: Path, start: int, end: int | None, width: int | None = N
             rows: list[Sequence[str]] = list(map(methodcaller("split", ","), lines))
             if "" in lines:
                 rows = [row if row != [""] else () for row in rows]  # a blank line is the empty row
-            yield rows
+            yield rows, clean
 
 
 PLAIN_BLOCK = 1 << 17  # ~1400 rows of an export: one chunk decided together (64-256 KiB measured alike)
@@ -540,42 +547,34 @@ def _positions(header: Sequence[str], names: list[str]) -> list[int]:
     return [stripped.index(n) if n in stripped else -1 for n in names]
 
 
-def _survey(path: Path, piece: Piece | None = None) -> tuple[bool, int | None]:
-    """(UTF-8 throughout?, where the rows start if the file is plain, else None), in one pass.
+def _survey(path: Path) -> tuple[bool | None, int | None]:
+    """(UTF-8 throughout?, where the rows start if the file is plain, else None).
 
-    Most files are clean: decoding once up front means the per-row byte check is only paid when
-    needed. A plain file (no quote, NUL or bare CR; every piece is one) is read by `_plain_rows`."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    start, end = (piece.start, piece.end) if piece is not None else (0, None)
-    # a piece is plain already (`cut` checked its whole file): only its encoding is checked here
-    clean, plain, last, header_end = True, piece is None, b"", -1
+    A plain file (no quote, NUL or bare CR) is read by `_plain_blocks`, whose blocks tell their own
+    encoding: its bytes are only scanned for those characters here (None: not decoded). Any other
+    file is read through petl; it is decoded once up front, so the per-row byte check is only paid
+    when some byte is not UTF-8."""
+    plain, last, header_end, offset = True, b"", -1, 0
     with open(path, "rb") as fh:
-        fh.seek(start)
-        left = end - start if end is not None else None
-        offset = start
-        while left != 0 and (chunk := fh.read(1 << 20 if left is None else min(left, 1 << 20))):
-            if clean:
-                try:
-                    decoder.decode(chunk)
-                except UnicodeDecodeError:
-                    clean = False
-            if plain and not plain_block(last, chunk):
+        while chunk := fh.read(1 << 20):
+            if not plain_block(last, chunk):
                 plain = False
+                break
             if header_end < 0 and b"\n" in chunk:
                 header_end = offset + chunk.index(b"\n") + 1
             offset += len(chunk)
             last = chunk[-1:]
-            left = None if left is None else left - len(chunk)
-            if not clean and not plain:
-                break
-    if clean:
-        try:
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            clean = False
-    if piece is not None:
-        return clean, piece.start
-    return clean, header_end if plain and header_end > 0 and last != b"\r" else None
+    if plain and header_end > 0 and last != b"\r":
+        return None, header_end
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                decoder.decode(chunk)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False, None
+    return True, None
 
 
 def _has_bad_bytes(row: tuple[str, ...]) -> bool:

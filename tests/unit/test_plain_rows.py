@@ -44,16 +44,21 @@ def test_plain_rows_equal_csv_reader(
         assert (start is not None) == plain
         try:
             data.decode("utf-8")
-            assert clean
+            decodes = True
         except UnicodeDecodeError:
-            assert not clean
+            decodes = False
         if start is None:
+            assert clean == decodes  # read through petl: decoded up front
             return
+        assert clean is None  # plain: each block tells its own encoding
         expected = list(petl.data(petl.fromcsv(str(path), encoding="utf-8-sig", errors="surrogateescape")))
         with patch.object(validate, "PLAIN_BLOCK", block):
             got = list(_plain_rows(path, start, None))
-            blocks = list(_plain_blocks(path, start, None, len(header)))  # the validator's way: blocks, split flat when they can be
+            # the validator's way: blocks, split flat when they can be, each saying whether it decoded
+            blocks = list(_plain_blocks(path, start, None, len(header)))
     assert [tuple(r) for r in got] == [tuple(r) for r in expected]
-    assert [tuple(r) for block in blocks for r in block] == [tuple(r) for r in expected]
-    assert all(len(r) == len(header) for block in blocks if isinstance(block, FlatRows) for r in block)
+    assert [tuple(r) for block, _ in blocks for r in block] == [tuple(r) for r in expected]
+    assert all(len(r) == len(header) for block, _ in blocks if isinstance(block, FlatRows) for r in block)
+    rows_decode = all(not any("\udc80" <= ch <= "\udcff" for ch in "".join(r)) for r in expected)
+    assert all(ok for _, ok in blocks) == rows_decode  # a block is clean exactly when its rows hold no undecodable byte
     assert all(r == () for r in got if not r)  # blank lines are the empty tuple the validator skips
