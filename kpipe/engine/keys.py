@@ -162,6 +162,14 @@ class KeyTable:
         keys = list(keys)
         self._reserve(keys)
         dense, sparse, count = self._dense, self._sparse, 0
+        if len(keys) > 1 and _ints_only(keys) and keys[0] >= 0 and all(map(lt, keys, islice(keys, 1, None))):
+            low, top = keys[0], keys[-1]
+            if top + 1 - low == len(keys) and top < DENSE_LIMIT:
+                # rising, as many as their span: exactly the ids low..top (a chunk of a file's ids in
+                # order): one slice assignment
+                self._count += _free_slots(dense, low, top + 1)
+                dense[low : top + 1] = array(dense.typecode, codes)
+                return
         if self._all_dense(keys):
             had = take(dense, list(set(keys)))
             self._count += had.count(0)

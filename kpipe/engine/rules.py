@@ -292,11 +292,17 @@ class FileRules:
             for i, (fmt, col) in enumerate(zip(self.formatters, cols, strict=True))
         ]
 
-    def lookup_values(self, cols: list[list[Any]]) -> list[Any]:
-        """Per valid row: what dependents of this dataset can look up through its key."""
+    def lookup_codes(self, table: KeyTable, cols: list[list[Any]]) -> list[int]:
+        """Per valid row, the code in `table` of what dependents of this dataset look up through its
+        key (the tuple of its lookup fields): each distinct tuple is made and encoded once, not per
+        row (a lookup field like a date has a handful of values in a chunk)."""
         if not self.lookup_pos:
-            return [True] * len(cols[self.key_pos])
-        return list(zip(*(cols[i] for i in self.lookup_pos), strict=True))
+            return [table.code(True)] * len(cols[self.key_pos])
+        if len(self.lookup_pos) == 1:
+            col = cols[self.lookup_pos[0]]
+            return take({value: table.code((value,)) for value in set(col)}, col)
+        rows = list(zip(*(cols[i] for i in self.lookup_pos), strict=True))
+        return take({row: table.code(row) for row in set(rows)}, rows)
 
 
 def _derive_step(cfg: PipelineConfig, dataset: str, spec: Derived, refs: BatchRefs, fields: list[str]) -> ColumnStep:

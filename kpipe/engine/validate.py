@@ -257,7 +257,7 @@ def _validate_file(
                     continue
                 counts["rows_valid"] += len(cols[0])
                 if referenced and valid_keys is not None:  # else nothing points at it: no need to keep
-                    valid_keys.put_many(cols[rules.key_pos], rules.lookup_values(cols))
+                    valid_keys.put_codes(cols[rules.key_pos], rules.lookup_codes(valid_keys, cols))
                 if spill is None:
                     write_columns(valid_fh, rules.format_columns(cols, texts), rules.plain)
                 else:

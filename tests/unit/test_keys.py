@@ -268,3 +268,21 @@ def test_a_column_as_wide_as_its_span_is_a_run_only_when_it_rises(keys: list[int
     expected = [k not in keys[:i] for i, k in enumerate(keys)]
     assert table.add_new_many(IntColumn(keys)) == expected
     assert sorted(k for k, _ in table.items()) == sorted(set(keys))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 300), st.integers(1, 40), st.sampled_from(["a", "b", ("c", 1)])), min_size=1, max_size=8),
+    st.sampled_from(["B", "H"]),
+)
+def test_runs_of_ids_are_put_as_a_dict_would_put_them(runs: list[tuple[int, int, object]], typecode: str) -> None:
+    """A column of rising, gap-free ids (a chunk of a file's keys in order) goes in with one slice
+    assignment: values and the key count are those of a dict, earlier keys in the run included."""
+    table, model = KeyTable(typecode), {}
+    for i, (start, length, value) in enumerate(runs):
+        keys = list(range(start, start + length))
+        values = [value if j % 3 else (value, i) for j in range(length)]
+        table.put_many(IntColumn(keys) if i % 2 else keys, values)
+        model.update(zip(keys, values, strict=True))
+        assert len(table) == len(model)
+    assert sorted(map(repr, table.items())) == sorted(map(repr, model.items()))
