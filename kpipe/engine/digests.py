@@ -11,8 +11,13 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from kpipe.engine import prefetch
+
 
 def file_sha256(path: Path) -> bytes:
+    known = prefetch.sha256(path)  # hashed while the command was starting (kpipe/preflight.py)
+    if known is not None:
+        return known
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").digest()
 

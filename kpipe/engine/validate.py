@@ -36,6 +36,7 @@ import petl
 
 from chalicelib.config import PipelineConfig
 from chalicelib.layout import Layout
+from kpipe.engine import prefetch
 from kpipe.engine.csvio import TERMINATOR, FlatRows, groups_path, rows_as_lines, split_fields, write_columns
 from kpipe.engine.keys import KeySpan, KeyTable
 from kpipe.engine.pieces import Piece, cut, plain_block
@@ -350,7 +351,8 @@ def _jobs(raw_dir: Path, rels: list[str], workers: int) -> list[tuple[int, str, 
     (see pieces.py), so three files on two processes keep both busy to the end."""
     jobs: list[tuple[int, str, Piece | None]] = []
     for rel in rels:
-        for piece in cut(raw_dir / rel, workers) or [None]:
+        known, pieces = prefetch.cut(raw_dir / rel, workers)  # cut while the command was starting (preflight.py)
+        for piece in (pieces if known else cut(raw_dir / rel, workers)) or [None]:
             jobs.append((len(jobs), rel, piece))
     return jobs
 

@@ -23,7 +23,7 @@ DATASETS = ("products", "orders", "order_items")
 
 
 def kpipe(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kpipe.cli", *map(str, args)], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "kpipe", *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
 
 

@@ -30,7 +30,7 @@ def batches(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 def kpipe(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "kpipe.cli", *map(str, args)],
+        [sys.executable, "-m", "kpipe", *map(str, args)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )
 

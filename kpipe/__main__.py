@@ -1,0 +1,5 @@
+"""`python -m kpipe ...`: the same entry point as the `kpipe` console script."""
+
+from kpipe.preflight import main
+
+main()
