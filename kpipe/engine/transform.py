@@ -25,9 +25,10 @@ import json
 import multiprocessing
 import pickle
 import shutil
+import threading
 from array import array
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,6 +188,7 @@ def index_batch(
     work_dir: Path,
     workers: int = 1,
     aggregate: bool = False,
+    place: tuple[str, int, str] | None = None,
 ) -> IndexResult:
     """Write the batch's rows into the store's partitions and move the index to them.
 
@@ -196,22 +198,34 @@ def index_batch(
 
     With `aggregate`, the KPI items of each date the batch brings alone are computed from its rows as
     they are written (`IndexResult.tables`): no other file in the date's partitions, every row live,
-    nothing carried in. Those items are what `recompute` would give, without reading the rows again."""
+    nothing carried in. Those items are what `recompute` would give, without reading the rows again.
+
+    The same rows again (a retry, or the same files uploaded again under a new batch id) take the
+    place they had: same seq, same file names, so nothing changes and nothing is counted twice. Their
+    content digest is computed beside the dates' indexing (a thread: hashlib releases the GIL) while
+    the batch takes the place its id gives it; in the rare case the rows were indexed before under
+    another id, nothing has been published yet and the work is done again in their place (`place`:
+    digest, seq, stem)."""
     validated_dir, work_dir = Path(validated_dir), Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     cache = _Cache(store, work_dir / "store")
     out_root = work_dir / "out"
     state = _read_json(cache, STATE) or {"next_seq": 1, "batches": {}}
+    contents = state.setdefault("contents", {})
     datasets = partitioned_datasets(cfg)
-    # The same rows again (a retry, or the same files uploaded again under a new batch id) take the
-    # place they had: same seq, same file names, so nothing changes and nothing is counted twice.
-    digest = _content_digest(validated_dir, datasets)
-    known = state.setdefault("contents", {}).get(digest)
-    if known is not None:
-        seq, stem = known["seq"], known["stem"]
+    spans = {d.name: _read_spans(validated_dir / f"{d.name}.csv") for d in datasets}
+    grouped = all(s is not None for s in spans.values())
+    hashing = _Digest(validated_dir, datasets)
+    if place is not None:
+        digest, seq, stem = place
     else:
-        seq = state["batches"].get(batch_id) or state["next_seq"]
-        stem = f"{seq:08d}-{batch_id}"
+        digest = None if grouped else hashing.run()
+        known = contents.get(digest) if digest is not None else None
+        if known is not None:
+            seq, stem = known["seq"], known["stem"]
+        else:
+            seq = state["batches"].get(batch_id) or state["next_seq"]
+            stem = f"{seq:08d}-{batch_id}"
     prior_plan = _read_json(cache, f"_meta/batches/{stem}.json") or {}
     touched: set[str] = set(prior_plan.get("dates", []))
     moved: dict[str, dict[Any, str]] = {d.name: {} for d in datasets}  # dataset -> key -> old date
@@ -219,13 +233,13 @@ def index_batch(
     new_files: list[str] = []
     tables: dict[str, dict[str, list[dict[str, Any]]]] = {}
 
-    spans = {d.name: _read_spans(validated_dir / f"{d.name}.csv") for d in datasets}
-    if all(s is not None for s in spans.values()):
+    if grouped:
         indexes = {d.name: _load_index(cache, d.name) for d in datasets}
         date_spans = {name: {span[0]: span for span in spans[name] or []} for name in spans}
         plan = KpiPlan.compile(cfg) if aggregate and cfg.kpis else None
         job = _DatesJob(cfg, datasets, date_spans, indexes, validated_dir, out_root, stem, seq, plan).prepare(cache)
-        for result in _index_each_date(job, work_dir, workers):
+        started = hashing.start if digest is None else None
+        for result in _index_each_date(job, work_dir, workers, started):
             for d in datasets:
                 _apply_puts(indexes[d.name], result.puts[d.name])
                 moved[d.name].update(result.moved.get(d.name, {}))
@@ -234,6 +248,15 @@ def index_batch(
             new_files.extend(result.files)
             for table, by_date in result.tables.items():
                 tables.setdefault(table, {}).update(by_date)
+        if digest is None:
+            digest = hashing.result()
+            known = contents.get(digest)
+            if known is not None and (known["seq"], known["stem"]) != (seq, stem):
+                again = work_dir / "again"  # these rows had their place already: nothing was published
+                shutil.rmtree(again, ignore_errors=True)
+                return index_batch(
+                    cfg, batch_id, validated_dir, store, again, workers, aggregate, (digest, known["seq"], known["stem"])
+                )
     else:  # no sidecar (an older release validated the batch) or a quoted file: a dataset at a time
         # each dataset's index is read from the store's copy and written to work_dir/<dataset>.idx by the
         # process that indexes the dataset: the tables never travel between processes
@@ -271,7 +294,7 @@ def index_batch(
         indexes[d.name].save(work_dir / f"{d.name}.idx")
         cache.publish(f"_index/{d.name}.idx", work_dir / f"{d.name}.idx")
     state["batches"][batch_id] = seq
-    state["contents"][digest] = {"seq": seq, "stem": stem}
+    contents[digest] = {"seq": seq, "stem": stem}
     state["next_seq"] = max(state["next_seq"], seq + 1)
     _publish_json(cache, work_dir, STATE, state)
     return IndexResult(batch_id, seq, dates, written, carried, tables)
@@ -328,19 +351,27 @@ class _DatesIndexed:
 _DATES_JOB: dict[str, _DatesJob] = {}
 
 
-def _index_each_date(job: _DatesJob, work_dir: Path, workers: int) -> Iterator[_DatesIndexed]:
+def _index_each_date(
+    job: _DatesJob, work_dir: Path, workers: int, started: Callable[[], None] | None = None
+) -> Iterator[_DatesIndexed]:
     """Each date of the batch indexed on its own, in up to `workers` processes, biggest dates first
     (the last ones to finish are then small); results come back as dates finish, so the parent
-    applies one date's index updates while the others are still being written."""
+    applies one date's index updates while the others are still being written. `started` is called
+    once no process is left to fork (a thread may start then)."""
     dates = sorted(job.dates(), key=lambda d: (-job.weight(d), d))
     tasks = [(date, work_dir / "puts" / f"{i:06d}") for i, date in enumerate(dates)]
     if workers <= 1 or len(tasks) <= 1:
+        if started is not None:
+            started()
         yield from (_index_date(job, *task) for task in tasks)
         return
     _DATES_JOB["job"] = job
     try:
         with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=multiprocessing.get_context("fork")) as pool:
-            yield from pool.map(_index_date_in_worker, tasks)
+            results = pool.map(_index_date_in_worker, tasks)  # submits every task: the workers exist now
+            if started is not None:
+                started()
+            yield from results
     finally:
         _DATES_JOB.clear()
 
@@ -704,6 +735,38 @@ def _read_column(reader: Any, texts: Sequence[str]) -> list[Any]:
     if "" in texts:
         return [reader(t) if t != "" else None for t in texts]
     return read_ints(list(texts)) if reader is int else list(map(reader, texts))
+
+
+class _Digest:
+    """`_content_digest` of a validated batch, run now or in a thread beside other work."""
+
+    def __init__(self, validated_dir: Path, datasets: list[_Partitioned]) -> None:
+        self.validated_dir, self.datasets = validated_dir, datasets
+        self.thread: threading.Thread | None = None
+        self.digest: str | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> str:
+        return _content_digest(self.validated_dir, self.datasets)
+
+    def start(self) -> None:
+        def work() -> None:
+            try:
+                self.digest = self.run()
+            except BaseException as exc:  # handed to the caller by result()
+                self.error = exc
+
+        self.thread = threading.Thread(target=work, name="content-digest", daemon=True)
+        self.thread.start()
+
+    def result(self) -> str:
+        if self.thread is None:
+            return self.run()
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        assert self.digest is not None
+        return self.digest
 
 
 def _content_digest(validated_dir: Path, datasets: list[_Partitioned]) -> str:

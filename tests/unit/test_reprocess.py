@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from chalicelib.config import default_config_path, load_config
 from kpipe.engine.store import LocalStore
 from kpipe.engine.transform import transform_batch
@@ -13,7 +15,10 @@ from kpipe.engine.validate import validate_batch
 from kpipe.generate import generate_batches
 
 
-def test_same_rows_under_a_new_batch_id_change_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_same_rows_under_a_new_batch_id_change_nothing(tmp_path: Path, workers: int) -> None:
+    """Found out by their content digest (computed beside the indexing), the rows take their old place:
+    the work done under the new id's place is dropped and done again, nothing counted twice."""
     cfg = load_config(default_config_path())
     a, b = generate_batches(tmp_path / "in", 200, batches=2, invalid_fraction=0.03, seed=13)
     store = LocalStore(tmp_path / "store")
@@ -21,8 +26,8 @@ def test_same_rows_under_a_new_batch_id_change_nothing(tmp_path: Path) -> None:
 
     def run(batch: Path, batch_id: str) -> int:
         work = tmp_path / batch_id
-        validate_batch(cfg, batch, work, batch_id)
-        result = transform_batch(cfg, batch_id, work / "validated", store, work / "transform")
+        validate_batch(cfg, batch, work, batch_id, workers=workers)
+        result = transform_batch(cfg, batch_id, work / "validated", store, work / "transform", workers=workers)
         for name, by_date in result.tables.items():
             tables.setdefault(name, {}).update(by_date)
         return result.seq
