@@ -74,9 +74,16 @@ def _bulk_ints(texts: list[str]) -> list[int] | None:
         return IntColumn(_JSON.decode("[" + ",".join(texts) + "]"))
     except ValueError:  # a leading zero ("007"): not a JSON number, but int() reads it
         try:
-            return IntColumn(map(int, texts))
+            return _PaddedInts(map(int, texts))
         except ValueError:  # beyond int()'s 4,300 digits: value by value, where its row is rejected
             return None
+
+
+class _PaddedInts(IntColumn):
+    """Ints read from texts with leading zeros. A plain `IntColumn` from `_bulk_ints` was read as JSON,
+    whose integers have none: its texts are canonical (`canonical_ints` need not look)."""
+
+    __slots__ = ()
 
 
 _JSON = json.JSONDecoder()
@@ -102,20 +109,22 @@ _NOT_CANONICAL_INT = re.compile(r"(?:^|,)0[0-9]")  # after _bulk_ints: digits on
 _NOT_CANONICAL_DECIMAL = re.compile(r"(?:^|,)(?:\+|-?0[0-9]|-?\.)|0\.000000")  # sign, zeros, ".5", 1E-7
 
 
-def canonical_ints(texts: list[str]) -> bool:
-    """Are these texts (accepted by `_bulk_ints`) exactly `str(int(t))`?"""
+def canonical_ints(texts: list[str], values: list[int] | None = None) -> bool:
+    """Are these texts (accepted by `_bulk_ints`, which gave `values`) exactly `str(int(t))`?"""
+    if type(values) is IntColumn:  # read as JSON numbers: no leading zero
+        return True
     if min(texts)[0] != "0":  # digits only: a leading zero anywhere would make the smallest text start with it
         return True
     return _NOT_CANONICAL_INT.search(",".join(texts)) is None
 
 
-def canonical_strings(texts: list[str]) -> bool:
+def canonical_strings(texts: list[str], values: list[str] | None = None) -> bool:
     """A clean string column's texts are its values and so their canonical text: it is written as
     it came, with no pass over it for nulls."""
     return True
 
 
-def canonical_decimals(texts: list[str]) -> bool:
+def canonical_decimals(texts: list[str], values: list[Decimal] | None = None) -> bool:
     """Are these texts (accepted by `_bulk_decimals`) exactly `str(Decimal(t))`?"""
     joined = ",".join(texts)
     if "0.000000" in joined:  # maybe small enough for str() to write 1E-7

@@ -405,7 +405,7 @@ def _canonical_texts(parse: Callable[[str], Any], clean: list[str], values: list
     texts more cheaply than formatting the values (see parsing.py), else None."""
     canonical = getattr(parse, "canonical", None)  # ints, decimals: is the input canonical already?
     if canonical is not None:
-        return clean if canonical(clean) else None
+        return clean if canonical(clean, values) else None
     rewrite = getattr(parse, "canonical_texts", None)  # datetimes: rebuilt from the input
     return rewrite(clean, values) if rewrite is not None else None
 
