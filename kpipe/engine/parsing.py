@@ -217,6 +217,9 @@ class _IsoDatetimes(list[datetime]):
         self.iso = iso
 
 
+_NULL_FREE = {IntColumn, _IsoDatetimes}
+
+
 def _is_utc(tz: tzinfo) -> bool:
     """A zone that is UTC at every instant (its aware values then carry `datetime.UTC`, same text)."""
     return tz is UTC or getattr(tz, "key", None) in _UTC_KEYS
@@ -250,7 +253,10 @@ def format_value(value: Any) -> str:
 
 def has_none(values: list[Any]) -> bool:
     """`None in values` without equality tests: comparing a Decimal with None goes through an ABC
-    isinstance check in `_decimal`, which made `None in column` a hot spot on money columns."""
+    isinstance check in `_decimal`, which made `None in column` a hot spot on money columns. A column
+    the whole-column readers made (ints, datetimes) holds no null: not scanned."""
+    if type(values) in _NULL_FREE:
+        return False
     return any(map(is_, values, repeat(None)))
 
 
