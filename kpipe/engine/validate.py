@@ -116,7 +116,9 @@ def _validate_dataset(
         arriving = _validate_files_in_processes(cfg, name, raw_dir, jobs, part_dir, refs, workers)
         outcomes = merge_outcomes(cfg, name, lambda _rel: raw_dir, part_dir, refs, arriving, seen, valid_keys)
     else:
-        outcomes = [_validate_file(cfg, name, raw_dir, i, rel, part_dir, refs, seen, valid_keys) for i, rel in enumerate(rels)]
+        outcomes = [
+            _validate_file(cfg, name, raw_dir, i, rel, part_dir, refs, seen, valid_keys, None, False) for i, rel in enumerate(rels)
+        ]
     refs.tables[name] = valid_keys
     stats = finish_dataset(cfg, name, out_dir, outcomes)
     shutil.rmtree(part_dir, ignore_errors=True)
@@ -163,6 +165,9 @@ class FileOutcome:
     # a partitioned dataset's valid part holds its rows grouped by partition value, in value order:
     # value -> (byte offset, byte length, rows) in the part file
     groups: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    # when set, each value's rows are the whole of its own spill file, not a span of the part file
+    # (outcomes that stay on this machine: the spills are not copied into the part first)
+    spills: dict[str, Path] | None = None
 
 
 def _validate_file(
@@ -176,11 +181,14 @@ def _validate_file(
     seen: dict[str, KeyTable],
     valid_keys: KeyTable | None,
     piece: Piece | None = None,
+    join_spills: bool = True,
 ) -> FileOutcome:
     """Stream one raw file (or one piece of it) a chunk at a time: valid rows to a part file,
     rejected rows to another.
 
-    `valid_keys` None (in a worker process): the file's valid keys come back in the outcome instead."""
+    `valid_keys` None (in a worker process): the file's valid keys come back in the outcome instead.
+    `join_spills` False: a partitioned dataset's rows stay in their per-value spill files
+    (`FileOutcome.spills`), for an outcome that does not leave this machine."""
     referenced = is_referenced(cfg, name)
     keep_valid = valid_keys is None and referenced
     if keep_valid:
@@ -267,7 +275,8 @@ def _validate_file(
         with open(outcome.valid_path, "w", encoding="utf-8", newline="") as valid_fh:
             stream(csv.writer(valid_fh))
     if spill is not None:
-        outcome.groups = spill.finish()
+        outcome.groups = spill.finish(join_spills)
+        outcome.spills = None if join_spills else spill.spills
     return outcome
 
 
@@ -319,23 +328,29 @@ class _GroupSpill:
                 fh.write(data)
                 continue
             spill = self.spills.get(value)
-            if spill is None:
+            mode = "ab"
+            if spill is None:  # a new spill starts empty (a file validated again reuses the names)
                 spill = self.spills[value] = self.part.with_name(f"{self.part.name}.{len(self.spills)}.spill")
+                mode = "wb"
                 if len(self.open) < self.OPEN_SPILLS:
                     fh = self.open[value] = open(spill, "wb")  # noqa: SIM115 - closed in finish()
                     fh.write(data)
                     continue
-            with open(spill, "ab") as out:
+            with open(spill, mode) as out:
                 out.write(data)
         self.buffers.clear()
         self.buffered = 0
 
-    def finish(self) -> dict[str, tuple[int, int, int]]:
+    def finish(self, join: bool = True) -> dict[str, tuple[int, int, int]]:
+        """value -> (offset, bytes, rows): of the value's rows in the part file, to which the spills
+        are appended in value order (`join`), else in the value's spill file, left where it is."""
         self._flush()
         for fh in self.open.values():
             fh.close()
         self.open.clear()
         groups: dict[str, tuple[int, int, int]] = {}
+        if not join:
+            return {value: (0, self.spills[value].stat().st_size, self.rows[value]) for value in sorted(self.spills)}
         with open(self.part, "ab") as out:
             for value in sorted(self.spills):
                 start = out.tell()
@@ -425,14 +440,18 @@ def validate_files_alone(
     jobs: Sequence[tuple[int, str] | tuple[int, str, Piece | None]],
     part_dir: Path,
     refs: BatchRefs,
+    join_spills: bool = True,
 ) -> list[FileOutcome]:
     """Each file (or piece of one) on its own, as a worker process or a fanned-out task does: its own
     uniqueness tables, its valid keys kept in the outcome. `merge_outcomes` then makes the result
-    exactly the sequential one."""
+    exactly the sequential one. A fanned-out task's outcomes travel, so their spills are joined into
+    the part file; a local worker's may stay (`join_spills` False)."""
     outcomes = []
     for number, rel, *piece in jobs:
         seen: dict[str, KeyTable] = {}
-        outcome = _validate_file(cfg, name, raw_dir, number, rel, part_dir, refs, seen, None, piece[0] if piece else None)
+        outcome = _validate_file(
+            cfg, name, raw_dir, number, rel, part_dir, refs, seen, None, piece[0] if piece else None, join_spills
+        )
         outcome.seen = seen
         outcomes.append(outcome)
     return outcomes
@@ -464,7 +483,7 @@ def merge_outcomes(
         clash = any(seen[col].overlaps(table) for col, table in local.items() if col in seen)
         if clash:
             outcome = _validate_file(
-                cfg, name, raw_dir_of(outcome.rel), outcome.number, outcome.rel, part_dir, refs, seen, valid_keys, outcome.piece
+                cfg, name, raw_dir_of(outcome.rel), outcome.number, outcome.rel, part_dir, refs, seen, valid_keys, outcome.piece, False
             )
         else:
             for col, table in local.items():
@@ -481,7 +500,7 @@ _WORKER: dict[str, Any] = {}
 
 def _validate_in_worker(job: tuple[int, str, Piece | None]) -> FileOutcome:
     ctx = _WORKER
-    [outcome] = validate_files_alone(ctx["cfg"], ctx["name"], ctx["raw_dir"], [job], ctx["part_dir"], ctx["refs"])
+    [outcome] = validate_files_alone(ctx["cfg"], ctx["name"], ctx["raw_dir"], [job], ctx["part_dir"], ctx["refs"], False)
     # only the slots the piece's keys use travel back to the parent
     outcome.seen = {col: table.span() for col, table in (outcome.seen or {}).items()}
     outcome.valid = outcome.valid.span() if outcome.valid is not None else None
@@ -522,7 +541,7 @@ def _join_groups(dest: Path, header: list[str], outcomes: list[FileOutcome]) -> 
                 if span is None:
                     continue
                 rows += span[2]
-                with open(outcome.valid_path, "rb") as src:
+                with open(outcome.spills[value] if outcome.spills is not None else outcome.valid_path, "rb") as src:
                     src.seek(span[0])
                     left = span[1]
                     while left and (block := src.read(min(left, 1 << 20))):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from pytest import MonkeyPatch
 
 from chalicelib.config import default_config_path, load_config
@@ -65,9 +66,12 @@ def test_generated_batches_identical_with_two_workers(tmp_path: Path) -> None:
     assert any(name.startswith("processed/orders/order_date=") for name in outputs)
 
 
-def test_files_cut_into_pieces_decide_exactly_as_whole_files(tmp_path: Path, monkeypatch: MonkeyPatch) -> None:
+@pytest.mark.parametrize("open_spills", [64, 1])
+def test_files_cut_into_pieces_decide_exactly_as_whole_files(tmp_path: Path, monkeypatch: MonkeyPatch, open_spills: int) -> None:
     """Pieces of one file validated by different processes: same rows valid, same rejected rows with
-    the same file and line numbers, same uniqueness decisions (a duplicate across pieces included)."""
+    the same file and line numbers, same uniqueness decisions (a duplicate across pieces included: the
+    piece is validated again in the parent, over the spill files its worker left)."""
+    monkeypatch.setattr(validate._GroupSpill, "OPEN_SPILLS", open_spills)
     batches = generate_batches(tmp_path / "gen", 300, batches=1, invalid_fraction=0.08, seed=11)
     # the last item of the first orders file again at its end: a key repeated in a later piece
     orders = sorted((batches[0] / "orders").glob("*.csv"))[0]
