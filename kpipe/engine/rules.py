@@ -254,10 +254,12 @@ class FileRules:
         keep: list[int] = []
         uniques = [(c, col.unique, f"{col.name}.unique") for c, col in enumerate(self.columns) if col.unique is not None]
         refs = [(c, col.ref, f"{col.name}.references") for c, col in enumerate(self.columns) if col.ref is not None]
-        unique_ok = [table.add_new_many(cols[c]) if not suspect else None for c, table, _ in uniques]
+        # a null is neither checked for uniqueness nor looked up (as `apply` has it: an optional key or
+        # reference left empty is no duplicate and points at nothing)
+        unique_ok = [_add_new_present(table, cols[c]) if not suspect else None for c, table, _ in uniques]
         # a reference check looks each key up; lookups through the same column reuse what it found
         found = {c: table.get_many(cols[c]) for c, table, _ in refs} if not suspect else {}
-        ref_ok = [list(map(is_not, found[c], repeat(None))) if not suspect else None for c, _table, _ in refs]
+        ref_ok = [_found_or_null(found[c], cols[c]) if not suspect else None for c, _table, _ in refs]
         if not suspect and all(map(all, unique_ok)) and all(map(all, ref_ok)):
             keep = list(range(n))  # the common case: a clean chunk
         else:
@@ -267,8 +269,8 @@ class FileRules:
                     rejected.append((i, why))
                     continue
                 if suspect:  # row-ordered uniqueness only matters when apply() also registers keys
-                    why = [rid for c, table, rid in uniques if not table.add_new(cols[c][i])]
-                    why += [rid for c, table, rid in refs if cols[c][i] not in table]
+                    why = [rid for c, table, rid in uniques if cols[c][i] is not None and not table.add_new(cols[c][i])]
+                    why += [rid for c, table, rid in refs if cols[c][i] is not None and cols[c][i] not in table]
                 else:
                     why = [rid for (c, _t, rid), ok in zip(uniques, unique_ok, strict=True) if not ok[i]]  # type: ignore[index]
                     why += [rid for (c, _t, rid), ok in zip(refs, ref_ok, strict=True) if not ok[i]]  # type: ignore[index]
@@ -303,6 +305,25 @@ class FileRules:
             return take({value: table.code((value,)) for value in set(col)}, col)
         rows = list(zip(*(cols[i] for i in self.lookup_pos), strict=True))
         return take({row: table.code(row) for row in set(rows)}, rows)
+
+
+def _add_new_present(table: KeyTable, values: list[Any]) -> list[bool]:
+    """`table.add_new_many` over the non-null values; a null is always accepted."""
+    if not has_none(values):
+        return table.add_new_many(values)
+    present = [i for i, v in enumerate(values) if v is not None]
+    ok = [True] * len(values)
+    for i, added in zip(present, table.add_new_many(take(values, present)), strict=True):
+        ok[i] = added
+    return ok
+
+
+def _found_or_null(found: list[Any], values: list[Any]) -> list[bool]:
+    """Per row: its reference was found, or it has none (a null)."""
+    ok = list(map(is_not, found, repeat(None)))
+    if has_none(values):
+        ok = [hit or v is None for hit, v in zip(ok, values, strict=True)]
+    return ok
 
 
 def _derive_step(cfg: PipelineConfig, dataset: str, spec: Derived, refs: BatchRefs, fields: list[str]) -> ColumnStep:

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from chalicelib.config import PipelineConfig, parse_config
+from kpipe.engine.keys import KeyTable
+from kpipe.engine.rules import BatchRefs, FileRules
 from kpipe.engine.validate import validate_batch
 
 
@@ -348,3 +350,50 @@ def test_rejected_rows_keep_their_original_values(run: Any) -> None:
     row = r.rejected["order_items"][0]
     assert (row["sale_price"], row["quantity"], row["status"]) == (" 0.00 ", "0", "Weird, \"quoted\"")
     assert (row["_file"], row["_line"]) == ("order_items/part-1.csv", "2")
+
+
+OPTIONAL_KEYS_YAML = """
+datasets:
+  shops:
+    files: shops.csv
+    key: id
+    columns:
+      id: {type: int, required: true}
+      name: {type: string}
+  sales:
+    files: sales/*.csv
+    key: id
+    columns:
+      id: {type: int, required: true}
+      shop: {type: int, references: shops}
+      code: {type: string, unique: true}
+      day: {type: datetime, required: true}
+    derived:
+      d: {date_of: day}
+      shop_name: {lookup: {via: shop, field: name}}
+    partition_by: d
+kpis:
+  Daily:
+    key: [d]
+    metrics:
+      n: {count: id, from: sales}
+"""
+
+
+def test_empty_optional_references_and_unique_values_are_not_checked_in_either_path() -> None:
+    """An optional reference left empty points at nothing and an optional unique value left empty is
+    no duplicate, in the column-at-a-time path as in the row-by-row one (a chunk of clean rows took
+    the first and rejected such rows as `.references` / `.unique`)."""
+    cfg = parse_config(OPTIONAL_KEYS_YAML)
+    refs = BatchRefs(cfg)
+    refs.tables["shops"] = KeyTable()
+    refs.tables["shops"].put_many([1], [("Corner",)])
+    header = ["id", "shop", "code", "day"]
+    rows = [["1", "1", "x", "2025-03-01 10:00:00"], ["2", "", "", "2025-03-01 11:00:00"],
+            ["3", "", "", "2025-03-01 12:00:00"], ["4", "9", "x", "2025-03-01 13:00:00"]]
+    cols, rejected, _texts = FileRules(cfg, "sales", header, refs, {}).apply_chunk(rows)
+    by_row = FileRules(cfg, "sales", header, refs, {})
+    row_reasons = [by_row.apply(r)[1] for r in rows]
+    assert [sorted(why) for _i, why in rejected] == [sorted(why) for why in row_reasons if why]
+    assert [i for i, _ in rejected] == [3]
+    assert cols[-1] == ["Corner", None, None]  # the lookup through an empty reference is empty
