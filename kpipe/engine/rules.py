@@ -254,8 +254,8 @@ class FileRules:
         keep: list[int] = []
         uniques = [(c, col.unique, f"{col.name}.unique") for c, col in enumerate(self.columns) if col.unique is not None]
         refs = [(c, col.ref, f"{col.name}.references") for c, col in enumerate(self.columns) if col.ref is not None]
-        # a null is neither checked for uniqueness nor looked up (as `apply` has it: an optional key or
-        # reference left empty is no duplicate and points at nothing)
+        # a null is neither checked for uniqueness nor looked up (as `apply` has it: an optional unique
+        # value or reference left empty is no duplicate and points at nothing)
         unique_ok = [_add_new_present(table, cols[c]) if not suspect else None for c, table, _ in uniques]
         # a reference check looks each key up; lookups through the same column reuse what it found
         found = {c: table.get_many(cols[c]) for c, table, _ in refs} if not suspect else {}
