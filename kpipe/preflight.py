@@ -56,15 +56,13 @@ def start(dirs: list[Path], pieces: int) -> None:
 
 
 def _records(dirs: list[Path], pieces: int) -> Iterator[dict[str, Any]]:
-    import hashlib
-
+    from kpipe.engine.digests import file_sha256
     from kpipe.engine.pieces import cut
 
     for root in dirs:
         for path in sorted(p for p in Path(root).resolve().rglob("*") if p.is_file()):
             stat = path.stat()
-            with open(path, "rb") as fh:
-                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            digest = file_sha256(path).hex()  # no prefetch in this process: hashed here
             cuts = cut(path, pieces) if pieces > 1 else None
             yield {
                 "path": str(path),

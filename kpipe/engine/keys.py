@@ -141,8 +141,7 @@ class KeyTable:
         dense = self._dense
         if _free_slots(dense, low, top + 1) != span:
             return False
-        if span == len(keys) and all(map(lt, keys, islice(keys, 1, None))):
-            # rising, as many as the span: exactly the ids low..top (a file's ids in order): one store
+        if _rising_run(keys):  # one store for the whole span
             dense[low : top + 1] = array(dense.typecode, [code]) * span
             self._count += span
             return True
@@ -162,14 +161,11 @@ class KeyTable:
         keys = list(keys)
         self._reserve(keys)
         dense, sparse, count = self._dense, self._sparse, 0
-        if len(keys) > 1 and _ints_only(keys) and keys[0] >= 0 and all(map(lt, keys, islice(keys, 1, None))):
-            low, top = keys[0], keys[-1]
-            if top + 1 - low == len(keys) and top < DENSE_LIMIT:
-                # rising, as many as their span: exactly the ids low..top (a chunk of a file's ids in
-                # order): one slice assignment
-                self._count += _free_slots(dense, low, top + 1)
-                dense[low : top + 1] = array(dense.typecode, codes)
-                return
+        if keys and _ints_only(keys) and keys[0] >= 0 and keys[-1] < DENSE_LIMIT and _rising_run(keys):
+            low, top = keys[0], keys[-1]  # one slice assignment
+            self._count += _free_slots(dense, low, top + 1)
+            dense[low : top + 1] = array(dense.typecode, codes)
+            return
         if self._all_dense(keys):
             had = take(dense, list(set(keys)))
             self._count += had.count(0)
@@ -332,6 +328,12 @@ class KeyTable:
             table._count = header["count"]
             table._dense.fromfile(fh, header["dense_len"])
         return table
+
+
+def _rising_run(keys: Sequence[int]) -> bool:
+    """Are these ints (at least one) exactly keys[0], keys[0] + 1, ..., keys[-1] in that order (a chunk
+    of a file's ids in order)? As many as their span and rising: no gap, no repeat."""
+    return keys[-1] + 1 - keys[0] == len(keys) and all(map(lt, keys, islice(keys, 1, None)))
 
 
 def _free_slots(dense: array, start: int, end: int) -> int:  # type: ignore[type-arg]
