@@ -408,12 +408,17 @@ def _plain_blocks(
                 text, clean = data.decode("utf-8"), True  # whole lines: a cut never splits a character
             except UnicodeDecodeError:
                 text, clean = data.decode("utf-8", "surrogateescape"), False
-            crlf = text.count("\r\n")
-            terminator = "\r\n" if crlf and crlf == text.count("\n") else "\n"
+            # a line feed count serves both the line ends' kind and split_fields (no carriage return:
+            # one memchr, the usual export ends lines with a line feed)
+            newlines = text.count("\n")
+            crlf = text.count("\r\n") if "\r" in text else 0
+            terminator = "\r\n" if crlf and crlf == newlines else "\n"
             if crlf and terminator == "\n":
                 text = text.replace("\r\n", "\n")  # mixed line ends: one kind
             if width is not None and width > 1 and text:  # one field: a blank line would pass for an empty field
-                fields = split_fields(text if text.endswith(terminator) else text + terminator, width, terminator)
+                # every line feed now ends a line: split_fields need not count them again
+                ended = text.endswith(terminator)
+                fields = split_fields(text if ended else text + terminator, width, terminator, newlines + (not ended))
                 if fields is not None:
                     yield FlatRows(fields, width), clean
                     continue
