@@ -18,14 +18,14 @@ import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from decimal import Decimal
+from decimal import Decimal, getcontext
 from itertools import repeat
 from operator import is_not, itemgetter
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from chalicelib.config import Check, Column, Dataset, Derived, PipelineConfig
-from kpipe.engine.keys import KeyTable, take
+from kpipe.engine.keys import IntColumn, KeyTable, take
 from kpipe.engine.parsing import datetime_parser, has_none, parse_decimal, parse_int, parse_string
 
 Predicate = Callable[[Any], bool]
@@ -215,9 +215,10 @@ class FileRules:
         self, rows: list[Sequence[str]]
     ) -> tuple[list[list[Any]], list[tuple[int, list[str]]], list[list[str] | None]]:
         """The value columns of the valid rows (declared columns, then derived fields),
-        `(row position, reasons)` for each rejected row (same decisions as `apply`), and per declared
-        column the valid rows' canonical texts when the input gave them cheaply (`_canonical_texts`,
-        else None), for `format_columns`."""
+        `(row position, reasons)` for each rejected row (same decisions as `apply`), and per column
+        the valid rows' canonical texts when they came cheaply (a declared column's input, see
+        `_canonical_texts`; a derived one's from its step's `with_texts`), else None, for
+        `format_columns`."""
         n = len(rows)
         if self.missing or not n:
             empty = [[] for _ in range(len(self.columns) + len(self.derived))]
@@ -282,13 +283,21 @@ class FileRules:
             cols = [[col[i] for i in keep] for col in cols]
             texts = [[text[i] for i in keep] if text is not None else None for text in texts]
             found = {c: [got[i] for i in keep] for c, got in found.items()}
+        texts = list(texts)
         for step in self.derived:
-            cols.append(step(cols, found))
+            with_texts = getattr(step, "with_texts", None)
+            if with_texts is None:
+                cols.append(step(cols, found))
+                texts.append(None)
+            else:
+                values, shown = with_texts(cols, found, texts)
+                cols.append(values)
+                texts.append(shown)
         return cols, rejected, texts
 
     def format_columns(self, cols: list[list[Any]], texts: Sequence[list[str] | None] = ()) -> list[list[str]]:
         """Canonical text of each value column; `texts` (from `apply_chunk`) stand in for the
-        declared columns whose input was canonical already."""
+        columns whose canonical texts came with them."""
         return [
             text if (text := texts[i] if i < len(texts) else None) is not None else fmt(col)
             for i, (fmt, col) in enumerate(zip(self.formatters, cols, strict=True))
@@ -335,14 +344,7 @@ def _derive_step(cfg: PipelineConfig, dataset: str, spec: Derived, refs: BatchRe
         return lambda cols, _found: _map_present(datetime.date, cols[i])
     if spec.multiply:
         a, b = (pos(f) for f in spec.multiply)
-
-        def multiply(cols: list[list[Any]], _found: Mapping[int, list[Any]]) -> list[Any]:
-            x, y = cols[a], cols[b]
-            if has_none(x) or has_none(y):
-                return [p * q if p is not None and q is not None else None for p, q in zip(x, y, strict=True)]
-            return list(map(operator.mul, x, y))
-
-        return multiply
+        return _Multiply(a, b, all(cfg.field_type(dataset, f) in ("int", "decimal") for f in spec.multiply))
     if spec.lower:
         i = pos(spec.lower)
         return lambda cols, _found: _map_present(str.lower, cols[i])
@@ -375,6 +377,42 @@ def _derive_step(cfg: PipelineConfig, dataset: str, spec: Derived, refs: BatchRe
         return list(map(field_of, got))
 
     return lookup
+
+
+class _Multiply:
+    """`multiply: [a, b]`, a ColumnStep. `with_texts` also gives the products' canonical texts when
+    it can tell them cheaply: a product by an int 1 is the other value itself (most order items have
+    quantity 1, and a file without the column has it by default), so with that value's canonical
+    input text at hand the row needs neither a Decimal product nor its formatting."""
+
+    def __init__(self, a: int, b: int, numeric: bool) -> None:
+        self.a, self.b, self.numeric = a, b, numeric
+
+    def __call__(self, cols: list[list[Any]], _found: Mapping[int, list[Any]]) -> list[Any]:
+        x, y = cols[self.a], cols[self.b]
+        if has_none(x) or has_none(y):
+            return [p * q if p is not None and q is not None else None for p, q in zip(x, y, strict=True)]
+        return list(map(operator.mul, x, y))
+
+    def with_texts(
+        self, cols: list[list[Any]], found: Mapping[int, list[Any]], texts: Sequence[list[str] | None]
+    ) -> tuple[list[Any], list[str] | None]:
+        """(products, their canonical texts or None). `texts[i]`: column i's canonical input texts
+        when it had them (a clean column: no null)."""
+        if self.numeric:
+            for value_pos, unit_pos in ((self.a, self.b), (self.b, self.a)):
+                shown = texts[value_pos] if value_pos < len(texts) else None
+                units = cols[unit_pos]
+                # v * 1 is v (same digits, same exponent) unless v has more digits than the context
+                # keeps, which its text's length rules out; bools never get here (numeric fields)
+                if shown is None or type(units) is not IntColumn or max(map(len, shown), default=0) > getcontext().prec:
+                    continue
+                values = cols[value_pos]
+                if units.count(1) == len(units):
+                    return list(values), shown
+                products = [v if q == 1 else v * q for v, q in zip(values, units, strict=True)]
+                return products, [t if q == 1 else str(p) for t, q, p in zip(shown, units, products, strict=True)]
+        return self(cols, found), None
 
 
 def _map_present(fn: Callable[[Any], Any], col: list[Any]) -> list[Any]:

@@ -4,14 +4,17 @@ the cascade, defaults, a missing required column, and every broken rule listed b
 from __future__ import annotations
 
 import csv
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chalicelib.config import PipelineConfig, parse_config
-from kpipe.engine.keys import KeyTable
-from kpipe.engine.rules import BatchRefs, FileRules
+from kpipe.engine.keys import IntColumn, KeyTable
+from kpipe.engine.rules import BatchRefs, FileRules, _Multiply
 from kpipe.engine.validate import validate_batch
 
 
@@ -397,3 +400,33 @@ def test_empty_optional_references_and_unique_values_are_not_checked_in_either_p
     assert [sorted(why) for _i, why in rejected] == [sorted(why) for why in row_reasons if why]
     assert [i for i, _ in rejected] == [3]
     assert cols[-1] == ["Corner", None, None]  # the lookup through an empty reference is empty
+
+
+_DECIMAL_TEXTS = st.builds(
+    lambda sign, whole, frac: f"{sign}{whole}{'.' + frac if frac else ''}",
+    st.sampled_from(["", "-"]),
+    st.from_regex(r"[1-9][0-9]{0,30}", fullmatch=True),
+    st.from_regex(r"[0-9]{0,4}", fullmatch=True),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(_DECIMAL_TEXTS, st.sampled_from([1, 1, 1, 2, 3, 0, -1, 10**20])), min_size=1, max_size=12),
+    st.booleans(),
+    st.booleans(),
+)
+def test_multiply_with_texts_is_the_product_and_its_text(pairs: list[tuple[str, int]], swap: bool, all_ones: bool) -> None:
+    """The shortcut for a factor of 1 gives exactly the products and `str` of each (28-digit context
+    rounding included: values longer than the context keeps take the plain product)."""
+    texts = [t for t, _ in pairs]
+    values = [Decimal(t) for t in texts]
+    units = IntColumn([1] * len(pairs) if all_ones else [q for _, q in pairs])
+    cols: list[list[Any]] = [units, values] if swap else [values, units]
+    step = _Multiply(0, 1, True)
+    products, shown = step.with_texts(cols, {}, [None, texts] if swap else [texts, None])
+    expected = step(cols, {})
+    assert [(p, p.as_tuple()) for p in products] == [(e, e.as_tuple()) for e in expected]
+    assert (shown if shown is not None else list(map(str, products))) == list(map(str, expected))
+    if max(map(len, texts)) <= 28:
+        assert shown is not None  # the shortcut was taken
