@@ -66,7 +66,7 @@ def process_batches(
         shutil.rmtree(work, ignore_errors=True)
         started = time.perf_counter()
         say(f"{batch_id}: validating {batch_dir}")
-        report = validate_batch(cfg, batch_dir, work, batch_id, workers=workers)
+        report = validate_batch(cfg, batch_dir, work, batch_id, workers=workers, keep_spills=True)
         report["source"] = str(batch_dir)
         report["validate_seconds"] = round(time.perf_counter() - started, 3)
         _keep_rejected(out / "rejected" / batch_id, work / "rejected")

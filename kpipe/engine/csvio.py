@@ -98,25 +98,26 @@ class CanonicalCsv:
     def blocks(
         self, spans: Sequence[Sequence[Any]], positions: Sequence[int], width: int
     ) -> Iterator[tuple[str, str, list[list[str]]]]:
-        """For each `[value, byte offset, bytes, rows]` span (a validated file's groups sidecar), its
-        text a block of whole lines at a time with the fields at `positions` of each line:
-        (value, text, columns)."""
-        with open(self.path, "rb") as fh:
-            for value, start, length, _rows in spans:
-                fh.seek(start)
-                left, carry = length, b""
-                while left:
-                    data = carry + fh.read(min(left, BLOCK_CHARS))
-                    left -= len(data) - len(carry)
-                    last = data.rfind(b"\r\n")
-                    if left and last < 0:  # one line longer than a block: read on
-                        carry = data
-                        continue
-                    end = len(data) if not left else last + 2
-                    carry = data[end:]
-                    text = data[:end].decode("utf-8")
-                    if text:
-                        yield value, text, split_columns(text, positions, width)
+        """For each span of a validated file's groups sidecar (`[value, byte offset, bytes, rows]`,
+        maybe with its segments: see `span_segments`), its text a block of whole lines at a time
+        with the fields at `positions` of each line: (value, text, columns)."""
+        for span in spans:
+            for path, start, length in span_segments(self.path, span):
+                with open(path, "rb") as fh:
+                    fh.seek(start)
+                    left, carry = length, b""
+                    while left:
+                        data = carry + fh.read(min(left, BLOCK_CHARS))
+                        left -= len(data) - len(carry)
+                        last = data.rfind(b"\r\n")
+                        if left and last < 0:  # one line longer than a block: read on
+                            carry = data
+                            continue
+                        end = len(data) if not left else last + 2
+                        carry = data[end:]
+                        text = data[:end].decode("utf-8")
+                        if text:
+                            yield span[0], text, split_columns(text, positions, width)
 
     def _lines(self) -> Iterator[list[str]]:
         with open(self.path, encoding="utf-8", newline="") as fh:
@@ -205,6 +206,28 @@ def groups_path(validated_csv: Path) -> Path:
     """The sidecar of a partitioned dataset's validated file: `[value, byte offset, bytes, rows]` per
     partition value, in file order, so the transform copies each date's rows without regrouping them."""
     return validated_csv.with_name(validated_csv.stem + ".groups.json")
+
+
+def span_segments(validated_csv: Path, span: Sequence[Any]) -> list[tuple[Path, int, int]]:
+    """Where a span's bytes are: `(file, byte offset, bytes)` in order. A span of a validated file
+    that stayed on the machine that validated it may have a fifth element, its segments in the
+    validators' spill files (`[path relative to the validated file's folder, offset, bytes]`): its
+    rows were not copied into the validated file, which then holds the header alone. Read in order,
+    the segments are exactly the bytes a joined file would hold at `[offset, offset + bytes)`."""
+    if len(span) > 4:
+        return [(validated_csv.parent / rel, start, length) for rel, start, length in span[4]]
+    return [(validated_csv, span[1], span[2])]
+
+
+def read_bytes(segments: Sequence[tuple[Path, int, int]], block: int = 1 << 20) -> Iterator[bytes]:
+    """The bytes of `span_segments`, a block at a time."""
+    for path, start, length in segments:
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            left = length
+            while left and (data := fh.read(min(left, block))):
+                yield data
+                left -= len(data)
 
 
 def _cutter(pos: int, width: int) -> tuple[Callable[[str], list[str]], Callable[[list[str]], str]]:

@@ -37,7 +37,7 @@ from typing import Any
 import petl
 
 from chalicelib.config import PipelineConfig
-from kpipe.engine.csvio import CanonicalCsv, groups_path
+from kpipe.engine.csvio import CanonicalCsv, groups_path, read_bytes, span_segments
 from kpipe.engine.keys import KeyTable
 from kpipe.engine.kpis import DateAggregator, KpiPlan
 from kpipe.engine.parsing import read_bool, read_ints, reader_for
@@ -774,9 +774,15 @@ def _content_digest(validated_dir: Path, datasets: list[_Partitioned]) -> str:
     digest = hashlib.sha256()
     for d in datasets:
         digest.update(f"{d.name}\0".encode())
-        with open(validated_dir / f"{d.name}.csv", "rb") as fh:
+        path = validated_dir / f"{d.name}.csv"
+        with open(path, "rb") as fh:
             while chunk := fh.read(1 << 20):
                 digest.update(chunk)
+        spans = _groups(path) or []
+        if any(len(span) > 4 for span in spans):  # rows left in spill files: the bytes a joined file holds
+            for span in spans:
+                for chunk in read_bytes(span_segments(path, span)):
+                    digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -798,8 +804,15 @@ def partitioned_rows(cfg: PipelineConfig, validated_dir: Path) -> int:
 def _read_spans(validated_csv: Path) -> list[list[Any]] | None:
     """A validated file's groups sidecar, or None without one (then rows are grouped as they come)
     or when the file holds a quote (then its lines are not all rows: it is read with csv.reader)."""
+    spans = _groups(validated_csv)
+    if spans is None or CanonicalCsv(validated_csv).quoted:  # (segments are only left unquoted)
+        return None
+    return spans
+
+
+def _groups(validated_csv: Path) -> list[list[Any]] | None:
     path = groups_path(validated_csv)
-    if not path.is_file() or CanonicalCsv(validated_csv).quoted:
+    if not path.is_file():
         return None
     spans: list[list[Any]] = json.loads(path.read_text(encoding="utf-8"))["groups"]
     return spans

@@ -22,6 +22,7 @@ import codecs
 import csv
 import json
 import multiprocessing
+import os
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -65,8 +66,11 @@ def validated_header(cfg: PipelineConfig, dataset: str) -> list[str]:
 
 
 def validate_batch(
-    cfg: PipelineConfig, raw_dir: Path, out_dir: Path, batch_id: str, workers: int = 1
+    cfg: PipelineConfig, raw_dir: Path, out_dir: Path, batch_id: str, workers: int = 1, keep_spills: bool = False
 ) -> dict[str, Any]:
+    """`keep_spills`: the validated files stay on this machine for a transform here, which may read
+    their rows where validation spilled them (under `out_dir/parts/`, kept until `out_dir` goes)
+    instead of from a copy (see `_join_groups`)."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     (out_dir / "validated").mkdir(parents=True, exist_ok=True)
     (out_dir / "rejected").mkdir(parents=True, exist_ok=True)
@@ -80,7 +84,7 @@ def validate_batch(
         "threshold_problems": [],
     }
     for name in cfg.dataset_order():
-        stats, per_file = _validate_dataset(cfg, name, raw_dir, files[name], out_dir, refs, workers)
+        stats, per_file = _validate_dataset(cfg, name, raw_dir, files[name], out_dir, refs, workers, keep_spills)
         report["datasets"][name] = stats
         report["files"].update(per_file)
     report["threshold_problems"] = threshold_problems(cfg, report["datasets"])
@@ -104,7 +108,14 @@ def threshold_problems(cfg: PipelineConfig, datasets: dict[str, dict[str, Any]])
 
 
 def _validate_dataset(
-    cfg: PipelineConfig, name: str, raw_dir: Path, rels: list[str], out_dir: Path, refs: BatchRefs, workers: int
+    cfg: PipelineConfig,
+    name: str,
+    raw_dir: Path,
+    rels: list[str],
+    out_dir: Path,
+    refs: BatchRefs,
+    workers: int,
+    keep_spills: bool = False,
 ) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
     part_dir = out_dir / "parts" / name
     shutil.rmtree(part_dir, ignore_errors=True)
@@ -120,23 +131,24 @@ def _validate_dataset(
             _validate_file(cfg, name, raw_dir, i, rel, part_dir, refs, seen, valid_keys, None, False) for i, rel in enumerate(rels)
         ]
     refs.tables[name] = valid_keys
-    stats = finish_dataset(cfg, name, out_dir, outcomes)
-    shutil.rmtree(part_dir, ignore_errors=True)
+    stats = finish_dataset(cfg, name, out_dir, outcomes, keep_spills and cfg.datasets[name].partition_by is not None)
+    if not (keep_spills and cfg.datasets[name].partition_by):
+        shutil.rmtree(part_dir, ignore_errors=True)
     return stats
 
 
 def finish_dataset(
-    cfg: PipelineConfig, name: str, out_dir: Path, outcomes: list[FileOutcome]
+    cfg: PipelineConfig, name: str, out_dir: Path, outcomes: list[FileOutcome], keep_spills: bool = False
 ) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
     """Join the files' parts into `validated/<name>.csv` and `rejected/<name>.csv`, in file order, and
-    total their counts: (dataset stats, counts per file)."""
+    total their counts: (dataset stats, counts per file). `keep_spills`: see `_join_groups`."""
     ds = cfg.datasets[name]
     for kind in ("validated", "rejected"):
         (out_dir / kind).mkdir(parents=True, exist_ok=True)
     if ds.partition_by is None:
         _concatenate(out_dir / "validated" / f"{name}.csv", validated_header(cfg, name), [o.valid_path for o in outcomes])
     else:
-        _join_groups(out_dir / "validated" / f"{name}.csv", validated_header(cfg, name), outcomes)
+        _join_groups(out_dir / "validated" / f"{name}.csv", validated_header(cfg, name), outcomes, copy=not keep_spills)
     source_headers = [col.header(col_name) for col_name, col in ds.columns.items()]
     _concatenate(out_dir / "rejected" / f"{name}.csv", [*REJECT_META, *source_headers, "_other"], [o.rejected_path for o in outcomes])
     totals = {"rows_in": 0, "rows_valid": 0, "rows_rejected": 0}
@@ -168,6 +180,7 @@ class FileOutcome:
     # when set, each value's rows are the whole of its own spill file, not a span of the part file
     # (outcomes that stay on this machine: the spills are not copied into the part first)
     spills: dict[str, Path] | None = None
+    quoted: bool = False  # some valid line holds a quote character
 
 
 def _validate_file(
@@ -277,6 +290,7 @@ def _validate_file(
     if spill is not None:
         outcome.groups = spill.finish(join_spills)
         outcome.spills = None if join_spills else spill.spills
+        outcome.quoted = spill.quoted
     return outcome
 
 
@@ -299,6 +313,7 @@ class _GroupSpill:
         self.open: dict[str, BinaryIO] = {}
         self.rows: Counter[str] = Counter()
         self.buffered = 0
+        self.quoted = False  # some line holds a quote (a field csv.writer quoted): its lines are not all rows
 
     def add(self, cols: list[list[str]], plain: Sequence[bool]) -> None:
         if not cols or not cols[0]:
@@ -323,6 +338,7 @@ class _GroupSpill:
         for value, lines in self.buffers.items():
             self.rows[value] += len(lines)
             data = (TERMINATOR.join(lines) + TERMINATOR).encode("utf-8")
+            self.quoted = self.quoted or b'"' in data
             fh = self.open.get(value)
             if fh is not None:
                 fh.write(data)
@@ -531,13 +547,33 @@ def _validate_files_in_processes(
         _WORKER.clear()
 
 
-def _join_groups(dest: Path, header: list[str], outcomes: list[FileOutcome]) -> None:
+def _join_groups(dest: Path, header: list[str], outcomes: list[FileOutcome], copy: bool = True) -> None:
     """A partitioned dataset's validated file: its rows grouped by partition value (in value order),
-    each value's rows in file order; beside it, `groups_path(dest)` says where each value's rows are."""
+    each value's rows in file order; beside it, `groups_path(dest)` says where each value's rows are.
+
+    `copy` False (the outcomes' spill files stay where they are until the transform on this machine
+    is done): the rows are not copied (a serial pass over the batch in the parent); each group
+    lists its segments in the spills instead (`csvio.span_segments`) and the file holds the header.
+    Only lines without a quote are left in the spills."""
     values = sorted({value for o in outcomes for value in o.groups})
     with open(dest, "w", encoding="utf-8", newline="") as out:
         csv.writer(out).writerow(header)
-    groups = []
+    groups: list[list[Any]] = []
+    # a quoted line may span lines: such a file is read whole by csv.reader, so it is joined
+    if not copy and not any(o.quoted for o in outcomes):
+        offset = dest.stat().st_size
+        for value in values:
+            segments = [
+                [os.path.relpath(o.spills[value] if o.spills is not None else o.valid_path, dest.parent), *o.groups[value][:2]]
+                for o in outcomes
+                if value in o.groups
+            ]
+            length = sum(segment[2] for segment in segments)
+            rows = sum(o.groups[value][2] for o in outcomes if value in o.groups)
+            groups.append([value, offset, length, rows, segments])
+            offset += length
+        groups_path(dest).write_text(json.dumps({"groups": groups}, separators=(",", ":")), encoding="utf-8")
+        return
     with open(dest, "ab") as out:
         for value in values:
             start, rows = out.tell(), 0
