@@ -63,6 +63,17 @@ def test_out_holds_the_contract_files(first_call: tuple[Path, Any], batches: lis
         assert all(r["_file"] and r["_line"].isdigit() and r["_reasons"] for r in rows), ds
     assert sum(batch["datasets"][ds]["rows_rejected"] for ds in DATASETS) > 0  # the batch has invalid rows
     assert "Validation summary" in result.stdout  # the human-readable summary
+    assert not any((out / "work").iterdir())  # the scratch is gone when the command returns
+
+
+def test_the_same_batch_twice_in_one_call(batches: list[Path], tmp_path: Path) -> None:
+    """The second pass reuses the first one's scratch directory (same content, same id): the first
+    one's clean-up (a child process) is waited for before it starts."""
+    result = kpipe("process", batches[0], batches[0], "--out", tmp_path, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)["report"]["batches"]
+    assert [b["status"] for b in report] == ["SUCCEEDED", "SUCCEEDED"] and report[0]["seq"] == report[1]["seq"]
+    assert not any((tmp_path / "work").iterdir())
 
 
 def test_tables_are_sorted_lists_of_items_with_json_numbers(first_call: tuple[Path, Any]) -> None:
