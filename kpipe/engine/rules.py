@@ -239,7 +239,9 @@ class FileRules:
         texts: list[list[str] | None] = []
         for col in self.columns:
             if col.pos < 0:
-                cols.append([col.default] * n)  # an absent optional column: its default (or null)
+                # an absent optional column: its default (or null); an int default makes an IntColumn,
+                # so the int fast paths (a product by 1, key lookups) take it
+                cols.append(IntColumn([col.default] * n) if type(col.default) is int else [col.default] * n)
                 texts.append(None)
                 continue
             values, bad, clean = _bulk_parse(raw_cols[col.pos], col.parse, col.required, col.default)
