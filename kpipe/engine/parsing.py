@@ -30,9 +30,19 @@ _DATETIME = re.compile(
 # the same grammars over a whole column joined by "\n" (one regex pass instead of a call per value),
 # with possessive quantifiers: what follows each repeat can never be what it repeats, so giving
 # characters back could not make a match, and not keeping the states to do so is ~40% faster
+_INT_COLUMN = re.compile(r"(?:[0-9]++\n)*+")  # what `_bulk_ints` reads: ASCII digits, no sign
 _DECIMAL_COLUMN = re.compile(r"(?:[+-]?+(?:[0-9]++(?:\.[0-9]++)?+|\.[0-9]++)\n)*+")
 _DATETIME_COLUMN = re.compile(
     r"(?:[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]++)?+(?:Z|[+-][0-9]{2}:[0-9]{2})?+\n)*+"
+)
+# datetimes `bulk` converts: real months and days (February 29th left out: leap years are not
+# worth a regex), hours, minutes, seconds and offsets. Where a column is not all clean, the lines this
+# refuses are parsed one by one, so a day that does not exist does not make `bulk` refuse the good
+# ones around it.
+_CALENDAR_COLUMN = re.compile(
+    r"(?:(?!0000)[0-9]{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
+    r"|02-(?:0[1-9]|1[0-9]|2[0-8]))[T ](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]++)?+"
+    r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?+\n)*+"
 )
 
 
@@ -138,6 +148,10 @@ def canonical_decimals(texts: list[str], values: list[Decimal] | None = None) ->
 # column is not all clean (the caller then parses value by value and finds the bad ones).
 parse_int.bulk = _bulk_ints  # type: ignore[attr-defined]
 parse_decimal.bulk = _bulk_decimals  # type: ignore[attr-defined]
+# each fast path's line grammar repeated over a column joined by "\n": where a column is not all
+# clean, `rules._bulk_parse` finds the lines it refuses in one pass and sends the rest through `bulk`
+parse_int.column = _INT_COLUMN  # type: ignore[attr-defined]
+parse_decimal.column = _DECIMAL_COLUMN  # type: ignore[attr-defined]
 parse_string.bulk = _bulk_strings  # type: ignore[attr-defined]
 parse_int.canonical = canonical_ints  # type: ignore[attr-defined]
 parse_decimal.canonical = canonical_decimals  # type: ignore[attr-defined]
@@ -190,9 +204,9 @@ def datetime_parser(tz: tzinfo) -> Callable[[str], datetime]:
                 iso = utc_iso(texts) if texts else []
                 return _IsoDatetimes(map(datetime.fromisoformat, iso), iso)
             parsed = list(map(datetime.fromisoformat, texts))
-        except ValueError:
+            return [d.replace(tzinfo=tz) if d.tzinfo is None else d.astimezone(tz) for d in parsed]
+        except (ValueError, ArithmeticError):  # a day that does not exist; a time moved out of range by its zone
             return None
-        return [d.replace(tzinfo=tz) if d.tzinfo is None else d.astimezone(tz) for d in parsed]
 
     def canonical_texts(texts: list[str], values: list[datetime]) -> list[str]:
         """`isoformat()` of each value (parsed from `texts` by `bulk`): in a UTC pipeline the texts
@@ -202,6 +216,7 @@ def datetime_parser(tz: tzinfo) -> Callable[[str], datetime]:
         return iso if iso is not None else list(map(datetime.isoformat, values))
 
     parse.bulk = bulk  # type: ignore[attr-defined]
+    parse.column = _CALENDAR_COLUMN  # type: ignore[attr-defined]
     parse.canonical_texts = canonical_texts  # type: ignore[attr-defined]
     return parse
 

@@ -15,18 +15,21 @@ Rule ids, as they appear in reports and rejected files:
 from __future__ import annotations
 
 import operator
+import re
+from bisect import bisect_right
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, getcontext
-from itertools import repeat
+from itertools import accumulate, compress, filterfalse, repeat
 from operator import is_not, itemgetter
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from chalicelib.config import Check, Column, Dataset, Derived, PipelineConfig
 from kpipe.engine.keys import IntColumn, KeyTable, take
-from kpipe.engine.parsing import datetime_parser, has_none, parse_decimal, parse_int, parse_string
+from kpipe.engine.parsing import datetime_parser, format_value, has_none, parse_decimal, parse_int, parse_string
 
 Predicate = Callable[[Any], bool]
 # a derived field from the value columns so far and the values already looked up in a column's
@@ -223,7 +226,6 @@ class FileRules:
         if self.missing or not n:
             empty = [[] for _ in range(len(self.columns) + len(self.derived))]
             return empty, [(i, self.missing) for i in range(n)], [None] * len(self.columns)
-        suspect: set[int] = set()
         # only the declared columns, each cut out in one C-level pass (a raw file has many others)
         column = getattr(rows, "column", None)  # FlatRows: columns are slices of one split
         try:
@@ -237,54 +239,42 @@ class FileRules:
             raw_cols = {pos: list(map(getter, rows)) for pos, getter in self.getters}
         cols: list[list[Any]] = []
         texts: list[list[str] | None] = []
-        for col in self.columns:
+        # each rejected row's reasons, column by column in `apply`'s order: a blank required or
+        # unparseable value, else its failed checks, then uniqueness, then its reference
+        reasons: dict[int, list[str]] = {}
+        found: dict[int, list[Any]] = {}
+        for c, col in enumerate(self.columns):
             if col.pos < 0:
                 # an absent optional column: its default (or null); an int default makes an IntColumn,
                 # so the int fast paths (a product by 1, key lookups) take it
                 cols.append(IntColumn([col.default] * n) if type(col.default) is int else [col.default] * n)
                 texts.append(None)
                 continue
-            values, bad, clean = _bulk_parse(raw_cols[col.pos], col.parse, col.required, col.default)
-            texts.append(_canonical_texts(col.parse, clean, values) if clean is not None else None)
-            suspect.update(bad)
-            for _rule, pred in col.checks:
-                if bad or (clean is None and has_none(values)):  # a clean column has no null
-                    suspect.update(i for i, v in enumerate(values) if v is not None and not pred(v))
-                elif not all(map(pred, values)):
-                    suspect.update(i for i, v in enumerate(values) if not pred(v))
+            values, blanks, bad, shown = _bulk_parse(raw_cols[col.pos], col.parse, col.required, col.default)
+            texts.append(shown)
             cols.append(values)
-        rejected: list[tuple[int, list[str]]] = []
-        keep: list[int] = []
-        uniques = [(c, col.unique, f"{col.name}.unique") for c, col in enumerate(self.columns) if col.unique is not None]
-        refs = [(c, col.ref, f"{col.name}.references") for c, col in enumerate(self.columns) if col.ref is not None]
-        # a null is neither checked for uniqueness nor looked up (as `apply` has it: an optional unique
-        # value or reference left empty is no duplicate and points at nothing)
-        unique_ok = [_add_new_present(table, cols[c]) if not suspect else None for c, table, _ in uniques]
-        # a reference check looks each key up; lookups through the same column reuse what it found
-        found = {c: table.get_many(cols[c]) for c, table, _ in refs} if not suspect else {}
-        ref_ok = [_found_or_null(found[c], cols[c]) if not suspect else None for c, _table, _ in refs]
-        if not suspect and all(map(all, unique_ok)) and all(map(all, ref_ok)):
-            keep = list(range(n))  # the common case: a clean chunk
-        else:
-            for i in range(n):
-                if i in suspect:
-                    _, why = self.apply(rows[i])
-                    rejected.append((i, why))
-                    continue
-                if suspect:  # row-ordered uniqueness only matters when apply() also registers keys
-                    why = [rid for c, table, rid in uniques if cols[c][i] is not None and not table.add_new(cols[c][i])]
-                    why += [rid for c, table, rid in refs if cols[c][i] is not None and cols[c][i] not in table]
-                else:
-                    why = [rid for (c, _t, rid), ok in zip(uniques, unique_ok, strict=True) if not ok[i]]  # type: ignore[index]
-                    why += [rid for (c, _t, rid), ok in zip(refs, ref_ok, strict=True) if not ok[i]]  # type: ignore[index]
-                if why:
-                    rejected.append((i, why))
-                else:
-                    keep.append(i)
-        if len(keep) != n:
-            cols = [[col[i] for i in keep] for col in cols]
-            texts = [[text[i] for i in keep] if text is not None else None for text in texts]
-            found = {c: [got[i] for i in keep] for c, got in found.items()}
+            if col.required:
+                _note(reasons, blanks, f"{col.name}.required")
+            _note(reasons, bad, f"{col.name}.type")
+            # a blank (its default) or unparseable value is not checked, registered or looked up
+            present = values
+            if blanks or bad:
+                present = list(values)
+                for i in (*blanks, *bad):
+                    present[i] = None
+            for rule, pred in col.checks:
+                _note(reasons, _failing(pred, present, bool(blanks or bad)), rule)
+            if col.unique is not None:
+                _note(reasons, _refused_rows(_add_new_present(col.unique, present)), f"{col.name}.unique")
+            if col.ref is not None:  # lookups through this column reuse what it found
+                found[c] = col.ref.get_many(present)
+                _note(reasons, _refused_rows(_found_or_null(found[c], present)), f"{col.name}.references")
+        rejected = sorted(reasons.items())
+        if rejected:
+            keep = list(filterfalse(reasons.__contains__, range(n)))
+            cols = [_kept(col, keep) for col in cols]
+            texts = [take(text, keep) if text is not None else None for text in texts]
+            found = {c: take(got, keep) for c, got in found.items()}
         texts = list(texts)
         for step in self.derived:
             with_texts = getattr(step, "with_texts", None)
@@ -335,6 +325,31 @@ def _found_or_null(found: list[Any], values: list[Any]) -> list[bool]:
     if has_none(values):
         ok = [hit or v is None for hit, v in zip(ok, values, strict=True)]
     return ok
+
+
+def _note(reasons: dict[int, list[str]], rows: Sequence[int], rule: str) -> None:
+    for i in rows:
+        reasons.setdefault(i, []).append(rule)
+
+
+def _refused_rows(ok: list[bool]) -> list[int]:
+    """Positions of the False entries (none: one C-level `all`)."""
+    return [] if all(ok) else list(compress(range(len(ok)), map(operator.not_, ok)))
+
+
+def _failing(pred: Predicate, values: list[Any], has_nulls: bool) -> list[int]:
+    """Positions of the non-null values `pred` refuses, in C-level maps (the nulls left out first)."""
+    if not has_nulls:
+        return [] if all(map(pred, values)) else list(compress(range(len(values)), map(operator.not_, map(pred, values))))
+    mask = list(map(is_not, values, repeat(None)))
+    at = list(compress(range(len(values)), mask))
+    present = list(compress(values, mask))
+    return [] if all(map(pred, present)) else list(compress(at, map(operator.not_, map(pred, present))))
+
+
+def _kept(col: list[Any], keep: list[int]) -> list[Any]:
+    """The kept rows of a column; a column of ints stays an IntColumn (its fast paths stay open)."""
+    return IntColumn(take(col, keep)) if type(col) is IntColumn else take(col, keep)
 
 
 def _derive_step(cfg: PipelineConfig, dataset: str, spec: Derived, refs: BatchRefs, fields: list[str]) -> ColumnStep:
@@ -432,33 +447,136 @@ def _map_distinct(fn: Callable[[Any], Any], col: list[Any]) -> list[Any]:
 
 def _bulk_parse(
     texts: Sequence[str], parse: Callable[[str], Any], required: bool, default: Any
-) -> tuple[list[Any], list[int], list[str] | None]:
-    """Parse a whole column: (values, positions that are null-but-required or unparseable, and the
-    texts the values were parsed from when the whole column was clean, else None)."""
+) -> tuple[list[Any], list[int], list[int], list[str] | None]:
+    """Parse a whole column: (values, blank positions, unparseable positions, the canonical texts of
+    the values when they came cheaply, else None). A blank gets the default (None when required);
+    an unparseable value is None.
+
+    The parser's whole-column fast path takes the column, or when some text is blank or bad, the
+    texts its line grammar accepts (`parse.column`, one regex pass finds the others; whatever the
+    fast path still refuses, a day that does not exist, is halved down to a few texts): a chunk with
+    a few bad values costs about what a clean one does. Only the rest is parsed one by one."""
     fast = getattr(parse, "bulk", None)  # a parser's whole-column fast path (see parsing.py)
     if fast is not None and parse is not parse_string and "" not in texts:
         values = fast(list(texts))  # these grammars refuse blanks: a clean column needs no strip
         if values is not None:
-            return values, [], list(texts)
+            return values, [], [], _canonical_texts(parse, list(texts), values)
     stripped = list(map(str.strip, texts))
-    if fast is not None and "" not in stripped:
+    if fast is not None and "" not in stripped and (parse is parse_string or stripped != texts):
         values = fast(stripped)
         if values is not None:
-            return values, [], stripped
-    values: list[Any] = []
+            return values, [], [], _canonical_texts(parse, stripped, values)
+    n = len(stripped)
+    blanks = list(compress(range(n), map(operator.not_, stripped)))
+    one_by_one: list[int] = list(compress(range(n), stripped))
+    values: list[Any] = [None] * n
+    shown: list[str] | None = None
+    got: list[Any] | None = None
+    if fast is not None and one_by_one:
+        column = getattr(parse, "column", None)
+        refused = _refused_lines(column, stripped) if column is not None else blanks
+        if refused is not None and len(refused) < n:
+            # the refused lines (and blanks) take a good line's place for one pass of the fast path,
+            # then get their own values: no gathering of the good lines, no scattering of values
+            out = set(refused)
+            placeholder = stripped[next(filterfalse(out.__contains__, range(n)))]
+            fixed = list(stripped)
+            _scatter(fixed, refused, repeat(placeholder))
+            got = fast(fixed)
+            if got is not None:
+                values = list(got)
+                canonical = _canonical_texts(parse, fixed, got)
+                shown = list(canonical) if canonical is not None else None
+                one_by_one = [i for i in refused if stripped[i]]
+            else:  # something the grammar lets through (a time its zone moves out of range): halves
+                values, shown = _parse_in_parts(parse, fast, stripped, list(filterfalse(out.__contains__, range(n))), n)
+                one_by_one = [i for i in range(n) if values[i] is _LEFT and stripped[i]]
     bad: list[int] = []
-    for i, text in enumerate(stripped):
-        if not text:
-            values.append(default)
-            if required:
-                bad.append(i)
-            continue
+    for i in one_by_one:
         try:
-            values.append(parse(text))
+            values[i] = parse(stripped[i])
         except (ValueError, ArithmeticError):
-            values.append(None)
+            values[i] = None
             bad.append(i)
-    return values, bad, None
+            continue
+        if shown is not None:
+            shown[i] = format_value(values[i])
+    blank_value = None if required else default
+    blank_text = format_value(blank_value)
+    for i in blanks:
+        values[i] = blank_value
+        if shown is not None:
+            shown[i] = blank_text
+    if shown is not None:
+        for i in bad:
+            shown[i] = ""
+    if type(got) is IntColumn and not bad and not (blanks and type(blank_value) is not int):
+        values = IntColumn(values)  # still all ints: the int fast paths stay open
+    return values, blanks, bad, shown
+
+
+_LEFT = object()  # a value `_parse_in_parts` left to be parsed one by one
+
+
+def _parse_in_parts(
+    parse: Callable[[str], Any], fast: Callable[[list[str]], list[Any] | None], texts: list[str], good: list[int], n: int
+) -> tuple[list[Any], list[str] | None]:
+    """The fast path over the `good` positions in parts, halving where it refuses: (values, with
+    `_LEFT` where it refused down to a few texts; canonical texts, or None)."""
+    values: list[Any] = [_LEFT] * n
+    shown: list[str] | None = [""] * n
+    parts, _left = _bulk_parts(fast, texts, good)
+    for part, part_values in parts:
+        _scatter(values, part, part_values)
+        canonical = _canonical_texts(parse, take(texts, part), part_values)
+        if canonical is None:
+            shown = None
+        elif shown is not None:
+            _scatter(shown, part, canonical)
+    return values, shown
+
+
+def _scatter(into: list[Any], at: Sequence[int], values: Sequence[Any]) -> None:
+    """into[at[k]] = values[k], in C (`operator.setitem` mapped: no Python frame per value)."""
+    deque(map(operator.setitem, repeat(into), at, values), 0)
+
+
+def _refused_lines(column: re.Pattern[str], texts: list[str]) -> list[int] | None:
+    """Positions of the texts a column grammar (a possessive repeat of one line's grammar and a line
+    feed) refuses: it matches runs of good lines, each refused line is stepped over. None when a
+    text holds a line feed itself (the joined column could not tell the lines apart)."""
+    joined = "\n".join(texts) + "\n"
+    if joined.count("\n") != len(texts):
+        return None
+    offsets: list[int] = []
+    pos, end = 0, len(joined)
+    while (pos := column.match(joined, pos).end()) < end:  # type: ignore[union-attr]
+        offsets.append(pos)
+        pos = joined.index("\n", pos) + 1
+    if not offsets:
+        return []
+    line_ends = list(accumulate(map((1).__add__, map(len, texts))))
+    return [bisect_right(line_ends, offset) for offset in offsets]
+
+
+def _bulk_parts(
+    fast: Callable[[list[str]], list[Any] | None], texts: list[str], at: list[int]
+) -> tuple[list[tuple[list[int], list[Any]]], list[int]]:
+    """`fast` over texts[at]; where it refuses, over halves, down to a few texts: (parts it took with
+    their values, the positions left to parse one by one)."""
+    parts: list[tuple[list[int], list[Any]]] = []
+    left: list[int] = []
+    todo = [at] if at else []
+    while todo:
+        part = todo.pop()
+        got = fast(take(texts, part))
+        if got is not None:
+            parts.append((part, got))
+        elif len(part) <= 8:
+            left.extend(part)
+        else:
+            todo += [part[len(part) // 2 :], part[: len(part) // 2]]
+    return parts, left
 
 
 def _canonical_texts(parse: Callable[[str], Any], clean: list[str], values: list[Any]) -> list[str] | None:

@@ -310,3 +310,34 @@ def test_whole_second_columns_take_the_string_path_and_agree(texts: list[str], z
     assert values is not None
     assert [(v, v.utcoffset()) for v in values] == [(v, v.utcoffset()) for v in expected]
     assert parse.canonical_texts(texts, values) == [v.isoformat() for v in expected]  # type: ignore[attr-defined]
+
+
+_DATETIME_PARTS = st.tuples(
+    st.integers(0, 9999), st.integers(0, 19), st.integers(0, 39), st.integers(0, 29), st.integers(0, 69),
+    st.integers(0, 69), st.sampled_from(["", ".5", ".123456", ".1234567"]),
+    st.sampled_from(["", "Z", "+05:30", "-07:00", "+24:00", "+03:60", "-00:00"]), st.sampled_from([" ", "T"]),
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_DATETIME_PARTS)
+def test_the_calendar_grammar_accepts_only_what_the_fast_path_converts(parts: tuple[Any, ...]) -> None:
+    """Where a datetime column is not all clean, the lines `_CALENDAR_COLUMN` accepts go through the
+    whole-column fast path together: each must be one it converts (else the good ones around it are
+    halved until it is found, which is slow), but for a time its zone moves out of the years
+    datetime holds; what the grammar refuses is parsed one by one (a refusal is never wrong). Before:
+    such a time made the fast path raise OverflowError out of the validation."""
+    from kpipe.engine.parsing import _CALENDAR_COLUMN, datetime_parser
+
+    y, mo, d, h, mi, s, frac, zone, sep = parts
+    text = f"{y:04d}-{mo:02d}-{d:02d}{sep}{h:02d}:{mi:02d}:{s:02d}{frac}{zone}"
+    for tz in (UTC, ZoneInfo("Europe/Paris")):
+        parse = datetime_parser(tz)
+        if not _CALENDAR_COLUMN.fullmatch(text + "\n"):
+            continue
+        try:
+            expected = parse(text)
+        except (ValueError, ArithmeticError):  # moved out of range by its zone: year 1 or 9999 only
+            assert y in (1, 9999) and parse.bulk([text]) is None  # type: ignore[attr-defined]
+            continue
+        assert parse.bulk([text]) == [expected]  # type: ignore[attr-defined]
