@@ -16,12 +16,13 @@ bytes per key, whatever the file sizes.
 from __future__ import annotations
 
 import json
+import operator
 import re
 from array import array
 from collections import deque
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice, repeat
+from itertools import compress, islice, repeat
 from operator import itemgetter, lt, setitem
 from pathlib import Path
 from typing import Any
@@ -106,10 +107,24 @@ class KeyTable:
             return [True] * len(keys)
         self._reserve(keys)
         dense, sparse, added = self._dense, self._sparse, []
-        if self._all_dense(keys) and not any(take(dense, keys)) and len(set(keys)) == len(keys):
-            _store(dense, keys, repeat(code))  # all new: C-level stores
-            self._count += len(keys)
-            return [True] * len(keys)
+        if self._all_dense(keys):
+            held = take(dense, keys)
+            distinct = len(set(keys)) == len(keys)
+            if distinct and not any(held):
+                _store(dense, keys, repeat(code))  # all new: C-level stores
+                self._count += len(keys)
+                return [True] * len(keys)
+            # some held already, or repeated in the column (a duplicate's first occurrence is the one
+            # added): decided in C-level maps, not key by key
+            added = list(map(operator.not_, held))
+            if not distinct:
+                first = [False] * len(keys)  # each key's first position (the reversed pairs leave it last)
+                _store(first, dict(zip(reversed(keys), range(len(keys) - 1, -1, -1), strict=True)).values(), repeat(True))  # type: ignore[arg-type]
+                added = list(map(operator.and_, added, first))
+            new = list(compress(keys, added))
+            _store(dense, new, repeat(code))
+            self._count += len(new)
+            return added
         append = added.append
         for key in keys:
             if type(key) is int and 0 <= key < DENSE_LIMIT:

@@ -256,19 +256,28 @@ class FileRules:
             if col.required:
                 _note(reasons, blanks, f"{col.name}.required")
             _note(reasons, bad, f"{col.name}.type")
-            # a blank (its default) or unparseable value is not checked, registered or looked up
+            # a blank (its default) or unparseable value is not checked, registered or looked up:
+            # the others are, as a column of their own (ints as an IntColumn: the key tables' C paths)
+            at: list[int] | None = None
             present = values
             if blanks or bad:
-                present = list(values)
-                for i in (*blanks, *bad):
-                    present[i] = None
+                out = {*blanks, *bad}
+                at = list(filterfalse(out.__contains__, range(n)))
+                present = take(values, at)
+                if col.parse is parse_int:
+                    present = IntColumn(present)
             for rule, pred in col.checks:
-                _note(reasons, _failing(pred, present, bool(blanks or bad)), rule)
+                _note(reasons, _at(at, _failing(pred, present)), rule)
             if col.unique is not None:
-                _note(reasons, _refused_rows(_add_new_present(col.unique, present)), f"{col.name}.unique")
+                _note(reasons, _at(at, _refused_rows(_add_new_present(col.unique, present))), f"{col.name}.unique")
             if col.ref is not None:  # lookups through this column reuse what it found
-                found[c] = col.ref.get_many(present)
-                _note(reasons, _refused_rows(_found_or_null(found[c], present)), f"{col.name}.references")
+                got = col.ref.get_many(present)
+                _note(reasons, _at(at, _refused_rows(_found_or_null(got, present))), f"{col.name}.references")
+                if at is not None:
+                    full: list[Any] = [None] * n
+                    _scatter(full, at, got)
+                    got = full
+                found[c] = got
         rejected = sorted(reasons.items())
         if rejected:
             keep = list(filterfalse(reasons.__contains__, range(n)))
@@ -337,14 +346,14 @@ def _refused_rows(ok: list[bool]) -> list[int]:
     return [] if all(ok) else list(compress(range(len(ok)), map(operator.not_, ok)))
 
 
-def _failing(pred: Predicate, values: list[Any], has_nulls: bool) -> list[int]:
-    """Positions of the non-null values `pred` refuses, in C-level maps (the nulls left out first)."""
-    if not has_nulls:
-        return [] if all(map(pred, values)) else list(compress(range(len(values)), map(operator.not_, map(pred, values))))
-    mask = list(map(is_not, values, repeat(None)))
-    at = list(compress(range(len(values)), mask))
-    present = list(compress(values, mask))
-    return [] if all(map(pred, present)) else list(compress(at, map(operator.not_, map(pred, present))))
+def _failing(pred: Predicate, values: list[Any]) -> list[int]:
+    """Positions of the values (none null) `pred` refuses, in C-level maps."""
+    return [] if all(map(pred, values)) else list(compress(range(len(values)), map(operator.not_, map(pred, values))))
+
+
+def _at(at: list[int] | None, positions: list[int]) -> list[int]:
+    """Positions in a column of the present values (`at`, None: all rows) back to row positions."""
+    return positions if at is None or not positions else take(at, positions)
 
 
 def _kept(col: list[Any], keep: list[int]) -> list[Any]:
@@ -482,7 +491,7 @@ def _bulk_parse(
             placeholder = stripped[next(filterfalse(out.__contains__, range(n)))]
             fixed = list(stripped)
             _scatter(fixed, refused, repeat(placeholder))
-            got = fast(fixed)
+            got = fast(fixed, matched=column is not None)  # the grammar was just checked
             if got is not None:
                 values = list(got)
                 canonical = _canonical_texts(parse, fixed, got)
@@ -519,7 +528,7 @@ _LEFT = object()  # a value `_parse_in_parts` left to be parsed one by one
 
 
 def _parse_in_parts(
-    parse: Callable[[str], Any], fast: Callable[[list[str]], list[Any] | None], texts: list[str], good: list[int], n: int
+    parse: Callable[[str], Any], fast: Callable[..., list[Any] | None], texts: list[str], good: list[int], n: int
 ) -> tuple[list[Any], list[str] | None]:
     """The fast path over the `good` positions in parts, halving where it refuses: (values, with
     `_LEFT` where it refused down to a few texts; canonical texts, or None)."""
@@ -560,7 +569,7 @@ def _refused_lines(column: re.Pattern[str], texts: list[str]) -> list[int] | Non
 
 
 def _bulk_parts(
-    fast: Callable[[list[str]], list[Any] | None], texts: list[str], at: list[int]
+    fast: Callable[..., list[Any] | None], texts: list[str], at: list[int]
 ) -> tuple[list[tuple[list[int], list[Any]]], list[int]]:
     """`fast` over texts[at]; where it refuses, over halves, down to a few texts: (parts it took with
     their values, the positions left to parse one by one)."""

@@ -228,10 +228,10 @@ def _validate_file(
     with open(outcome.rejected_path, "w", encoding="utf-8", errors="surrogateescape", newline="") as rej_fh:
         rejected = csv.writer(rej_fh)
 
-        def reject(line: int, row: Sequence[str], header: Sequence[str], src_pos: list[int], why: list[str]) -> None:
+        def reject(line: int, row: Sequence[str], other_pos: list[tuple[int, str]], src_pos: list[int], why: list[str]) -> None:
             counts["rows_rejected"] += 1
             outcome.reasons.update(why)
-            other = {h: v for h, v in zip(header, row, strict=False) if h.strip() not in declared}
+            other = {h: row[i] for i, h in other_pos if i < len(row)}  # the undeclared columns it has
             rejected.writerow(
                 [
                     rel,
@@ -256,6 +256,7 @@ def _validate_file(
                 chunks = ((chunk, bool(clean)) for chunk in iter(lambda: list(islice(rows, CHUNK_ROWS)), []))
             rules = FileRules(cfg, name, header, refs, seen)
             src_pos = _positions(header, source_headers)  # where the declared columns sit in this file
+            other_pos = [(i, h) for i, h in enumerate(header) if h.strip() not in declared]
             for chunk, chunk_clean in chunks:
                 lines: Sequence[int] = range(line + 1, line + 1 + len(chunk))
                 line += len(chunk)
@@ -274,7 +275,7 @@ def _validate_file(
                 cols, rejected_rows, texts = rules.apply_chunk(chunk)
                 decided = [(lines[i], chunk[i], why) for i, why in rejected_rows]
                 for ln, r, why in sorted([*undecodable, *decided], key=itemgetter(0)) if undecodable else decided:
-                    reject(ln, r, header, src_pos, why)  # in line order, whatever the reason
+                    reject(ln, r, other_pos, src_pos, why)  # in line order, whatever the reason
                 if not cols or not cols[0]:
                     continue
                 counts["rows_valid"] += len(cols[0])
