@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import operator
 import re
-from bisect import bisect_right
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, getcontext
-from itertools import accumulate, compress, filterfalse, repeat
+from itertools import chain, compress, filterfalse, repeat, starmap
 from operator import is_not, itemgetter
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -258,12 +257,11 @@ class FileRules:
             _note(reasons, bad, f"{col.name}.type")
             # a blank (its default) or unparseable value is not checked, registered or looked up:
             # the others are, as a column of their own (ints as an IntColumn: the key tables' C paths)
-            at: list[int] | None = None
+            at: list[tuple[int, int]] | None = None  # the runs of rows whose values are present
             present = values
             if blanks or bad:
-                out = {*blanks, *bad}
-                at = list(filterfalse(out.__contains__, range(n)))
-                present = take(values, at)
+                at = _runs(n, (*blanks, *bad))
+                present = _gather(values, at)
                 if col.parse is parse_int:
                     present = IntColumn(present)
             for rule, pred in col.checks:
@@ -273,17 +271,20 @@ class FileRules:
             if col.ref is not None:  # lookups through this column reuse what it found
                 got = col.ref.get_many(present)
                 _note(reasons, _at(at, _refused_rows(_found_or_null(got, present))), f"{col.name}.references")
-                if at is not None:
+                if at is not None:  # back in row places, None where the value is not present
                     full: list[Any] = [None] * n
-                    _scatter(full, at, got)
+                    k = 0
+                    for start, end in at:
+                        full[start:end] = got[k : k + end - start]
+                        k += end - start
                     got = full
                 found[c] = got
         rejected = sorted(reasons.items())
-        if rejected:
-            keep = list(filterfalse(reasons.__contains__, range(n)))
-            cols = [_kept(col, keep) for col in cols]
-            texts = [take(text, keep) if text is not None else None for text in texts]
-            found = {c: take(got, keep) for c, got in found.items()}
+        if rejected:  # the kept rows, copied a run at a time
+            kept = _runs(n, reasons)
+            cols = [_gather(col, kept) for col in cols]
+            texts = [_gather(text, kept) if text is not None else None for text in texts]
+            found = {c: _gather(got, kept) for c, got in found.items()}
         texts = list(texts)
         for step in self.derived:
             with_texts = getattr(step, "with_texts", None)
@@ -351,14 +352,32 @@ def _failing(pred: Predicate, values: list[Any]) -> list[int]:
     return [] if all(map(pred, values)) else list(compress(range(len(values)), map(operator.not_, map(pred, values))))
 
 
-def _at(at: list[int] | None, positions: list[int]) -> list[int]:
-    """Positions in a column of the present values (`at`, None: all rows) back to row positions."""
-    return positions if at is None or not positions else take(at, positions)
+def _at(at: list[tuple[int, int]] | None, positions: list[int]) -> list[int]:
+    """Positions among the present values (in the runs `at`; None: all rows) back to row positions."""
+    if at is None or not positions:
+        return positions
+    return take(list(chain.from_iterable(starmap(range, at))), positions)
 
 
-def _kept(col: list[Any], keep: list[int]) -> list[Any]:
-    """The kept rows of a column; a column of ints stays an IntColumn (its fast paths stay open)."""
-    return IntColumn(take(col, keep)) if type(col) is IntColumn else take(col, keep)
+def _runs(n: int, drop: Iterable[int]) -> list[tuple[int, int]]:
+    """The runs `[start, end)` of range(n) that the positions in `drop` (a few) leave."""
+    runs, start = [], 0
+    for i in sorted(set(drop)):
+        if i > start:
+            runs.append((start, i))
+        start = i + 1
+    if start < n:
+        runs.append((start, n))
+    return runs
+
+
+def _gather(col: list[Any], runs: list[tuple[int, int]]) -> list[Any]:
+    """The rows of `col` in `runs`, copied by slices (a few memcpys, no per-value gather); a column
+    of ints stays an IntColumn (its fast paths stay open)."""
+    out: list[Any] = []
+    for start, end in runs:
+        out += col[start:end]
+    return IntColumn(out) if type(col) is IntColumn else out
 
 
 def _derive_step(cfg: PipelineConfig, dataset: str, spec: Derived, refs: BatchRefs, fields: list[str]) -> ColumnStep:
@@ -476,12 +495,12 @@ def _bulk_parse(
         if values is not None:
             return values, [], [], _canonical_texts(parse, stripped, values)
     n = len(stripped)
-    blanks = list(compress(range(n), map(operator.not_, stripped)))
-    one_by_one: list[int] = list(compress(range(n), stripped))
+    blanks = list(compress(range(n), map(operator.not_, stripped))) if "" in stripped else []
+    one_by_one: list[int] | None = None  # None: every non-blank text
     values: list[Any] = [None] * n
     shown: list[str] | None = None
     got: list[Any] | None = None
-    if fast is not None and one_by_one:
+    if fast is not None and len(blanks) < n:
         column = getattr(parse, "column", None)
         refused = _refused_lines(column, stripped) if column is not None else blanks
         if refused is not None and len(refused) < n:
@@ -501,7 +520,7 @@ def _bulk_parse(
                 values, shown = _parse_in_parts(parse, fast, stripped, list(filterfalse(out.__contains__, range(n))), n)
                 one_by_one = [i for i in range(n) if values[i] is _LEFT and stripped[i]]
     bad: list[int] = []
-    for i in one_by_one:
+    for i in one_by_one if one_by_one is not None else compress(range(n), stripped):
         try:
             values[i] = parse(stripped[i])
         except (ValueError, ArithmeticError):
@@ -562,10 +581,7 @@ def _refused_lines(column: re.Pattern[str], texts: list[str]) -> list[int] | Non
     while (pos := column.match(joined, pos).end()) < end:  # type: ignore[union-attr]
         offsets.append(pos)
         pos = joined.index("\n", pos) + 1
-    if not offsets:
-        return []
-    line_ends = list(accumulate(map((1).__add__, map(len, texts))))
-    return [bisect_right(line_ends, offset) for offset in offsets]
+    return [joined.count("\n", 0, offset) for offset in offsets]  # line feeds before it: its line
 
 
 def _bulk_parts(
