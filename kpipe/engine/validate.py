@@ -426,12 +426,13 @@ def _plain_blocks(
             except UnicodeDecodeError:
                 text, clean = data.decode("utf-8", "surrogateescape"), False
             # a line feed count serves both the line ends' kind and split_fields (no carriage return:
-            # one memchr, the usual export ends lines with a line feed)
+            # one memchr, the usual export ends lines with a line feed). A plain file has no bare
+            # carriage return: each one starts a "\r\n", so they are counted (and dropped) as one character
             newlines = text.count("\n")
-            crlf = text.count("\r\n") if "\r" in text else 0
+            crlf = text.count("\r") if "\r" in text else 0
             terminator = "\r\n" if crlf and crlf == newlines else "\n"
             if crlf and terminator == "\n":
-                text = text.replace("\r\n", "\n")  # mixed line ends: one kind
+                text = text.replace("\r", "")  # mixed line ends: one kind
             if width is not None and width > 1 and text:  # one field: a blank line would pass for an empty field
                 # every line feed now ends a line: split_fields need not count them again
                 ended = text.endswith(terminator)

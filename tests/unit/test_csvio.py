@@ -109,7 +109,8 @@ def test_split_fields_gives_each_line_width_fields_or_refuses(lines: list[str], 
     by_line = [line.split(",") for line in text.split(terminator)[:-1]]
     aligned = all(len(row) == width for row in by_line) and (terminator == "\n" or text.count("\n") == len(by_line))
     assert (fields is not None) == aligned
-    if terminator == "\n" or text.count("\n") == len(by_line):  # every line feed ends a line: the caller may count
+    # every line feed (and carriage return, for "\r\n") ends a line: the caller may count
+    if terminator == "\n" or text.count("\n") == text.count("\r") == len(by_line):
         assert split_fields(text, width, terminator, text.count("\n")) == fields
     if fields is not None:
         rows = FlatRows(fields, width)
