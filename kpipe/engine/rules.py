@@ -2,10 +2,12 @@
 
 Everything that can be decided once per file (column positions, parsers, check predicates,
 reference tables, derived-field steps, output formatters) is decided in `FileRules.__init__`.
-Rows are then decided a chunk at a time, column by column (`apply_chunk`): a clean column is
-stripped, parsed and checked with C-level `map`s. Any row that is not clean is handed to the
-row-wise reference path (`apply`), in file order, which gives the exact reasons. Both paths make
-the same decision for every row; the columnar one is only faster.
+Rows are then decided a chunk at a time, column by column (`apply_chunk`): a column is parsed,
+checked, registered and looked up with C-level `map`s, its few bad values (blanks, values outside
+its grammar) set aside and parsed one by one, and each rejected row's reasons are gathered column by
+column. The row-wise path (`apply`) is the reference semantics: both paths make the same decision
+for every row, with the same reasons in the same order (property tests); the columnar one is only
+faster.
 
 Rule ids, as they appear in reports and rejected files:
 `<column>.required`, `<column>.type`, `<column>.<gt|ge|lt|le|eq|ne|between|one_of>`, `<column>.unique`,
@@ -267,10 +269,10 @@ class FileRules:
             for rule, pred in col.checks:
                 _note(reasons, _at(at, _failing(pred, present)), rule)
             if col.unique is not None:
-                _note(reasons, _at(at, _refused_rows(_add_new_present(col.unique, present))), f"{col.name}.unique")
+                _note(reasons, _at(at, _refused_rows(col.unique.add_new_many(present))), f"{col.name}.unique")
             if col.ref is not None:  # lookups through this column reuse what it found
                 got = col.ref.get_many(present)
-                _note(reasons, _at(at, _refused_rows(_found_or_null(got, present))), f"{col.name}.references")
+                _note(reasons, _at(at, _refused_rows(list(map(is_not, got, repeat(None))))), f"{col.name}.references")
                 if at is not None:  # back in row places, None where the value is not present
                     full: list[Any] = [None] * n
                     k = 0
@@ -285,7 +287,6 @@ class FileRules:
             cols = [_gather(col, kept) for col in cols]
             texts = [_gather(text, kept) if text is not None else None for text in texts]
             found = {c: _gather(got, kept) for c, got in found.items()}
-        texts = list(texts)
         for step in self.derived:
             with_texts = getattr(step, "with_texts", None)
             if with_texts is None:
@@ -316,25 +317,6 @@ class FileRules:
             return take({value: table.code((value,)) for value in set(col)}, col)
         rows = list(zip(*(cols[i] for i in self.lookup_pos), strict=True))
         return take({row: table.code(row) for row in set(rows)}, rows)
-
-
-def _add_new_present(table: KeyTable, values: list[Any]) -> list[bool]:
-    """`table.add_new_many` over the non-null values; a null is always accepted."""
-    if not has_none(values):
-        return table.add_new_many(values)
-    present = [i for i, v in enumerate(values) if v is not None]
-    ok = [True] * len(values)
-    for i, added in zip(present, table.add_new_many(take(values, present)), strict=True):
-        ok[i] = added
-    return ok
-
-
-def _found_or_null(found: list[Any], values: list[Any]) -> list[bool]:
-    """Per row: its reference was found, or it has none (a null)."""
-    ok = list(map(is_not, found, repeat(None)))
-    if has_none(values):
-        ok = [hit or v is None for hit, v in zip(ok, values, strict=True)]
-    return ok
 
 
 def _note(reasons: dict[int, list[str]], rows: Sequence[int], rule: str) -> None:
