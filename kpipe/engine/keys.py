@@ -240,7 +240,15 @@ class KeyTable:
             try:
                 return take(values, take(dense, keys))
             except IndexError:  # a key past the allocated slots (not here, or in the sparse part)
-                pass
+                if n and (not sparse or max(keys) < DENSE_LIMIT):  # those are absent: C-level still
+                    past = list(compress(range(len(keys)), map(n.__le__, keys)))
+                    inside = list(keys)
+                    for i in past:
+                        inside[i] = 0
+                    found = take(values, take(dense, inside))
+                    for i in past:
+                        found[i] = None
+                    return found
         if not sparse and keys and self._all_beyond(keys):  # new ids past every slot: none is here
             return [None] * len(keys)
         return [

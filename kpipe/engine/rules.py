@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, getcontext
-from itertools import chain, compress, filterfalse, repeat, starmap
+from itertools import compress, filterfalse, repeat
 from operator import is_not, itemgetter
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -330,15 +330,23 @@ def _refused_rows(ok: list[bool]) -> list[int]:
 
 
 def _failing(pred: Predicate, values: list[Any]) -> list[int]:
-    """Positions of the values (none null) `pred` refuses, in C-level maps."""
-    return [] if all(map(pred, values)) else list(compress(range(len(values)), map(operator.not_, map(pred, values))))
+    """Positions of the values (none null) `pred` refuses, in C-level maps (one pass of `pred`)."""
+    ok = list(map(pred, values))
+    return [] if all(ok) else list(compress(range(len(values)), map(operator.not_, ok)))
 
 
 def _at(at: list[tuple[int, int]] | None, positions: list[int]) -> list[int]:
     """Positions among the present values (in the runs `at`; None: all rows) back to row positions."""
     if at is None or not positions:
         return positions
-    return take(list(chain.from_iterable(starmap(range, at))), positions)
+    rows, runs, done = [], iter(at), 0  # `done`: present values in the runs passed
+    start, end = next(runs)
+    for p in positions:  # ascending
+        while p >= done + end - start:
+            done += end - start
+            start, end = next(runs)
+        rows.append(start + p - done)
+    return rows
 
 
 def _runs(n: int, drop: Iterable[int]) -> list[tuple[int, int]]:
@@ -563,7 +571,12 @@ def _refused_lines(column: re.Pattern[str], texts: list[str]) -> list[int] | Non
     while (pos := column.match(joined, pos).end()) < end:  # type: ignore[union-attr]
         offsets.append(pos)
         pos = joined.index("\n", pos) + 1
-    return [joined.count("\n", 0, offset) for offset in offsets]  # line feeds before it: its line
+    lines, line, start = [], 0, 0
+    for offset in offsets:  # a refused line's index: the line feeds before it (counted once over the column)
+        line += joined.count("\n", start, offset)
+        lines.append(line)
+        start = offset
+    return lines
 
 
 def _bulk_parts(
