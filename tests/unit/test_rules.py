@@ -437,6 +437,19 @@ def _mostly(good: list[str], bad: list[str]) -> st.SearchStrategy[str]:
     return st.one_of(*[st.sampled_from(good)] * 6, st.sampled_from(bad))
 
 
+def assert_same_decisions(by_chunk: FileRules, by_row: FileRules, rows: list[tuple[str, ...]]) -> None:
+    """The chunk path and `apply` row by row: the same rejected rows with the same reasons in the same
+    order, the same kept values in the same canonical text."""
+    from kpipe.engine.parsing import format_value
+
+    cols, rejected, texts = by_chunk.apply_chunk([list(r) for r in rows])
+    decided = [by_row.apply(list(r)) for r in rows]
+    assert [(i, why) for i, why in rejected] == [(i, why) for i, (_v, why) in enumerate(decided) if why]
+    kept = [[format_value(v) for v in values] for values, why in decided if not why]
+    chunk_texts = by_chunk.format_columns(cols, texts) if cols and cols[0] else []
+    assert [list(row) for row in zip(*chunk_texts, strict=True)] == kept
+
+
 _INT_TEXTS = _mostly(["1", "2", "3", "7", "12", "25", "30", "007", "0"], [" 7 ", "+3", "-2", "", "x", "1.5", "\u0663"])
 _PRICE_TEXTS = _mostly(["12.50", "3.1", "100", "0.000001", "7"], ["0", "-1.00", ".5", "1e3", "", " 3.10 ", "abc", "5."])
 _QUANTITY_TEXTS = _mostly(["1", "1", "1", "2"], ["", "0", "-1", "1.5", "x", " 2"])
@@ -458,8 +471,6 @@ def test_a_chunk_decides_exactly_as_row_by_row(first: list[tuple[str, ...]], sec
     the optional quantity column."""
     from datetime import date
 
-    from kpipe.engine.parsing import format_value
-
     cfg = parse_config(Path(__file__).resolve().parents[2].joinpath("pipeline.yaml").read_text(encoding="utf-8"))
     refs = BatchRefs(cfg)
     refs.tables["orders"] = KeyTable()
@@ -474,12 +485,7 @@ def test_a_chunk_decides_exactly_as_row_by_row(first: list[tuple[str, ...]], sec
     by_chunk = FileRules(cfg, "order_items", header, refs, {})
     by_row = FileRules(cfg, "order_items", header, refs, {})
     for rows in (first, second):
-        cols, rejected, texts = by_chunk.apply_chunk([list(r) for r in rows])
-        decided = [by_row.apply(list(r)) for r in rows]
-        assert [(i, why) for i, why in rejected] == [(i, why) for i, (_v, why) in enumerate(decided) if why]
-        kept = [[format_value(v) for v in values] for values, why in decided if not why]
-        chunk_texts = by_chunk.format_columns(cols, texts) if cols and cols[0] else []
-        assert [list(row) for row in zip(*chunk_texts, strict=True)] == kept
+        assert_same_decisions(by_chunk, by_row, rows)
 
 
 _ORDER_ROWS = st.lists(
@@ -503,16 +509,9 @@ _ORDER_ROWS = st.lists(
 def test_a_chunk_of_orders_decides_exactly_as_row_by_row(first: list[tuple[str, ...]], second: list[tuple[str, ...]]) -> None:
     """Orders (a unique key, datetimes with offsets and fractions, days that do not exist): a few bad
     values among good ones, where the fast paths take the good ones, decide as `apply` does."""
-    from kpipe.engine.parsing import format_value
-
     cfg = parse_config(Path(__file__).resolve().parents[2].joinpath("pipeline.yaml").read_text(encoding="utf-8"))
     header = ["order_id", "user_id", "status", "created_at"]
     by_chunk = FileRules(cfg, "orders", header, BatchRefs(cfg), {})
     by_row = FileRules(cfg, "orders", header, BatchRefs(cfg), {})
     for rows in (first, second):
-        cols, rejected, texts = by_chunk.apply_chunk([list(r) for r in rows])
-        decided = [by_row.apply(list(r)) for r in rows]
-        assert [(i, why) for i, why in rejected] == [(i, why) for i, (_v, why) in enumerate(decided) if why]
-        kept = [[format_value(v) for v in values] for values, why in decided if not why]
-        chunk_texts = by_chunk.format_columns(cols, texts) if cols and cols[0] else []
-        assert [list(row) for row in zip(*chunk_texts, strict=True)] == kept
+        assert_same_decisions(by_chunk, by_row, rows)
