@@ -131,8 +131,9 @@ def _validate_dataset(
             _validate_file(cfg, name, raw_dir, i, rel, part_dir, refs, seen, valid_keys, None, False) for i, rel in enumerate(rels)
         ]
     refs.tables[name] = valid_keys
-    stats = finish_dataset(cfg, name, out_dir, outcomes, keep_spills and cfg.datasets[name].partition_by is not None)
-    if not (keep_spills and cfg.datasets[name].partition_by):
+    keep = keep_spills and cfg.datasets[name].partition_by is not None  # the rows may stay in the spills
+    stats = finish_dataset(cfg, name, out_dir, outcomes, keep)
+    if not keep:
         shutil.rmtree(part_dir, ignore_errors=True)
     return stats
 
