@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from operator import itemgetter, methodcaller
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import petl
 
@@ -102,9 +102,9 @@ class CanonicalCsv:
         maybe with its segments: see `span_segments`), its text a block of whole lines at a time
         with the fields at `positions` of each line: (value, text, columns)."""
         for span in spans:
-            for path, start, length in span_segments(self.path, span):
-                with open(path, "rb") as fh:
-                    fh.seek(start)
+            with _Files() as files:
+                for path, start, length in span_segments(self.path, span):
+                    fh = files.at(path, start)
                     left, carry = length, b""
                     while left:
                         data = carry + fh.read(min(left, BLOCK_CHARS))
@@ -226,14 +226,36 @@ def span_segments(validated_csv: Path, span: Sequence[Any]) -> list[tuple[Path, 
 
 
 def read_bytes(segments: Sequence[tuple[Path, int, int]], block: int = 1 << 20) -> Iterator[bytes]:
-    """The bytes of `span_segments`, a block at a time."""
-    for path, start, length in segments:
-        with open(path, "rb") as fh:
-            fh.seek(start)
+    """The bytes of `span_segments` (or any `(file, offset, bytes)` segments), a block at a time."""
+    with _Files() as files:
+        for path, start, length in segments:
+            fh = files.at(path, start)
             left = length
             while left and (data := fh.read(min(left, block))):
                 yield data
                 left -= len(data)
+
+
+class _Files:
+    """Files open while segments are read: a file many segments share (a spill file holds a date's
+    rows in one segment per flush) is opened once."""
+
+    def __init__(self) -> None:
+        self.open: dict[Path, BinaryIO] = {}
+
+    def at(self, path: Path, offset: int) -> BinaryIO:
+        fh = self.open.get(path)
+        if fh is None:
+            fh = self.open[path] = open(path, "rb")  # noqa: SIM115 - closed in __exit__
+        fh.seek(offset)
+        return fh
+
+    def __enter__(self) -> _Files:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for fh in self.open.values():
+            fh.close()
 
 
 def _cutter(pos: int, width: int) -> tuple[Callable[[str], list[str]], Callable[[list[str]], str]]:

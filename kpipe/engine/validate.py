@@ -38,7 +38,7 @@ import petl
 from chalicelib.config import PipelineConfig
 from chalicelib.layout import Layout
 from kpipe.engine import prefetch
-from kpipe.engine.csvio import TERMINATOR, FlatRows, groups_path, rows_as_lines, split_fields, write_columns
+from kpipe.engine.csvio import TERMINATOR, FlatRows, groups_path, read_bytes, rows_as_lines, split_fields, write_columns
 from kpipe.engine.keys import KeySpan, KeyTable
 from kpipe.engine.pieces import Piece, cut, plain_block
 from kpipe.engine.rules import BatchRefs, FileRules
@@ -180,7 +180,7 @@ class FileOutcome:
     groups: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     # when set, each value's rows are the whole of its own spill file, not a span of the part file
     # (outcomes that stay on this machine: the spills are not copied into the part first)
-    spills: dict[str, Path] | None = None
+    spills: dict[str, list[tuple[Path, int, int]]] | None = None
     quoted: bool = False  # some valid line holds a quote character
 
 
@@ -300,22 +300,29 @@ class _GroupSpill:
     """A file's valid rows grouped by partition value (the date), so the transform finds each date's
     rows together and writes them out without regrouping them row by row.
 
-    Lines wait in memory per value up to `FLUSH_LINES` in all, then go to one spill file per value;
-    `finish` appends the spills to the part file in value order. Memory stays bounded whatever the
-    number of dates. The first `OPEN_SPILLS` spill files stay open between flushes (opening a file
-    per value and flush was half of the flushes' cost); any further ones are opened per flush."""
+    Lines wait in memory per value up to `FLUSH_LINES` in all; a flush appends each value's lines to
+    the file's one spill file as a segment (offset, bytes). `finish` copies each value's segments to
+    the part file in value order, or leaves them where they are (`spills`). Memory stays bounded
+    whatever the number of dates, and so does the number of files: a spill file per date and piece
+    made a batch spanning a year create thousands of files, seconds of file-system time."""
 
     FLUSH_LINES = 16_384
-    OPEN_SPILLS = 64
 
     def __init__(self, part: Path, pos: int) -> None:
         self.part, self.pos = part, pos
         self.buffers: dict[str, list[str]] = {}
-        self.spills: dict[str, Path] = {}
-        self.open: dict[str, BinaryIO] = {}
+        self.spill = part.with_name(part.name + ".spill")
+        self.fh: BinaryIO | None = None
+        self.size = 0
+        self.segments: dict[str, list[tuple[int, int]]] = {}  # value -> its (offset, bytes) in the spill
         self.rows: Counter[str] = Counter()
         self.buffered = 0
         self.quoted = False  # some line holds a quote (a field csv.writer quoted): its lines are not all rows
+
+    @property
+    def spills(self) -> dict[str, list[tuple[Path, int, int]]]:
+        """value -> where its lines are: (file, offset, bytes) segments in row order."""
+        return {value: [(self.spill, start, length) for start, length in segs] for value, segs in self.segments.items()}
 
     def add(self, cols: list[list[str]], plain: Sequence[bool]) -> None:
         if not cols or not cols[0]:
@@ -337,45 +344,38 @@ class _GroupSpill:
             self._flush()
 
     def _flush(self) -> None:
+        if self.buffers and self.fh is None:  # (a file validated again reuses the name: starts empty)
+            self.fh = open(self.spill, "wb")  # noqa: SIM115 - closed in finish()
         for value, lines in self.buffers.items():
             self.rows[value] += len(lines)
             data = (TERMINATOR.join(lines) + TERMINATOR).encode("utf-8")
             self.quoted = self.quoted or b'"' in data
-            fh = self.open.get(value)
-            if fh is not None:
-                fh.write(data)
-                continue
-            spill = self.spills.get(value)
-            mode = "ab"
-            if spill is None:  # a new spill starts empty (a file validated again reuses the names)
-                spill = self.spills[value] = self.part.with_name(f"{self.part.name}.{len(self.spills)}.spill")
-                mode = "wb"
-                if len(self.open) < self.OPEN_SPILLS:
-                    fh = self.open[value] = open(spill, "wb")  # noqa: SIM115 - closed in finish()
-                    fh.write(data)
-                    continue
-            with open(spill, mode) as out:
-                out.write(data)
+            self.segments.setdefault(value, []).append((self.size, len(data)))
+            self.fh.write(data)  # type: ignore[union-attr]
+            self.size += len(data)
         self.buffers.clear()
         self.buffered = 0
 
     def finish(self, join: bool = True) -> dict[str, tuple[int, int, int]]:
-        """value -> (offset, bytes, rows): of the value's rows in the part file, to which the spills
-        are appended in value order (`join`), else in the value's spill file, left where it is."""
+        """value -> (offset, bytes, rows): of the value's rows in the part file, to which the
+        segments are copied in value order (`join`), else (0, bytes, rows), the rows left in the
+        spill file (`spills`)."""
         self._flush()
-        for fh in self.open.values():
-            fh.close()
-        self.open.clear()
-        groups: dict[str, tuple[int, int, int]] = {}
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
         if not join:
-            return {value: (0, self.spills[value].stat().st_size, self.rows[value]) for value in sorted(self.spills)}
+            return {value: (0, sum(length for _, length in self.segments[value]), self.rows[value]) for value in sorted(self.segments)}
+        groups: dict[str, tuple[int, int, int]] = {}
+        if not self.segments:
+            return groups
         with open(self.part, "ab") as out:
-            for value in sorted(self.spills):
+            for value in sorted(self.segments):
                 start = out.tell()
-                with open(self.spills[value], "rb") as src:
-                    shutil.copyfileobj(src, out, 1 << 20)
+                for data in read_bytes(self.spills[value]):
+                    out.write(data)
                 groups[value] = (start, out.tell() - start, self.rows[value])
-                self.spills[value].unlink()
+        self.spill.unlink()
         return groups
 
 
@@ -567,9 +567,10 @@ def _join_groups(dest: Path, header: list[str], outcomes: list[FileOutcome], cop
         offset = dest.stat().st_size
         for value in values:
             segments = [
-                [os.path.relpath(o.spills[value] if o.spills is not None else o.valid_path, dest.parent), *o.groups[value][:2]]
+                [os.path.relpath(path, dest.parent), start, length]
                 for o in outcomes
                 if value in o.groups
+                for path, start, length in _segments(o, value)
             ]
             length = sum(segment[2] for segment in segments)
             rows = sum(o.groups[value][2] for o in outcomes if value in o.groups)
@@ -585,15 +586,19 @@ def _join_groups(dest: Path, header: list[str], outcomes: list[FileOutcome], cop
                 if span is None:
                     continue
                 rows += span[2]
-                with open(outcome.spills[value] if outcome.spills is not None else outcome.valid_path, "rb") as src:
-                    src.seek(span[0])
-                    left = span[1]
-                    while left and (block := src.read(min(left, 1 << 20))):
-                        out.write(block)
-                        left -= len(block)
+                for block in read_bytes(_segments(outcome, value)):
+                    out.write(block)
             groups.append([value, start, out.tell() - start, rows])
     groups_path(dest).write_text(json.dumps({"groups": groups}, separators=(",", ":")), encoding="utf-8")
 
+
+
+def _segments(outcome: FileOutcome, value: str) -> list[tuple[Path, int, int]]:
+    """Where an outcome's rows of one value are: in its spill file (segments), or a span of its part."""
+    if outcome.spills is not None:
+        return outcome.spills[value]
+    start, length, _rows = outcome.groups[value]
+    return [(outcome.valid_path, start, length)]
 
 
 def _concatenate(dest: Path, header: list[str], parts: list[Path]) -> None:

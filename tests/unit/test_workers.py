@@ -66,12 +66,13 @@ def test_generated_batches_identical_with_two_workers(tmp_path: Path) -> None:
     assert any(name.startswith("processed/orders/order_date=") for name in outputs)
 
 
-@pytest.mark.parametrize("open_spills", [64, 1])
-def test_files_cut_into_pieces_decide_exactly_as_whole_files(tmp_path: Path, monkeypatch: MonkeyPatch, open_spills: int) -> None:
+@pytest.mark.parametrize("flush_lines", [16_384, 5])
+def test_files_cut_into_pieces_decide_exactly_as_whole_files(tmp_path: Path, monkeypatch: MonkeyPatch, flush_lines: int) -> None:
     """Pieces of one file validated by different processes: same rows valid, same rejected rows with
     the same file and line numbers, same uniqueness decisions (a duplicate across pieces included: the
-    piece is validated again in the parent, over the spill files its worker left)."""
-    monkeypatch.setattr(validate._GroupSpill, "OPEN_SPILLS", open_spills)
+    piece is validated again in the parent, over the spill file its worker left); with a date's rows
+    in one segment of a spill or in many."""
+    monkeypatch.setattr(validate._GroupSpill, "FLUSH_LINES", flush_lines)
     batches = generate_batches(tmp_path / "gen", 300, batches=1, invalid_fraction=0.08, seed=11)
     # the last item of the first orders file again at its end: a key repeated in a later piece
     orders = sorted((batches[0] / "orders").glob("*.csv"))[0]
@@ -93,13 +94,12 @@ def test_files_cut_into_pieces_decide_exactly_as_whole_files(tmp_path: Path, mon
 
 
 def test_spill_limits_do_not_change_the_outputs(tmp_path: Path, monkeypatch: MonkeyPatch) -> None:
-    """A file's valid rows wait in memory, go to one spill file per date (the first few kept open) and
-    are joined in date order: flushing every few rows with one file left open gives the same bytes."""
+    """A file's valid rows wait in memory, go to its spill file a segment per date and flush, and are
+    joined in date order: flushing every few rows (many segments a date) gives the same bytes."""
     batches = generate_batches(tmp_path / "gen", 300, batches=1, invalid_fraction=0.05, seed=3, days=12)
     cfg = load_config(default_config_path())
     process_batches(cfg, batches, tmp_path / "default")
     monkeypatch.setattr(validate._GroupSpill, "FLUSH_LINES", 7)
-    monkeypatch.setattr(validate._GroupSpill, "OPEN_SPILLS", 1)
     monkeypatch.setattr(validate, "PLAIN_BLOCK", 512)  # a few rows a chunk: many flushes per file
     process_batches(cfg, batches, tmp_path / "tiny")
     outputs = _outputs(tmp_path / "default")
