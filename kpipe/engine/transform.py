@@ -23,7 +23,6 @@ import csv
 import hashlib
 import json
 import multiprocessing
-import pickle
 import shutil
 import threading
 from array import array
@@ -239,7 +238,7 @@ def index_batch(
         plan = KpiPlan.compile(cfg) if aggregate and cfg.kpis else None
         job = _DatesJob(cfg, datasets, date_spans, indexes, validated_dir, out_root, stem, seq, plan).prepare(cache)
         started = hashing.start if digest is None else None
-        for result in _index_each_date(job, work_dir, workers, started):
+        for result in _index_each_date(job, workers, started):
             for d in datasets:
                 _apply_puts(indexes[d.name], result.puts[d.name])
                 moved[d.name].update(result.moved.get(d.name, {}))
@@ -344,7 +343,9 @@ class _DatesIndexed:
     touched: set[str]
     written: dict[str, int]
     files: list[str]
-    puts: dict[str, Path]  # dataset -> the index updates, for the parent to apply (`_apply_puts`)
+    # dataset -> the index updates, for the parent to apply (`_apply_puts`): they travel back with the
+    # result (an id is 8 bytes in an array), not through a file per date and dataset
+    puts: dict[str, list[tuple[int, Any, bool, tuple[int, int] | None]]]
     tables: dict[str, dict[str, list[dict[str, Any]]]]
 
 
@@ -352,23 +353,22 @@ _DATES_JOB: dict[str, _DatesJob] = {}
 
 
 def _index_each_date(
-    job: _DatesJob, work_dir: Path, workers: int, started: Callable[[], None] | None = None
+    job: _DatesJob, workers: int, started: Callable[[], None] | None = None
 ) -> Iterator[_DatesIndexed]:
     """Each date of the batch indexed on its own, in up to `workers` processes, biggest dates first
     (the last ones to finish are then small); results come back as dates finish, so the parent
     applies one date's index updates while the others are still being written. `started` is called
     once no process is left to fork (a thread may start then)."""
     dates = sorted(job.dates(), key=lambda d: (-job.weight(d), d))
-    tasks = [(date, work_dir / "puts" / f"{i:06d}") for i, date in enumerate(dates)]
-    if workers <= 1 or len(tasks) <= 1:
+    if workers <= 1 or len(dates) <= 1:
         if started is not None:
             started()
-        yield from (_index_date(job, *task) for task in tasks)
+        yield from (_index_date(job, date) for date in dates)
         return
     _DATES_JOB["job"] = job
     try:
-        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=multiprocessing.get_context("fork")) as pool:
-            results = pool.map(_index_date_in_worker, tasks)  # submits every task: the workers exist now
+        with ProcessPoolExecutor(max_workers=min(workers, len(dates)), mp_context=multiprocessing.get_context("fork")) as pool:
+            results = pool.map(_index_date_in_worker, dates)  # submits every task: the workers exist now
             if started is not None:
                 started()
             yield from results
@@ -376,36 +376,34 @@ def _index_each_date(
         _DATES_JOB.clear()
 
 
-def _index_date_in_worker(task: tuple[str, Path]) -> _DatesIndexed:
-    return _index_date(_DATES_JOB["job"], *task)
+def _index_date_in_worker(date: str) -> _DatesIndexed:
+    return _index_date(_DATES_JOB["job"], date)
 
 
-def _index_date(job: _DatesJob, date: str, puts_dir: Path) -> _DatesIndexed:
+def _index_date(job: _DatesJob, date: str) -> _DatesIndexed:
     """The date's lines of every dataset copied to its partition files; the keys' index updates
-    written to `puts_dir` (applied by the parent: the index stays one table per dataset); and, when
+    recorded in the result (applied by the parent: the index stays one table per dataset); and, when
     the batch brings the date alone and its rows all stay live, its KPI items."""
-    puts_dir.mkdir(parents=True, exist_ok=True)
     result = _DatesIndexed({d.name: {} for d in job.datasets}, {date}, {}, [], {}, {})
     agg = DateAggregator(job.plan) if job.plan is not None and date in job.alone else None
     for d in job.datasets:
         writers = _PartitionWriters(job.cfg, d, job.out_root, job.stem)
-        result.puts[d.name] = puts_dir / d.name
+        puts = result.puts[d.name] = []
         span = job.spans[d.name].get(date)
         feed = job.feeds.get(d.name) if agg is not None else None
         pending: list[list[Any]] | None = None  # KPI columns of a few blocks, added together
-        with open(result.puts[d.name], "wb") as puts:
-            source = CanonicalCsv(job.validated_dir / f"{d.name}.csv", quoted=False)
-            positions = feed.positions if feed is not None else [d.key_pos]
-            for _date, text, cut in source.blocks([span] if span is not None else [], positions, len(d.header)):
-                writers.write_text(date, text, len(cut[0]))
-                keys = _read_keys(d, cut[0])
-                if not _note_keys(job, d, date, keys, result, puts):
-                    agg = feed = None  # a newer batch holds some of these keys: the date is recomputed
-                if feed is not None:
-                    pending = feed.extend(pending, feed.columns(date, keys, cut))
-                    if len(pending[0]) >= AGGREGATE_ROWS:
-                        agg.add(d.name, pending)  # type: ignore[union-attr]
-                        pending = None
+        source = CanonicalCsv(job.validated_dir / f"{d.name}.csv", quoted=False)
+        positions = feed.positions if feed is not None else [d.key_pos]
+        for _date, text, cut in source.blocks([span] if span is not None else [], positions, len(d.header)):
+            writers.write_text(date, text, len(cut[0]))
+            keys = _read_keys(d, cut[0])
+            if not _note_keys(job, d, date, keys, result, puts):
+                agg = feed = None  # a newer batch holds some of these keys: the date is recomputed
+            if feed is not None:
+                pending = feed.extend(pending, feed.columns(date, keys, cut))
+                if len(pending[0]) >= AGGREGATE_ROWS:
+                    agg.add(d.name, pending)  # type: ignore[union-attr]
+                    pending = None
         if pending is not None and agg is not None:
             agg.add(d.name, pending)
         result.written[d.name] = writers.count
@@ -450,7 +448,7 @@ class _KpiColumns:
         return pending
 
 
-def _note_keys(job: _DatesJob, d: _Partitioned, date: str, keys: list[Any], result: _DatesIndexed, puts: Any) -> bool:
+def _note_keys(job: _DatesJob, d: _Partitioned, date: str, keys: list[Any], result: _DatesIndexed, puts: list[Any]) -> bool:
     """Record the index updates for `keys`, rows of `date`; False when some row is dead (its key
     already belongs to a newer batch)."""
     index = job.indexes[d.name]
@@ -464,7 +462,7 @@ def _note_keys(job: _DatesJob, d: _Partitioned, date: str, keys: list[Any], resu
             bounds = (min(put), max(put))
     except (TypeError, OverflowError):
         packed = put
-    pickle.dump((job.codes[d.name][date], packed, taken is None, bounds), puts, protocol=pickle.HIGHEST_PROTOCOL)
+    puts.append((job.codes[d.name][date], packed, taken is None, bounds))
     return len(put) == len(keys)
 
 
@@ -489,18 +487,13 @@ def _claim(
     return taken
 
 
-def _apply_puts(index: KeyTable, path: Path) -> None:
+def _apply_puts(index: KeyTable, puts: list[tuple[int, Any, bool, tuple[int, int] | None]]) -> None:
     """Apply the index updates a date worker recorded (`_note_keys`), one date's keys at a time."""
-    with open(path, "rb") as fh:
-        while True:
-            try:
-                code, keys, new, bounds = pickle.load(fh)
-            except EOFError:
-                return
-            if new:  # none of them in the index yet, and keys are unique in a batch
-                index.put_new_codes(keys, code, bounds)
-            else:
-                index.put_codes(keys, [code] * len(keys))
+    for code, keys, new, bounds in puts:
+        if new:  # none of them in the index yet, and keys are unique in a batch
+            index.put_new_codes(keys, code, bounds)
+        else:
+            index.put_codes(keys, [code] * len(keys))
 
 
 @dataclass
