@@ -773,9 +773,8 @@ def _content_digest(validated_dir: Path, datasets: list[_Partitioned]) -> str:
                 digest.update(chunk)
         spans = _groups(path) or []
         if any(len(span) > 4 for span in spans):  # rows left in spill files: the bytes a joined file holds
-            for span in spans:
-                for chunk in read_bytes(span_segments(path, span)):
-                    digest.update(chunk)
+            for chunk in read_bytes([segment for span in spans for segment in span_segments(path, span)]):
+                digest.update(chunk)  # (one pass: each spill file opened once)
     return digest.hexdigest()
 
 
