@@ -28,7 +28,7 @@ import threading
 from array import array
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -356,8 +356,8 @@ def _index_each_date(
     job: _DatesJob, workers: int, started: Callable[[], None] | None = None
 ) -> Iterator[_DatesIndexed]:
     """Each date of the batch indexed on its own, in up to `workers` processes, biggest dates first
-    (the last ones to finish are then small); results come back as dates finish, so the parent
-    applies one date's index updates while the others are still being written. `started` is called
+    (the last ones to finish are then small); results come back as dates finish (in any order), so
+    the parent applies one date's index updates while the others are still being written. `started` is called
     once no process is left to fork (a thread may start then)."""
     dates = sorted(job.dates(), key=lambda d: (-job.weight(d), d))
     if workers <= 1 or len(dates) <= 1:
@@ -368,10 +368,16 @@ def _index_each_date(
     _DATES_JOB["job"] = job
     try:
         with ProcessPoolExecutor(max_workers=min(workers, len(dates)), mp_context=multiprocessing.get_context("fork")) as pool:
-            results = pool.map(_index_date_in_worker, dates)  # submits every task: the workers exist now
+            futures = [pool.submit(_index_date_in_worker, date) for date in dates]  # the workers exist now
             if started is not None:
                 started()
-            yield from results
+            # as each date finishes, not in submission order: a result carries its date's index
+            # updates, and results waiting behind a slower date would pile up in this process; no
+            # list of the futures is kept (as_completed lets go of each one it yields: its result too)
+            finished = as_completed(futures)
+            del futures
+            for future in finished:
+                yield future.result()
     finally:
         _DATES_JOB.clear()
 
