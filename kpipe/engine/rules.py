@@ -543,8 +543,7 @@ def _parse_in_parts(
     `_LEFT` where it refused down to a few texts; canonical texts, or None)."""
     values: list[Any] = [_LEFT] * n
     shown: list[str] | None = [""] * n
-    parts, _left = _bulk_parts(fast, texts, good)
-    for part, part_values in parts:
+    for part, part_values in _bulk_parts(fast, texts, good):
         _scatter(values, part, part_values)
         canonical = _canonical_texts(parse, take(texts, part), part_values)
         if canonical is None:
@@ -581,22 +580,19 @@ def _refused_lines(column: re.Pattern[str], texts: list[str]) -> list[int] | Non
 
 def _bulk_parts(
     fast: Callable[..., list[Any] | None], texts: list[str], at: list[int]
-) -> tuple[list[tuple[list[int], list[Any]]], list[int]]:
-    """`fast` over texts[at]; where it refuses, over halves, down to a few texts: (parts it took with
-    their values, the positions left to parse one by one)."""
+) -> list[tuple[list[int], list[Any]]]:
+    """`fast` over texts[at]; where it refuses, over halves, down to a few texts: the parts it took,
+    with their values (the positions in no part are left to parse one by one)."""
     parts: list[tuple[list[int], list[Any]]] = []
-    left: list[int] = []
     todo = [at] if at else []
     while todo:
         part = todo.pop()
         got = fast(take(texts, part))
         if got is not None:
             parts.append((part, got))
-        elif len(part) <= 8:
-            left.extend(part)
-        else:
+        elif len(part) > 8:
             todo += [part[len(part) // 2 :], part[: len(part) // 2]]
-    return parts, left
+    return parts
 
 
 def _canonical_texts(parse: Callable[[str], Any], clean: list[str], values: list[Any]) -> list[str] | None:
