@@ -8,6 +8,7 @@ a JSON number with its decimals otherwise - identical text from either path.
 from __future__ import annotations
 
 import json
+import math
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,53 @@ def load_table(path: Path) -> list[dict[str, Any]]:
 def save_table(path: Path, items: list[dict[str, Any]], key_fields: list[str]) -> None:
     rows = sorted((json_number(i) for i in items), key=item_sort_key(key_fields))
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.write_text(dump_items(rows) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+def dump_items(rows: list[dict[str, Any]]) -> str:
+    """`json.dumps(rows, indent=1, sort_keys=True)`, the same text, for a list of flat items.
+
+    Why: with an indent, `json` leaves its C encoder for a generator per level and value; a table of
+    a batch spanning years (~50k items) took ~0.4 s that way, serially at the end of the run. Items
+    holding anything but str keys and str, int, finite float, bool or None values go to `json`."""
+    try:
+        return "[\n" + ",\n".join(map(_dump_item, rows)) + "\n]" if rows else "[]"
+    except _NotFlat:
+        return json.dumps(rows, indent=1, sort_keys=True)
+
+
+class _NotFlat(Exception):
+    pass
+
+
+_LITERALS = {True: "true", False: "false"}
+_ENCODE_STR = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+
+def _dump_item(item: dict[str, Any]) -> str:
+    if type(item) is not dict or not item:
+        raise _NotFlat
+    fields = []
+    for key in sorted(item):
+        value = item[key]
+        kind = type(value)
+        if type(key) is not str:
+            raise _NotFlat
+        if kind is str:
+            text = _ENCODE_STR(value)
+        elif kind is int:
+            text = int.__repr__(value)
+        elif kind is float and math.isfinite(value):
+            text = float.__repr__(value)
+        elif kind is bool:
+            text = _LITERALS[value]
+        elif value is None:
+            text = "null"
+        else:
+            raise _NotFlat
+        fields.append(f"  {_ENCODE_STR(key)}: {text}")
+    return " {\n" + ",\n".join(fields) + "\n }"
 
 
 def replace_dates(

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from operator import itemgetter, methodcaller
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any, TextIO
 
 import petl
 
@@ -96,28 +97,35 @@ class CanonicalCsv:
             fh.write(TERMINATOR)
 
     def blocks(
-        self, spans: Sequence[Sequence[Any]], positions: Sequence[int], width: int
+        self, spans: Sequence[Sequence[Any]], positions: Sequence[int], width: int, files: OpenFiles | None = None
     ) -> Iterator[tuple[str, str, list[list[str]]]]:
         """For each span of a validated file's groups sidecar (`[value, byte offset, bytes, rows]`,
         maybe with its segments: see `span_segments`), its text a block of whole lines at a time
-        with the fields at `positions` of each line: (value, text, columns)."""
+        with the fields at `positions` of each line: (value, text, columns). `files`: descriptors
+        the caller keeps open across calls (else opened and closed here)."""
+        if files is None:
+            with OpenFiles() as own:
+                yield from self.blocks(spans, positions, width, own)
+            return
         for span in spans:
-            with _Files() as files:
-                for path, start, length in span_segments(self.path, span):
-                    fh = files.at(path, start)
-                    left, carry = length, b""
-                    while left:
-                        data = carry + fh.read(min(left, BLOCK_CHARS))
-                        left -= len(data) - len(carry)
-                        last = data.rfind(b"\r\n")
-                        if left and last < 0:  # one line longer than a block: read on
-                            carry = data
-                            continue
-                        end = len(data) if not left else last + 2
-                        carry = data[end:]
-                        text = data[:end].decode("utf-8")
-                        if text:
-                            yield span[0], text, split_columns(text, positions, width)
+            for path, start, length in span_segments(self.path, span):
+                left, carry = length, b""
+                while left:
+                    got = files.read(path, start, min(left, BLOCK_CHARS))
+                    if not got:
+                        raise EOFError(f"{path} ends before byte {start + left}")
+                    start += len(got)
+                    data = carry + got
+                    left -= len(got)
+                    last = data.rfind(b"\r\n")
+                    if left and last < 0:  # one line longer than a block: read on
+                        carry = data
+                        continue
+                    end = len(data) if not left else last + 2
+                    carry = data[end:]
+                    text = data[:end].decode("utf-8")
+                    if text:
+                        yield span[0], text, split_columns(text, positions, width)
 
     def _lines(self) -> Iterator[list[str]]:
         with open(self.path, encoding="utf-8", newline="") as fh:
@@ -227,35 +235,47 @@ def span_segments(validated_csv: Path, span: Sequence[Any]) -> list[tuple[Path, 
 
 def read_bytes(segments: Sequence[tuple[Path, int, int]], block: int = 1 << 20) -> Iterator[bytes]:
     """The bytes of `span_segments` (or any `(file, offset, bytes)` segments), a block at a time."""
-    with _Files() as files:
+    with OpenFiles() as files:
         for path, start, length in segments:
-            fh = files.at(path, start)
-            left = length
-            while left and (data := fh.read(min(left, block))):
+            end = start + length
+            while start < end and (data := files.read(path, start, min(end - start, block))):
                 yield data
-                left -= len(data)
+                start += len(data)
 
 
-class _Files:
-    """Files open while segments are read: a file many segments share (a spill file holds a date's
-    rows in one segment per flush) is opened once."""
+class OpenFiles:
+    """Files open while segments are read, each once, read by position (`os.pread`: no shared file
+    offset, so reads never depend on an earlier seek, nor on another process holding the same
+    descriptor through fork).
+
+    Why: a spill file holds a segment of many dates per flush; a batch spanning years reads a few
+    of them for each of ~2,000 dates, and opening every file again for each date was ~20k opens."""
 
     def __init__(self) -> None:
-        self.open: dict[Path, BinaryIO] = {}
+        self.fds: dict[Path, int] = {}
 
-    def at(self, path: Path, offset: int) -> BinaryIO:
-        fh = self.open.get(path)
-        if fh is None:
-            fh = self.open[path] = open(path, "rb")  # noqa: SIM115 - closed in __exit__
-        fh.seek(offset)
-        return fh
+    def read(self, path: Path, offset: int, size: int) -> bytes:
+        fd = self.fds.get(path)
+        if fd is None:
+            fd = self.fds[path] = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        if _PREAD is not None:
+            return _PREAD(fd, size, offset)
+        os.lseek(fd, offset, os.SEEK_SET)  # no pread (Windows): this object is used by one thread
+        return os.read(fd, size)
 
-    def __enter__(self) -> _Files:
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+    def __enter__(self) -> OpenFiles:
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        for fh in self.open.values():
-            fh.close()
+        self.close()
+
+
+_PREAD = getattr(os, "pread", None)
 
 
 def _cutter(pos: int, width: int) -> tuple[Callable[[str], list[str]], Callable[[list[str]], str]]:

@@ -36,7 +36,7 @@ from typing import Any
 import petl
 
 from chalicelib.config import PipelineConfig
-from kpipe.engine.csvio import CanonicalCsv, groups_path, read_bytes, span_segments
+from kpipe.engine.csvio import CanonicalCsv, OpenFiles, groups_path, read_bytes, span_segments
 from kpipe.engine.keys import KeyTable
 from kpipe.engine.kpis import DateAggregator, KpiPlan
 from kpipe.engine.parsing import read_bool, read_ints, reader_for
@@ -121,6 +121,15 @@ class _Cache:
         if top not in self.listings:
             self.listings[top] = set(self.store.list(top))
         return sorted(n for n in self.listings[top] if n.startswith(prefix))
+
+    def publish_moved(self, names: list[str], src_root: Path) -> None:
+        """`publish(name, src_root / name, move=True)` of each name (a local store takes whole new
+        folders at once: `LocalStore.publish_moved`)."""
+        if isinstance(self.store, LocalStore):
+            self.store.publish_moved(names, src_root)
+            return
+        for name in names:
+            self.publish(name, src_root / name, move=True)
 
     def publish(self, name: str, src: Path, move: bool = False) -> None:
         """Publish to the store and keep what was published as the local copy. `move`: `src` is
@@ -285,8 +294,7 @@ def index_batch(
             for date in dates_in:
                 by_date.pop(date, None)
 
-    for name in new_files:
-        cache.publish(name, out_root / name, move=True)
+    cache.publish_moved(new_files, out_root)
     dates = sorted(touched)
     _publish_json(cache, work_dir, f"_meta/batches/{stem}.json", {"seq": seq, "dates": dates})
     for d in datasets:
@@ -363,11 +371,14 @@ def _index_each_date(
     if workers <= 1 or len(dates) <= 1:
         if started is not None:
             started()
-        yield from (_index_date(job, date) for date in dates)
+        with OpenFiles() as files:
+            yield from (_index_date(job, date, files) for date in dates)
         return
     _DATES_JOB["job"] = job
     try:
-        with ProcessPoolExecutor(max_workers=min(workers, len(dates)), mp_context=multiprocessing.get_context("fork")) as pool:
+        with ProcessPoolExecutor(
+            max_workers=min(workers, len(dates)), mp_context=multiprocessing.get_context("fork"), initializer=_open_worker_files
+        ) as pool:
             futures = [pool.submit(_index_date_in_worker, date) for date in dates]  # the workers exist now
             if started is not None:
                 started()
@@ -382,11 +393,18 @@ def _index_each_date(
         _DATES_JOB.clear()
 
 
+_WORKER_FILES: list[OpenFiles] = []  # a date worker's open spill files, kept across its dates
+
+
+def _open_worker_files() -> None:
+    _WORKER_FILES[:] = [OpenFiles()]  # closed when the worker process exits
+
+
 def _index_date_in_worker(date: str) -> _DatesIndexed:
-    return _index_date(_DATES_JOB["job"], date)
+    return _index_date(_DATES_JOB["job"], date, _WORKER_FILES[0])
 
 
-def _index_date(job: _DatesJob, date: str) -> _DatesIndexed:
+def _index_date(job: _DatesJob, date: str, files: OpenFiles) -> _DatesIndexed:
     """The date's lines of every dataset copied to its partition files; the keys' index updates
     recorded in the result (applied by the parent: the index stays one table per dataset); and, when
     the batch brings the date alone and its rows all stay live, its KPI items."""
@@ -400,7 +418,7 @@ def _index_date(job: _DatesJob, date: str) -> _DatesIndexed:
         pending: list[list[Any]] | None = None  # KPI columns of a few blocks, added together
         source = CanonicalCsv(job.validated_dir / f"{d.name}.csv", quoted=False)
         positions = feed.positions if feed is not None else [d.key_pos]
-        for _date, text, cut in source.blocks([span] if span is not None else [], positions, len(d.header)):
+        for _date, text, cut in source.blocks([span] if span is not None else [], positions, len(d.header), files):
             writers.write_text(date, text, len(cut[0]))
             keys = _read_keys(d, cut[0])
             if not _note_keys(job, d, date, keys, result, puts):

@@ -567,9 +567,12 @@ def _join_groups(dest: Path, header: list[str], outcomes: list[FileOutcome], cop
     # a quoted line may span lines: such a file is read whole by csv.reader, so it is joined
     if not copy and not any(o.quoted for o in outcomes):
         offset = dest.stat().st_size
+        # a few spill files hold every segment: each one's relative path is worked out once (a
+        # batch spanning years has tens of thousands of segments)
+        rel = {path: os.path.relpath(path, dest.parent) for o in outcomes for path in _spill_paths(o)}
         for value in values:
             segments = [
-                [os.path.relpath(path, dest.parent), start, length]
+                [rel[path], start, length]
                 for o in outcomes
                 if value in o.groups
                 for path, start, length in _segments(o, value)
@@ -593,6 +596,10 @@ def _join_groups(dest: Path, header: list[str], outcomes: list[FileOutcome], cop
             groups.append([value, start, out.tell() - start, rows])
     groups_path(dest).write_text(json.dumps({"groups": groups}, separators=(",", ":")), encoding="utf-8")
 
+
+
+def _spill_paths(outcome: FileOutcome) -> set[Path]:
+    return {path for segments in (outcome.spills or {}).values() for path, _, _ in segments} or {outcome.valid_path}
 
 
 def _segments(outcome: FileOutcome, value: str) -> list[tuple[Path, int, int]]:
