@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from chalicelib.config import ConfigError, PipelineConfig, default_config_path, json_schema, load_config
-from kpipe.tables import json_number, load_table
+from kpipe.tables import json_number, load_table, table_view
 
 err = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -112,13 +112,13 @@ def process(batch_dirs: tuple[Path, ...], out_dir: Path, as_json: bool, workers:
 
 def show_results(cfg: PipelineConfig, out_dir: Path, report: dict[str, Any], as_json: bool) -> None:
     """Print the validation summary and the KPI tables (shared by `process` and `run`)."""
-    tables = {name: load_table(out_dir / f"{name}.json") for name in cfg.kpis}
     if as_json:
+        tables = {name: load_table(out_dir / f"{name}.json") for name in cfg.kpis}
         click.echo(json.dumps({"report": report, "tables": json_number(tables)}, indent=1, default=str))
         return
     out.print(validation_table(report))
-    for name, items in tables.items():
-        out.print(kpi_table(name, cfg.kpis[name].key, items))
+    for name in cfg.kpis:
+        out.print(kpi_table(name, cfg.kpis[name].key, *table_view(out_dir / f"{name}.json", KPI_ROWS_SHOWN)))
     failed = [b["batch_id"] for b in report["batches"] if b.get("status") not in ("SUCCEEDED", "SKIPPED")]
     if failed:
         err.print(f"[yellow]batches not applied: {', '.join(failed)}[/yellow]")
@@ -143,12 +143,16 @@ def validation_table(report: dict[str, Any]) -> Table:
     return table
 
 
-def kpi_table(name: str, key: list[str], items: list[dict[str, Any]], limit: int = 40) -> Table:
-    metrics = sorted({k for item in items for k in item} - set(key))
-    table = Table(title=f"{name} ({len(items)} items{', first ' + str(limit) if len(items) > limit else ''})")
+KPI_ROWS_SHOWN = 40
+
+
+def kpi_table(name: str, key: list[str], count: int, items: list[dict[str, Any]], fields: set[str]) -> Table:
+    """The first `items` of a table of `count` (`tables.table_view`)."""
+    metrics = sorted(fields - set(key))
+    table = Table(title=f"{name} ({count} items{', first ' + str(len(items)) if count > len(items) else ''})")
     for col in [*key, *metrics]:
         table.add_column(col, justify="left" if col in key else "right")
-    for item in items[:limit]:
+    for item in items:
         table.add_row(*(str(item.get(c, "")) for c in [*key, *metrics]))
     return table
 

@@ -7,11 +7,12 @@ a JSON number with its decimals otherwise - identical text from either path.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 
 def json_number(value: Any) -> Any:
@@ -24,21 +25,75 @@ def json_number(value: Any) -> Any:
     return value
 
 
-def item_sort_key(key_fields: list[str]) -> Any:
-    return lambda item: tuple(str(item.get(k, "")) for k in key_fields)
-
-
 def load_table(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return json.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
 
 
+def table_view(path: Path, limit: int) -> tuple[int, list[dict[str, Any]], set[str]]:
+    """(how many items, the first `limit` of them, every field any item has) of a saved table, its
+    items decoded one at a time: the human view of a table of a batch spanning years (tens of
+    thousands of items) needs neither all of them at once nor their Decimals."""
+    if not path.exists():
+        return 0, [], set()
+    text = path.read_text(encoding="utf-8")
+    first = json.JSONDecoder(parse_float=Decimal)
+    rest = json.JSONDecoder(parse_float=str, parse_int=str)
+    count, items, fields = 0, [], set()
+    pos = text.index("[") + 1
+    while True:
+        pos = _skip(text, pos)
+        if text[pos] == "]":
+            return count, items, fields
+        item, pos = (first if count < limit else rest).raw_decode(text, pos)
+        fields.update(item)
+        if count < limit:
+            items.append(item)
+        count += 1
+        pos = _skip(text, pos)
+        if text[pos] == ",":
+            pos += 1
+
+
+def _skip(text: str, pos: int) -> int:
+    while text[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
 def save_table(path: Path, items: list[dict[str, Any]], key_fields: list[str]) -> None:
-    rows = sorted((json_number(i) for i in items), key=item_sort_key(key_fields))
+    """Write the table sorted by its key, as `json.dumps(rows, indent=1, sort_keys=True)` would.
+
+    Items are converted and written a slice at a time: a batch spanning years has tens of thousands
+    of items, and a converted copy of all of them plus their text was the run's peak of memory."""
+    fields = [str(k) for k in key_fields]
+    rows = sorted(items, key=lambda item: tuple(str(json_number(item.get(k, ""))) for k in fields))
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dump_items(rows) + "\n", encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        try:
+            _write_items(fh, rows)
+        except _NotFlat:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(json.dumps([json_number(i) for i in rows], indent=1, sort_keys=True))
+        fh.write("\n")
     tmp.replace(path)
+
+
+def _write_items(fh: TextIO, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        fh.write("[]")
+        return
+    fh.write("[\n")
+    for start in range(0, len(rows), _ITEMS_AT_ONCE):
+        if start:
+            fh.write(",\n")
+        fh.write(",\n".join(_dump_item(json_number(item)) for item in rows[start : start + _ITEMS_AT_ONCE]))
+    fh.write("\n]")
+
+
+_ITEMS_AT_ONCE = 1024
 
 
 def dump_items(rows: list[dict[str, Any]]) -> str:
@@ -47,10 +102,12 @@ def dump_items(rows: list[dict[str, Any]]) -> str:
     Why: with an indent, `json` leaves its C encoder for a generator per level and value; a table of
     a batch spanning years (~50k items) took ~0.4 s that way, serially at the end of the run. Items
     holding anything but str keys and str, int, finite float, bool or None values go to `json`."""
+    buffer = io.StringIO()
     try:
-        return "[\n" + ",\n".join(map(_dump_item, rows)) + "\n]" if rows else "[]"
+        _write_items(buffer, rows)
     except _NotFlat:
         return json.dumps(rows, indent=1, sort_keys=True)
+    return buffer.getvalue()
 
 
 class _NotFlat(Exception):

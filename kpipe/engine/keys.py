@@ -312,9 +312,16 @@ class KeyTable:
                 lanes = dense[start : b - lo].tobytes().translate(table)
                 merged = int.from_bytes(self._dense[a:b].tobytes(), "little") | int.from_bytes(lanes, "little")
                 self._dense[a:b] = array("B", merged.to_bytes(b - a, "little"))
-        else:
-            present = [(key, code) for key, code in enumerate(dense, lo) if code]
-            _store(self._dense, [k for k, _ in present], [codes[c] for _, c in present])
+        else:  # wider slots (more than 255 values: dates of a batch spanning years): each window's
+            # codes translated by a C-level map over a code table, then joined as above
+            table, typecode, size = [0] * len(values), self._dense.typecode, self._dense.itemsize
+            for c, new in codes.items():
+                table[c] = new
+            for start in range(0, len(dense), _MERGE_SLOTS):
+                a, b = lo + start, lo + min(start + _MERGE_SLOTS, len(dense))
+                lanes = array(typecode, map(table.__getitem__, dense[start : b - lo])).tobytes()
+                merged = int.from_bytes(self._dense[a:b].tobytes(), "little") | int.from_bytes(lanes, "little")
+                self._dense[a:b] = array(typecode, merged.to_bytes((b - a) * size, "little"))
         self._sparse.update({key: codes[code] for key, code in sparse.items()})
         self._count += len(other)
 

@@ -28,8 +28,9 @@ import threading
 from array import array
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -364,9 +365,9 @@ def _index_each_date(
     job: _DatesJob, workers: int, started: Callable[[], None] | None = None
 ) -> Iterator[_DatesIndexed]:
     """Each date of the batch indexed on its own, in up to `workers` processes, biggest dates first
-    (the last ones to finish are then small); results come back as dates finish (in any order), so
-    the parent applies one date's index updates while the others are still being written. `started` is called
-    once no process is left to fork (a thread may start then)."""
+    (the last ones to finish are then small); results come back as tasks finish (in any order), so
+    the parent applies one date's index updates while the others are still being written. `started`
+    is called once no process is left to fork (a thread may start then)."""
     dates = sorted(job.dates(), key=lambda d: (-job.weight(d), d))
     if workers <= 1 or len(dates) <= 1:
         if started is not None:
@@ -379,18 +380,45 @@ def _index_each_date(
         with ProcessPoolExecutor(
             max_workers=min(workers, len(dates)), mp_context=multiprocessing.get_context("fork"), initializer=_open_worker_files
         ) as pool:
-            futures = [pool.submit(_index_date_in_worker, date) for date in dates]  # the workers exist now
+            tasks = iter(_date_tasks(job, dates, workers))
+            # a few tasks in flight, not all: a result carries its dates' index updates and KPI
+            # items, and results the parent has not applied yet would pile up in this process
+            running = {pool.submit(_index_dates_in_worker, task) for task in islice(tasks, IN_FLIGHT_PER_WORKER * workers)}
             if started is not None:
-                started()
-            # as each date finishes, not in submission order: a result carries its date's index
-            # updates, and results waiting behind a slower date would pile up in this process; no
-            # list of the futures is kept (as_completed lets go of each one it yields: its result too)
-            finished = as_completed(futures)
-            del futures
-            for future in finished:
-                yield future.result()
+                started()  # the workers exist now
+            while running:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for task in islice(tasks, len(done)):  # as many new tasks as finished
+                    running.add(pool.submit(_index_dates_in_worker, task))
+                while done:
+                    yield from done.pop().result()
     finally:
         _DATES_JOB.clear()
+
+
+TASKS_PER_WORKER = 16  # tasks a worker gets at least (when there are as many dates): balance at the end
+IN_FLIGHT_PER_WORKER = 2
+
+
+def _date_tasks(job: _DatesJob, dates: list[str], workers: int) -> list[list[str]]:
+    """`dates` (biggest first) cut into tasks for the pool: a big date alone, small ones together.
+
+    Why: a batch spanning years has ~2,000 small dates; a trip through the pool's queues for each
+    (pickling, a pipe, two threads woken) cost more than indexing some of those dates."""
+    weights = [job.weight(date) for date in dates]
+    target = sum(weights) / (workers * TASKS_PER_WORKER)
+    tasks: list[list[str]] = []
+    current: list[str] = []
+    size = 0
+    for date, weight in zip(dates, weights, strict=True):
+        current.append(date)
+        size += weight
+        if size >= target:
+            tasks.append(current)
+            current, size = [], 0
+    if current:
+        tasks.append(current)
+    return tasks
 
 
 _WORKER_FILES: list[OpenFiles] = []  # a date worker's open spill files, kept across its dates
@@ -400,8 +428,8 @@ def _open_worker_files() -> None:
     _WORKER_FILES[:] = [OpenFiles()]  # closed when the worker process exits
 
 
-def _index_date_in_worker(date: str) -> _DatesIndexed:
-    return _index_date(_DATES_JOB["job"], date, _WORKER_FILES[0])
+def _index_dates_in_worker(dates: list[str]) -> list[_DatesIndexed]:
+    return [_index_date(_DATES_JOB["job"], date, _WORKER_FILES[0]) for date in dates]
 
 
 def _index_date(job: _DatesJob, date: str, files: OpenFiles) -> _DatesIndexed:

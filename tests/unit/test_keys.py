@@ -202,6 +202,27 @@ def test_absorb_keeps_the_other_tables_values(mine: dict[object, object], theirs
     assert a.get_many(list(expected)) == list(expected.values()) and len(a) == len(expected)
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    st.dictionaries(st.integers(0, 3000), st.integers(0, 400).map(str), max_size=40),
+    st.dictionaries(st.integers(0, 3000), st.integers(0, 400).map(str), max_size=40),
+    st.sampled_from([3, 64, 1 << 18]),
+)
+def test_absorb_translates_wide_codes(mine: dict[int, str], theirs: dict[int, str], window: int) -> None:
+    """Tables of more than 255 values (two-byte slots: dates of a batch spanning years) join window by
+    window, each of the other table's codes translated to this one's."""
+    theirs = {k: v for k, v in theirs.items() if k not in mine}
+    a, b = KeyTable(), KeyTable()
+    b.put_many([10_000 + i for i in range(300)], [f"filler {i}" for i in range(300)])  # b's codes differ from a's
+    a.put_many(list(mine), list(mine.values()))
+    b.put_many(list(theirs), list(theirs.values()))
+    with patch.object(keys_module, "_MERGE_SLOTS", window):
+        a.absorb(b)
+    expected = {**mine, **theirs, **{10_000 + i: f"filler {i}" for i in range(300)}}
+    assert a.get_many(list(expected)) == list(expected.values()) and len(a) == len(expected)
+    assert sorted(map(repr, a.items())) == sorted(map(repr, expected.items()))
+
+
 @pytest.mark.parametrize("keys", [[5], [0, 65_535], [65_536, 200_000], [131_071, 131_072], [1, 300_000]])
 @pytest.mark.parametrize("typecode", ["B", "H"])
 def test_span_covers_exactly_the_slots_in_use(keys: list[int], typecode: str) -> None:
