@@ -508,12 +508,15 @@ def _note_keys(job: _DatesJob, d: _Partitioned, date: str, keys: list[Any], resu
     taken = _claim(keys, [date] * len(keys), index.get_many(keys), job.seq, result.moved[d.name], result.touched) if len(index) else None
     put = keys if taken is None else [keys[i] for i in taken]
     bounds = None
-    try:
-        packed: Any = array("q", put)  # ids: 8 bytes each in the file
+    packed: Any = put
+    for typecode in "Iq":  # ids as 4 bytes each on their way to the parent when they fit, else 8
+        try:
+            packed = array(typecode, put)
+        except (TypeError, OverflowError):
+            continue
         if put:  # found here, over ints, for the parent (over an array, min and max box every id)
-            bounds = (min(put), max(put))
-    except (TypeError, OverflowError):
-        packed = put
+            bounds = (min(packed), max(packed))
+        break
     puts.append((job.codes[d.name][date], packed, taken is None, bounds))
     return len(put) == len(keys)
 
