@@ -403,8 +403,9 @@ IN_FLIGHT_PER_WORKER = 2
 def _date_tasks(job: _DatesJob, dates: list[str], workers: int) -> list[list[str]]:
     """`dates` (biggest first) cut into tasks for the pool: a big date alone, small ones together.
 
-    Why: a batch spanning years has ~2,000 small dates; a trip through the pool's queues for each
-    (pickling, a pipe, two threads woken) cost more than indexing some of those dates."""
+    Why: a batch spanning years has ~2,000 small dates, and a trip through the pool's queues for
+    each (pickling, a pipe, threads woken) made 42k futex calls in a five-year batch's run; in tasks,
+    2.3k (`strace -f -c`)."""
     weights = [job.weight(date) for date in dates]
     target = sum(weights) / (workers * TASKS_PER_WORKER)
     tasks: list[list[str]] = []
