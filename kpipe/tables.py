@@ -7,7 +7,6 @@ a JSON number with its decimals otherwise - identical text from either path.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from decimal import Decimal
@@ -82,6 +81,12 @@ def save_table(path: Path, items: list[dict[str, Any]], key_fields: list[str]) -
 
 
 def _write_items(fh: TextIO, rows: list[dict[str, Any]]) -> None:
+    """`json.dumps(rows, indent=1, sort_keys=True)`, the same text, for a list of flat items (else
+    `_NotFlat`).
+
+    Why: with an indent, `json` leaves its C encoder for a generator per level and value; a table of
+    a batch spanning years (~50k items) took ~0.4 s that way, serially at the end of the run. Items
+    holding anything but str keys and str, int, finite float, bool or None values go to `json`."""
     if not rows:
         fh.write("[]")
         return
@@ -94,20 +99,6 @@ def _write_items(fh: TextIO, rows: list[dict[str, Any]]) -> None:
 
 
 _ITEMS_AT_ONCE = 1024
-
-
-def dump_items(rows: list[dict[str, Any]]) -> str:
-    """`json.dumps(rows, indent=1, sort_keys=True)`, the same text, for a list of flat items.
-
-    Why: with an indent, `json` leaves its C encoder for a generator per level and value; a table of
-    a batch spanning years (~50k items) took ~0.4 s that way, serially at the end of the run. Items
-    holding anything but str keys and str, int, finite float, bool or None values go to `json`."""
-    buffer = io.StringIO()
-    try:
-        _write_items(buffer, rows)
-    except _NotFlat:
-        return json.dumps(rows, indent=1, sort_keys=True)
-    return buffer.getvalue()
 
 
 class _NotFlat(Exception):
