@@ -569,10 +569,10 @@ def _join_groups(dest: Path, header: list[str], outcomes: list[FileOutcome], cop
         offset = dest.stat().st_size
         # a few spill files hold every segment: each one's relative path is worked out once (a
         # batch spanning years has tens of thousands of segments)
-        rel = {path: os.path.relpath(path, dest.parent) for o in outcomes for path in _spill_paths(o)}
+        rel: dict[Path, str] = {}
         for value in values:
             segments = [
-                [rel[path], start, length]
+                [rel.get(path) or rel.setdefault(path, os.path.relpath(path, dest.parent)), start, length]
                 for o in outcomes
                 if value in o.groups
                 for path, start, length in _segments(o, value)
@@ -596,10 +596,6 @@ def _join_groups(dest: Path, header: list[str], outcomes: list[FileOutcome], cop
             groups.append([value, start, out.tell() - start, rows])
     groups_path(dest).write_text(json.dumps({"groups": groups}, separators=(",", ":")), encoding="utf-8")
 
-
-
-def _spill_paths(outcome: FileOutcome) -> set[Path]:
-    return {path for segments in (outcome.spills or {}).values() for path, _, _ in segments} or {outcome.valid_path}
 
 
 def _segments(outcome: FileOutcome, value: str) -> list[tuple[Path, int, int]]:
