@@ -155,9 +155,8 @@ def merge(ctx: common.TaskContext, cfg: PipelineConfig, layout: Layout, log: Any
             common.download(ctx.s3, ctx.bucket, layout.raw_prefix + rel, versions.get(rel), raw_dir / rel)
             return raw_dir
 
-        seen: dict[str, KeyTable] = {}
         valid_keys = KeyTable()
-        merged = merge_outcomes(cfg, name, raw_dir_of, part_dir, refs, outcomes, seen, valid_keys)
+        merged = merge_outcomes(cfg, name, raw_dir_of, part_dir, refs, outcomes, valid_keys)
         stats, _per_file = finish_dataset(cfg, name, out_dir, merged)
         common.upload_outputs(ctx.s3, ctx.bucket, layout, ctx.batch_id, name, out_dir)
         if is_referenced(cfg, name):

@@ -39,7 +39,7 @@ from chalicelib.config import PipelineConfig
 from chalicelib.layout import Layout
 from kpipe.engine import prefetch
 from kpipe.engine.csvio import TERMINATOR, FlatRows, groups_path, read_bytes, rows_as_lines, split_fields, write_columns
-from kpipe.engine.keys import KeySpan, KeyTable
+from kpipe.engine.keys import KeyBits, KeySpan, KeyTable
 from kpipe.engine.pieces import Piece, cut, plain_block
 from kpipe.engine.rules import BatchRefs, FileRules
 
@@ -120,13 +120,13 @@ def _validate_dataset(
     part_dir = out_dir / "parts" / name
     shutil.rmtree(part_dir, ignore_errors=True)
     part_dir.mkdir(parents=True)
-    seen: dict[str, KeyTable] = {}
     valid_keys = KeyTable()
     jobs = _jobs(raw_dir, rels, workers) if workers > 1 else []
     if len(jobs) > 1:
         arriving = _validate_files_in_processes(cfg, name, raw_dir, jobs, part_dir, refs, workers)
-        outcomes = merge_outcomes(cfg, name, lambda _rel: raw_dir, part_dir, refs, arriving, seen, valid_keys)
+        outcomes = merge_outcomes(cfg, name, lambda _rel: raw_dir, part_dir, refs, arriving, valid_keys)
     else:
+        seen: dict[str, KeyTable] = {}
         outcomes = [
             _validate_file(cfg, name, raw_dir, i, rel, part_dir, refs, seen, valid_keys, None, False) for i, rel in enumerate(rels)
         ]
@@ -490,7 +490,6 @@ def merge_outcomes(
     part_dir: Path,
     refs: BatchRefs,
     outcomes: Iterable[FileOutcome],
-    seen: dict[str, KeyTable],
     valid_keys: KeyTable,
 ) -> list[FileOutcome]:
     """Files validated alone, merged in file order. Uniqueness is the one rule that crosses files: a
@@ -501,6 +500,7 @@ def merge_outcomes(
     A list of outcomes may come in any order; an iterator must yield them in file order (the local
     worker pool does), so each is merged and its key tables freed as it arrives."""
     merged: list[FileOutcome] = []
+    seen: dict[str, KeyTable | KeyBits] = {}
     ordered = sorted(outcomes, key=lambda o: o.number) if isinstance(outcomes, list) else outcomes
     for outcome in ordered:
         if merged and outcome.number <= merged[-1].number:
@@ -508,12 +508,15 @@ def merge_outcomes(
         local = outcome.seen or {}
         clash = any(seen[col].overlaps(table) for col, table in local.items() if col in seen)
         if clash:
+            # the file is checked key by key against what came before: tables again, not bits
+            tables = {col: t.table() if isinstance(t, KeyBits) else t for col, t in seen.items()}
             outcome = _validate_file(
-                cfg, name, raw_dir_of(outcome.rel), outcome.number, outcome.rel, part_dir, refs, seen, valid_keys, outcome.piece, False
+                cfg, name, raw_dir_of(outcome.rel), outcome.number, outcome.rel, part_dir, refs, tables, valid_keys, outcome.piece, False
             )
+            seen.update(tables)  # and the columns it saw first
         else:
             for col, table in local.items():
-                seen.setdefault(col, KeyTable()).absorb(table, True)
+                seen.setdefault(col, KeyBits()).absorb(table, True)  # a bit a key: only merged and compared
             if outcome.valid is not None:
                 valid_keys.absorb(outcome.valid)
         outcome.seen, outcome.valid = None, None

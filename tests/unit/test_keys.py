@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from array import array
 from pathlib import Path
 from unittest.mock import patch
 
@@ -11,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kpipe.engine import keys as keys_module
-from kpipe.engine.keys import DENSE_LIMIT, IntColumn, KeyTable
+from kpipe.engine.keys import DENSE_LIMIT, IntColumn, KeyBits, KeySpan, KeyTable
 
 
 def test_dense_int_keys() -> None:
@@ -184,6 +185,46 @@ def _overlaps_and_absorb_agree_with_sets(mine: list[object], theirs: list[object
         a.absorb(b, True)
         assert sorted(map(repr, a.items())) == sorted(repr((k, True)) for k in set(mine) | set(theirs))
         assert len(a) == len(set(mine) | set(theirs))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.lists(KEYS, max_size=30), min_size=1, max_size=4),
+    st.lists(KEYS, max_size=30),
+    st.sampled_from(["B", "H"]),
+    st.sampled_from([3, 8, 64, 1 << 18]),
+)
+def test_key_bits_hold_what_their_tables_held(pieces: list[list[object]], probe: list[object], typecode: str, window: int) -> None:
+    """The parent's set of keys seen across pieces (a bit a slot) answers `overlaps` as the union of
+    the pieces' tables would, and gives that union back as a table, whatever the window."""
+    with patch.object(keys_module, "_MERGE_SLOTS", window):
+        bits, union = KeyBits(), set()
+        for keys in pieces:
+            piece = KeyTable(typecode)
+            piece.put_many(keys, [True] * len(keys))
+            fresh = set(keys) - union
+            if not fresh:
+                continue
+            assert bits.overlaps(piece.span()) == bool(set(keys) & union)
+            new = KeyTable(typecode)
+            new.put_many(list(fresh), [True] * len(fresh))
+            bits.absorb(new.span() if len(fresh) % 2 else new, True)
+            union |= fresh
+        other = KeyTable(typecode)
+        other.put_many(probe, [True] * len(probe))
+        assert bits.overlaps(other) == bool(set(probe) & union) and len(bits) == len(union)
+        table = bits.table()
+        assert sorted(map(repr, table.items())) == sorted(repr((k, True)) for k in union) and len(table) == len(union)
+        assert table.add_new_many(probe) == [k not in union and k not in probe[:i] for i, k in enumerate(probe)]
+
+
+def test_key_bits_take_an_eighth_of_a_tables_slots() -> None:
+    table, bits = KeyTable(), KeyBits()
+    table.put_many(list(range(3, 1_000_003)), [True] * 1_000_000)
+    bits.absorb(table.span())
+    assert len(bits) == 1_000_000 and len(bits._bits) == 1_000_003 // 8 + 1
+    assert bits.overlaps(KeySpan(999_999, array("B", [0, 0, 0, 1]), [None, True], {}, 1)) is True
+    assert bits.overlaps(KeySpan(1_000_003, array("B", [1]), [None, True], {}, 1)) is False
 
 
 @settings(max_examples=150, deadline=None)

@@ -70,7 +70,7 @@ def test_files_validated_alone_and_merged_through_files_equal_the_sequential_pat
                 (merge_dir / part.name).write_bytes(part.read_bytes())
         outcomes = [load_outcome(p, merge_dir) for p in sorted(merge_dir.glob("*.json"), reverse=True)]  # any order
         valid_keys = KeyTable()
-        merged = merge_outcomes(cfg, name, lambda _rel: raw, merge_dir, refs, outcomes, {}, valid_keys)
+        merged = merge_outcomes(cfg, name, lambda _rel: raw, merge_dir, refs, outcomes, valid_keys)
         save_keys(valid_keys, tmp_path / f"{name}.keys.json")
         refs.tables[name] = load_keys(tmp_path / f"{name}.keys.json")
         stats[name], _ = finish_dataset(cfg, name, tmp_path / "merged", merged)
