@@ -38,6 +38,7 @@ import petl
 
 from chalicelib.config import PipelineConfig
 from kpipe.engine.csvio import CanonicalCsv, OpenFiles, groups_path, read_bytes, span_segments
+from kpipe.engine.index_keeper import IndexKeeper, Put
 from kpipe.engine.keys import KeyTable
 from kpipe.engine.kpis import DateAggregator, KpiPlan
 from kpipe.engine.parsing import read_bool, read_ints, reader_for
@@ -248,15 +249,19 @@ def index_batch(
         plan = KpiPlan.compile(cfg) if aggregate and cfg.kpis else None
         job = _DatesJob(cfg, datasets, date_spans, indexes, validated_dir, out_root, stem, seq, plan).prepare(cache)
         started = hashing.start if digest is None else None
-        for result in _index_each_date(job, workers, started):
-            for d in datasets:
-                _apply_puts(indexes[d.name], result.puts[d.name])
-                moved[d.name].update(result.moved.get(d.name, {}))
-                written[d.name] = written.get(d.name, 0) + result.written.get(d.name, 0)
-            touched.update(result.touched)
-            new_files.extend(result.files)
-            for table, by_date in result.tables.items():
-                tables.setdefault(table, {}).update(by_date)
+        # forked before the date workers and the digest thread: see index_keeper.py
+        with IndexKeeper(indexes, separate=workers > 1 and len(job.dates()) > 1) as keeper:
+            for result in _index_each_date(job, workers, started):
+                keeper.apply(result.puts)
+                for d in datasets:
+                    moved[d.name].update(result.moved.get(d.name, {}))
+                    written[d.name] = written.get(d.name, 0) + result.written.get(d.name, 0)
+                touched.update(result.touched)
+                new_files.extend(result.files)
+                for table, by_date in result.tables.items():
+                    tables.setdefault(table, {}).update(by_date)
+            keeper.save({d.name: work_dir / f"{d.name}.idx" for d in datasets})
+        del indexes, job  # the indexes as they were: the files hold them as they are now
         if digest is None:
             digest = hashing.result()
             known = contents.get(digest)
@@ -283,13 +288,15 @@ def index_batch(
             touched.update(result.touched)
             written[d.name] = result.written
             new_files.extend(result.files)
-        indexes = {d.name: KeyTable.load(work_dir / f"{d.name}.idx") for d in datasets}
 
+    # each dataset's index is now work_dir/<dataset>.idx; loaded again only to carry children
     carried = 0
     for d in datasets:
         if d.parent is None or not moved[d.parent]:
             continue
+        indexes = {name: KeyTable.load(work_dir / f"{name}.idx") for name in (d.name, d.parent)}
         count, dates_in = _carry_children(cfg, d, moved[d.parent], indexes, cache, out_root, seq, stem, new_files)
+        indexes[d.name].save(work_dir / f"{d.name}.idx")
         carried += count
         for by_date in tables.values():  # rows carried in: those dates are recomputed
             for date in dates_in:
@@ -299,7 +306,6 @@ def index_batch(
     dates = sorted(touched)
     _publish_json(cache, work_dir, f"_meta/batches/{stem}.json", {"seq": seq, "dates": dates})
     for d in datasets:
-        indexes[d.name].save(work_dir / f"{d.name}.idx")
         cache.publish(f"_index/{d.name}.idx", work_dir / f"{d.name}.idx")
     state["batches"][batch_id] = seq
     contents[digest] = {"seq": seq, "stem": stem}
@@ -352,9 +358,9 @@ class _DatesIndexed:
     touched: set[str]
     written: dict[str, int]
     files: list[str]
-    # dataset -> the index updates, for the parent to apply (`_apply_puts`): they travel back with the
-    # result (an id is 8 bytes in an array), not through a file per date and dataset
-    puts: dict[str, list[tuple[int, Any, bool, tuple[int, int] | None]]]
+    # dataset -> the index updates (`index_keeper.apply_puts`): they travel back with the result (an
+    # id is 4 or 8 bytes in an array), not through a file per date and dataset
+    puts: dict[str, list[Put]]
     tables: dict[str, dict[str, list[dict[str, Any]]]]
 
 
@@ -541,15 +547,6 @@ def _claim(
                 moved[key] = old[1]
         taken.append(i)
     return taken
-
-
-def _apply_puts(index: KeyTable, puts: list[tuple[int, Any, bool, tuple[int, int] | None]]) -> None:
-    """Apply the index updates a date worker recorded (`_note_keys`), one date's keys at a time."""
-    for code, keys, new, bounds in puts:
-        if new:  # none of them in the index yet, and keys are unique in a batch
-            index.put_new_codes(keys, code, bounds)
-        else:
-            index.put_codes(keys, [code] * len(keys))
 
 
 @dataclass
