@@ -36,8 +36,9 @@ def apply_puts(index: KeyTable, puts: list[Put]) -> None:
 
 class IndexKeeper:
     """Applies index updates (`apply`) and saves the indexes (`save`), in this process or, with
-    `separate`, in a keeper process (see the module's docstring). Use as a context manager: a keeper
-    still running when the block ends (an error) is stopped."""
+    `separate`, in a keeper process (see the module's docstring). The codes the updates use must be
+    in the indexes before (a keeper has its own copy from then on). Use as a context manager: a
+    keeper still running when the block ends (an error) is stopped."""
 
     def __init__(self, indexes: dict[str, KeyTable], separate: bool) -> None:
         self._indexes = indexes
