@@ -4,7 +4,8 @@ each raw file's SHA-256 and its cut into pieces. The engine asks here first; wit
 
 A record is used only while the file's size and modification time are what the child saw, and a
 cut only for the same number of pieces, so a prefetch can make the engine faster, never different.
-Only the process that started the child reads its pipe (worker processes forked later do not)."""
+Only the process that started the child reads its pipe (worker processes forked later do not), one
+thread at a time (the batch id hashes files in threads)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import contextlib
 import json
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,20 +28,23 @@ class Prefetch:
         self.pid, self.reader, self.owner = pid, reader, os.getpid()
         self.files: dict[str, dict[str, Any]] = {}
         self.done = False
+        self.lock = threading.Lock()  # two threads reading the pipe at once would split its lines
 
     def find(self, path: Path) -> dict[str, Any] | None:
         """The child's record of `path` if it is still the same file, waiting for it if need be."""
         if os.getpid() != self.owner:  # a worker process forked later: the pipe is the parent's
             return None
         key = str(Path(path).resolve())
-        while key not in self.files and not self.done:
-            line = self.reader.readline()
-            if not line:
-                self._finish()
-                break
-            record = json.loads(line)
-            self.files[record["path"]] = record
-        record = self.files.get(key)
+        with self.lock:
+            while key not in self.files and not self.done:
+                line = self.reader.readline()
+                try:
+                    record = json.loads(line)
+                except ValueError:  # the end, or a line cut short (the child died writing it)
+                    self._finish()
+                    break
+                self.files[record["path"]] = record
+            record = self.files.get(key)
         if record is None:
             return None
         try:
@@ -60,7 +65,9 @@ class Prefetch:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
-        self._finish()
+        with self.lock:
+            if not self.done:
+                self._finish()
 
 
 _current: Prefetch | None = None

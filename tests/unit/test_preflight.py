@@ -15,6 +15,7 @@ from pytest import MonkeyPatch
 
 from kpipe import preflight
 from kpipe.engine import pieces, prefetch
+from kpipe.engine.digests import files_sha256
 
 
 @pytest.fixture(autouse=True)
@@ -42,6 +43,41 @@ def test_prefetched_hashes_and_cuts_equal_the_engines_own(tmp_path: Path, monkey
         assert prefetch.cut(path, 3) == (True, pieces.cut(path, 3))
     assert prefetch.cut(batch / "orders" / "a.csv", 3)[1] is not None  # a real cut, not only "none"
     assert prefetch.cut(batch / "orders" / "a.csv", 2) == (False, None)  # asked for another number of pieces
+
+
+def test_threads_asking_at_once_get_every_answer(tmp_path: Path) -> None:
+    """The batch id hashes files in threads, each asking the prefetch: one reader of the pipe at a
+    time (two at once split its lines: a batch of 81 files failed with a JSON error)."""
+    batch = _batch(tmp_path / "batch")
+    for i in range(80):
+        (batch / "orders" / f"part-{i:02d}.csv").write_text(f"order_id\n{i}\n", encoding="utf-8")
+    paths = sorted(p for p in batch.rglob("*.csv"))
+    preflight.start([batch], 2)
+    asked: list[Path] = []
+    real = prefetch.Prefetch.find
+
+    def find(self: prefetch.Prefetch, path: Path) -> dict[str, object] | None:
+        asked.append(path)
+        return real(self, path)
+
+    with MonkeyPatch.context() as patch:
+        patch.setattr(prefetch.Prefetch, "find", find)
+        digests = files_sha256(paths, threads=8)
+    assert digests == [hashlib.sha256(path.read_bytes()).digest() for path in paths]
+    assert sorted(asked) == paths and all(prefetch.sha256(path) is not None for path in paths)
+
+
+def test_a_line_cut_short_ends_the_answers(tmp_path: Path) -> None:
+    """A child that died writing a line leaves the engine to compute everything itself."""
+    batch = _batch(tmp_path / "batch")
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, b'{"path": "/x", "size": 1, "mtime_ns": 2, "sha256": "00", "pieces": 2, "cut": null}\n{"path": "/y", "si')
+    os.close(write_fd)
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    prefetch.install(prefetch.Prefetch(pid, os.fdopen(read_fd)))
+    assert prefetch.sha256(batch / "products.csv") is None and prefetch._current is not None and prefetch._current.done
 
 
 def test_a_file_changed_since_is_not_answered(tmp_path: Path) -> None:
