@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import operator
-import re
 from array import array
 from collections import deque
 from collections.abc import Hashable, Iterable, Iterator, Sequence
@@ -486,26 +485,32 @@ def _dense_span(table: KeyTable | KeySpan) -> tuple[int, array, dict[Hashable, i
     return lo, table._dense[lo:hi], table._sparse
 
 
-_NONZERO = re.compile(rb"[^\x00]")
 _WINDOW = 1 << 16
+_ZEROS = bytes(_WINDOW)
 
 
 def _span(dense: array) -> tuple[int, int]:  # type: ignore[type-arg]
-    """(first, last + 1) of the slots holding a key, found without copying the array (a worker's
-    table spans the ids of its own piece of a file, a small part of its slots)."""
+    """(first, last + 1) of the slots holding a key. A worker's table spans the ids of its own piece
+    of a file (or a small file), a small part of its slots from 0: the empty ones are skipped a
+    window at a time by comparing with zeros (memcmp: 0.07 ms for 860 KB, where a regex search for
+    the first non-zero byte took 5.6 ms, on each of a 40-file batch's 80 files)."""
     view = memoryview(dense).cast("B")
-    first = _NONZERO.search(view)
+    size, end = dense.itemsize, len(view)
+    first = None
+    for start in range(0, end, _WINDOW):
+        window = view[start : start + _WINDOW].tobytes()
+        if window != _ZEROS[: len(window)]:
+            first = start + len(window) - len(window.lstrip(b"\x00"))
+            break
     if first is None:
         return 0, 0
-    end = len(view)
-    while end > first.start():  # the last key: back from the end a window at a time
-        window = view[max(end - _WINDOW, 0) : end]
-        if _NONZERO.search(window) is not None:
-            end -= len(window) - len(bytes(window).rstrip(b"\x00"))
+    while end > first:  # the last key: back from the end a window at a time
+        window = view[max(end - _WINDOW, first) : end].tobytes()
+        if window != _ZEROS[: len(window)]:
+            end -= len(window) - len(window.rstrip(b"\x00"))
             break
         end -= len(window)
-    size = dense.itemsize
-    return first.start() // size, -(-end // size)
+    return first // size, -(-end // size)
 
 
 def _presence(dense: array) -> int:  # type: ignore[type-arg]
