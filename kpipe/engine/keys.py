@@ -363,8 +363,8 @@ class KeyBits:
     """A set of keys at one bit per int slot: what the parent keeps of the keys its worker processes
     saw in a dataset (uniqueness crosses files and pieces). A 5M-row batch's ids would take 5 MB as
     a KeyTable's one-byte slots and 0.6 MB here. It is only merged into (`absorb`) and compared
-    (`overlaps`), a window of slots at a time as big ints; `table` gives the KeyTable back for the
-    rare file validated again against it.
+    (`overlaps`, `common`), a window of slots at a time as big ints; `table` gives the KeyTable back
+    for a file validated again against it in the parent.
 
     >>> bits = KeyBits(); t = KeyTable(); t.put_many([3, 4, "x"], [True] * 3)
     >>> bits.absorb(t.span()); len(bits), bits.overlaps(t.span()), list(bits.table().items())
@@ -386,17 +386,33 @@ class KeyBits:
                 return True
         return any(key in self._sparse for key in sparse)
 
+    def common(self, other: KeyTable | KeySpan) -> list[Hashable]:
+        """The keys of `other` that are here too: int slots in rising order, then the others."""
+        lo, dense, sparse = _dense_span(other)
+        found: list[Hashable] = []
+        for at, bits, size in _bit_windows(lo, dense):
+            both = int.from_bytes(self._bits[at : at + size], "little") & bits
+            if both:  # the set bits' places, lowest first: C-level finds over the binary digits
+                digits = bin(both)[:1:-1]
+                place = digits.find("1")
+                while place >= 0:
+                    found.append(at * 8 + place)
+                    place = digits.find("1", place + 1)
+        found.extend(key for key in sparse if key in self._sparse)
+        return found
+
     def absorb(self, other: KeyTable | KeySpan, value: Any = True) -> None:
-        """Add the keys of `other`, which must not overlap these (`value` is taken for KeyTable's
-        signature: a set holds no values)."""
+        """Add the keys of `other` (`value` is taken for KeyTable's signature: a set holds no
+        values). Unlike a table's, they may overlap these."""
         lo, dense, sparse = _dense_span(other)
         if dense and len(self._bits) * 8 < lo + len(dense):
             self._bits.extend(bytes((lo + len(dense) + 7) // 8 - len(self._bits)))
         for at, bits, size in _bit_windows(lo, dense):
-            merged = int.from_bytes(self._bits[at : at + size], "little") | bits
-            self._bits[at : at + size] = merged.to_bytes(size, "little")
+            held = int.from_bytes(self._bits[at : at + size], "little")
+            self._count += (bits & ~held).bit_count()
+            self._bits[at : at + size] = (held | bits).to_bytes(size, "little")
+        self._count += sum(key not in self._sparse for key in sparse)
         self._sparse.update(sparse)
-        self._count += len(other)
 
     def table(self) -> KeyTable:
         """The same keys as a KeyTable of one-byte slots, each with the value True."""

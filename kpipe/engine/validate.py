@@ -25,8 +25,8 @@ import multiprocessing
 import os
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain, islice
 from operator import itemgetter, methodcaller
@@ -123,8 +123,7 @@ def _validate_dataset(
     valid_keys = KeyTable()
     jobs = _jobs(raw_dir, rels, workers) if workers > 1 else []
     if len(jobs) > 1:
-        arriving = _validate_files_in_processes(cfg, name, raw_dir, jobs, part_dir, refs, workers)
-        outcomes = merge_outcomes(cfg, name, lambda _rel: raw_dir, part_dir, refs, arriving, valid_keys)
+        outcomes = _validate_files_in_processes(cfg, name, raw_dir, jobs, part_dir, refs, workers, valid_keys)
     else:
         seen: dict[str, KeyTable] = {}
         outcomes = [
@@ -491,23 +490,39 @@ def merge_outcomes(
     refs: BatchRefs,
     outcomes: Iterable[FileOutcome],
     valid_keys: KeyTable,
+    again: Callable[[FileOutcome, dict[str, list[Hashable]]], Future[FileOutcome]] | None = None,
 ) -> list[FileOutcome]:
     """Files validated alone, merged in file order. Uniqueness is the one rule that crosses files: a
-    file whose keys were already seen in an earlier file is validated again, in order, against
-    everything seen before it (`raw_dir_of(rel)` gives a directory holding it; rare: it takes a key
-    repeated across files), so the result is exactly the sequential one.
+    file holding a key an earlier file held is validated again, so the result is exactly the
+    sequential one.
+
+    Validated again how: with `again` (worker processes), in a worker, its uniqueness tables
+    starting with the keys it shares with the files before it (which keys those are does not
+    depend on how any file was validated: a key counts from its first row that has one, valid or
+    not), while the next outcomes are merged; a batch whose files repeat keys here and there then
+    keeps its parallelism. Without, here, in order, against everything seen before it
+    (`raw_dir_of(rel)` gives a directory holding it).
 
     A list of outcomes may come in any order; an iterator must yield them in file order (the local
     worker pool does), so each is merged and its key tables freed as it arrives."""
     merged: list[FileOutcome] = []
     seen: dict[str, KeyTable | KeyBits] = {}
+    redone: list[tuple[int, Future[FileOutcome]]] = []  # (place in merged, the outcome validated again)
     ordered = sorted(outcomes, key=lambda o: o.number) if isinstance(outcomes, list) else outcomes
     for outcome in ordered:
         if merged and outcome.number <= merged[-1].number:
             raise ValueError(f"outcome {outcome.number} arrived after {merged[-1].number}: not in file order")
         local = outcome.seen or {}
-        clash = any(seen[col].overlaps(table) for col, table in local.items() if col in seen)
-        if clash:
+        if again is not None:
+            shared = {col: bits.common(table) for col, table in local.items() if isinstance(bits := seen.get(col), KeyBits)}
+            shared = {col: keys for col, keys in shared.items() if keys}
+            for col, table in local.items():
+                seen.setdefault(col, KeyBits()).absorb(table, True)  # a bit a key: only merged and compared
+            if shared:
+                redone.append((len(merged), again(outcome, shared)))
+            elif outcome.valid is not None:
+                valid_keys.absorb(outcome.valid)
+        elif any(seen[col].overlaps(table) for col, table in local.items() if col in seen):
             # the file is checked key by key against what came before: tables again, not bits
             tables = {col: t.table() if isinstance(t, KeyBits) else t for col, t in seen.items()}
             outcome = _validate_file(
@@ -516,11 +531,17 @@ def merge_outcomes(
             seen.update(tables)  # and the columns it saw first
         else:
             for col, table in local.items():
-                seen.setdefault(col, KeyBits()).absorb(table, True)  # a bit a key: only merged and compared
+                seen.setdefault(col, KeyBits()).absorb(table, True)
             if outcome.valid is not None:
                 valid_keys.absorb(outcome.valid)
         outcome.seen, outcome.valid = None, None
         merged.append(outcome)
+    for place, future in redone:  # each one's valid keys are none of the others' (its shared ones are out)
+        outcome = future.result()
+        if outcome.valid is not None:
+            valid_keys.absorb(outcome.valid)
+        outcome.seen, outcome.valid = None, None
+        merged[place] = outcome
     return merged
 
 
@@ -536,6 +557,20 @@ def _validate_in_worker(job: tuple[int, str, Piece | None]) -> FileOutcome:
     return outcome
 
 
+def _validate_again_in_worker(job: tuple[int, str, Piece | None], shared: dict[str, list[Hashable]]) -> FileOutcome:
+    """A file (or piece) validated again, its uniqueness tables starting with the keys earlier files
+    held (`merge_outcomes`); its own keys were merged already: only its valid ones travel back."""
+    ctx = _WORKER
+    number, rel, piece = job
+    seen: dict[str, KeyTable] = {}
+    for col, keys in shared.items():
+        seen[col] = KeyTable()
+        seen[col].put_many(keys, [True] * len(keys))
+    outcome = _validate_file(ctx["cfg"], ctx["name"], ctx["raw_dir"], number, rel, ctx["part_dir"], ctx["refs"], seen, None, piece, False)
+    outcome.valid = outcome.valid.span() if outcome.valid is not None else None
+    return outcome
+
+
 def _validate_files_in_processes(
     cfg: PipelineConfig,
     name: str,
@@ -544,13 +579,19 @@ def _validate_files_in_processes(
     part_dir: Path,
     refs: BatchRefs,
     workers: int,
-) -> Iterator[FileOutcome]:
-    """Files and pieces in parallel (forked workers see the referenced datasets' key tables), their
-    outcomes yielded in job order as they finish."""
+    valid_keys: KeyTable,
+) -> list[FileOutcome]:
+    """Files and pieces in parallel (forked workers see the referenced datasets' key tables), merged
+    in job order as they finish (`merge_outcomes`); a file validated again goes to the same workers."""
     _WORKER.update(cfg=cfg, name=name, raw_dir=raw_dir, part_dir=part_dir, refs=refs)
     try:
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=multiprocessing.get_context("fork")) as pool:
-            yield from pool.map(_validate_in_worker, jobs)
+
+            def again(outcome: FileOutcome, shared: dict[str, list[Hashable]]) -> Future[FileOutcome]:
+                return pool.submit(_validate_again_in_worker, (outcome.number, outcome.rel, outcome.piece), shared)
+
+            arriving = pool.map(_validate_in_worker, jobs)
+            return merge_outcomes(cfg, name, lambda _rel: raw_dir, part_dir, refs, arriving, valid_keys, again)
     finally:
         _WORKER.clear()
 

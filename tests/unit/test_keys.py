@@ -195,21 +195,20 @@ def _overlaps_and_absorb_agree_with_sets(mine: list[object], theirs: list[object
     st.sampled_from([3, 8, 64, 1 << 18]),
 )
 def test_key_bits_hold_what_their_tables_held(pieces: list[list[object]], probe: list[object], typecode: str, window: int) -> None:
-    """The parent's set of keys seen across pieces (a bit a slot) answers `overlaps` as the union of
-    the pieces' tables would, and gives that union back as a table, whatever the window."""
+    """The parent's set of keys seen across pieces (a bit a slot) answers `overlaps` and `common`
+    as the union of the pieces' tables would, counts each key once however often it is absorbed, and
+    gives that union back as a table, whatever the window."""
     with patch.object(keys_module, "_MERGE_SLOTS", window):
-        bits, union = KeyBits(), set()
+        bits: KeyBits = KeyBits()
+        union: set[object] = set()
         for keys in pieces:
             piece = KeyTable(typecode)
             piece.put_many(keys, [True] * len(keys))
-            fresh = set(keys) - union
-            if not fresh:
-                continue
             assert bits.overlaps(piece.span()) == bool(set(keys) & union)
-            new = KeyTable(typecode)
-            new.put_many(list(fresh), [True] * len(fresh))
-            bits.absorb(new.span() if len(fresh) % 2 else new, True)
-            union |= fresh
+            assert sorted(map(repr, bits.common(piece.span()))) == sorted(map(repr, set(keys) & union))
+            bits.absorb(piece.span() if len(keys) % 2 else piece, True)
+            union |= set(keys)
+            assert len(bits) == len(union)
         other = KeyTable(typecode)
         other.put_many(probe, [True] * len(probe))
         assert bits.overlaps(other) == bool(set(probe) & union) and len(bits) == len(union)

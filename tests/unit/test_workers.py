@@ -3,7 +3,10 @@ including uniqueness across files, which is the one rule that crosses file bound
 
 from __future__ import annotations
 
+import os
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pytest import MonkeyPatch
@@ -52,6 +55,49 @@ def test_cross_file_duplicates_are_rejected_like_the_sequential_path(tmp_path: P
         items = report["batches"][0]["datasets"]["order_items"]
         assert (orders["rows_valid"], orders["reasons"]) == (3, {"order_id.unique": 1})
         assert (items["rows_valid"], items["reasons"]) == (3, {"id.unique": 1})
+    assert _outputs(tmp_path / "w1") == _outputs(tmp_path / "w2")
+
+
+def test_files_repeating_keys_here_and_there_are_validated_again_in_the_workers(tmp_path: Path, monkeypatch: MonkeyPatch) -> None:
+    """Keys repeated across files and pieces (valid otherwise, rejected for something else too, again
+    within the later file, in three files): each file holding one is validated again in a worker,
+    starting from the keys it shares with the files before it; the parent validates none of them
+    and the outputs are the sequential path's, byte for byte."""
+    orders = {
+        "a": [f"{i},7,Complete,2025-03-0{1 + i % 3}T10:00:00" for i in range(1, 41)],
+        # 5: valid otherwise; 6: also a bad user id; 7 twice more in this file; 8 in every file
+        "b": ["5,9,Complete,2025-03-02T10:00:00", *[f"{i},8,Shipped,2025-03-02T10:00:00" for i in range(41, 61)], "6,x,Complete,2025-03-02T10:00:00", "7,1,Complete,2025-03-01T10:00:00", "7,2,Complete,2025-03-01T10:00:00", "8,3,Complete,2025-03-03T10:00:00"],
+        "c": [*[f"{i},8,Returned,2025-03-03T10:00:00" for i in range(61, 81)], "8,4,Complete,2025-03-03T10:00:00", "45,5,Complete,2025-03-03T10:00:00"],
+        "d": [f"{i},8,Complete,2025-03-01T10:00:00" for i in range(81, 101)],  # none repeated: merged as it came
+    }
+    files = {"products.csv": "id,category,retail_price\n1,Books,10\n2,Toys,4\n"}
+    files.update({f"orders/{name}.csv": ORDERS + "\n".join(rows) + "\n" for name, rows in orders.items()})
+    items = [f"{i},{i % 100 + 1},7,{1 + i % 2},,5.00" for i in range(1, 201)]
+    files["order_items/a.csv"] = ITEMS + "\n".join(items[:120]) + "\n"
+    files["order_items/b.csv"] = ITEMS + "\n".join([*items[120:], items[3], items[50]]) + "\n"
+    batch = _write(tmp_path / "batch", files)
+    monkeypatch.setattr(pieces, "MIN_PIECE_BYTES", 256)  # the bigger files in pieces too
+    assert pieces.cut(batch / "orders" / "b.csv", 2) is not None
+    cfg = load_config(default_config_path())
+    sequential = process_batches(cfg, [batch], tmp_path / "w1", workers=1)
+    log = tmp_path / "validated.log"
+    real = validate._validate_file
+
+    def spy(*args: Any, **kwargs: Any) -> Any:  # inherited by the forked workers
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write(f"{os.getpid() == parent} {args[1]} {args[3]}\n")
+        return real(*args, **kwargs)
+
+    parent = os.getpid()
+    monkeypatch.setattr(validate, "_validate_file", spy)
+    parallel = process_batches(cfg, [batch], tmp_path / "w2", workers=2)
+    calls = Counter(log.read_text(encoding="utf-8").splitlines())
+    assert [call for call in calls if call.startswith("True")] == ["True products 0"]  # the others in workers
+    # validated again: the pieces holding a repeated key (b's two, c's second; the items' second half of b)
+    assert {call for call, n in calls.items() if n > 1} == {"False orders 2", "False orders 3", "False orders 5", "False order_items 3"}
+    assert sequential["batches"][0]["datasets"] == parallel["batches"][0]["datasets"]
+    assert sequential["batches"][0]["datasets"]["orders"]["reasons"] == {"order_id.unique": 7, "user_id.type": 1}
+    assert sequential["batches"][0]["datasets"]["order_items"]["reasons"] == {"id.unique": 2}
     assert _outputs(tmp_path / "w1") == _outputs(tmp_path / "w2")
 
 
