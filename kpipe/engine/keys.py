@@ -1,11 +1,12 @@
 """Compact key -> value maps for uniqueness, references, lookups and the processed-store index.
 
 A batch of 400k orders and 880k items would need ~150 MB as Python sets and dicts of int keys.
-Here a non-negative int key below DENSE_LIMIT is a slot in an `array` holding a small value code
-(0 = absent), and values are dictionary-encoded (a date, a category, a (seq, date) pair repeat a
-lot). Slots are one byte while there are fewer than 256 distinct values and widen to two or four
-bytes when needed. Other keys (negative, huge, strings) fall back to a dict. Memory is then 1-4
-bytes per key, whatever the file sizes.
+Here an int key is a slot in an `array` holding a small value code (0 = absent), and values are
+dictionary-encoded (a date, a category, a (seq, date) pair repeat a lot). Slots are one byte while
+there are fewer than 256 distinct values and widen to two or four bytes when needed. A table's slots
+start at the first int keys it stores (ids may start anywhere) and span DENSE_LIMIT keys at most;
+other keys (far outside that window, strings) fall back to a dict. Memory is then 1-4 bytes per key,
+whatever the file sizes and wherever the ids start.
 
 >>> t = KeyTable()
 >>> t.put(7, "2025-03-01"); t.put("x", "2025-03-02")
@@ -26,7 +27,7 @@ from operator import itemgetter, lt, setitem
 from pathlib import Path
 from typing import Any
 
-DENSE_LIMIT = 1 << 25  # 32M slots max (32-128 MiB worst case); ids beyond go to the dict
+DENSE_LIMIT = 1 << 25  # 32M slots max (32-128 MiB worst case); ids outside the window go to the dict
 _INT_ONLY = {int}
 
 
@@ -47,6 +48,10 @@ class KeyTable:
     def __init__(self, typecode: str = "B") -> None:
         # slots start at one byte (a set, or a few distinct values) and widen as codes need
         self._dense = array(typecode)
+        # the int key of slot 0, set by the first int keys stored (a piece of a file holds ids from
+        # its own first one on; ids may start anywhere, 90,000,000,001 say) and lowered when smaller
+        # ones come. Int keys in [base, base + DENSE_LIMIT) live in slots, all others in the dict.
+        self._base: int | None = None
         self._sparse: dict[Hashable, int] = {}
         self._values: list[Any] = [None]  # code 0 = absent
         self._codes: dict[Any, int] = {}
@@ -62,16 +67,70 @@ class KeyTable:
             self._codes[value] = code
         return code
 
+    # where int keys go --------------------------------------------------------------------------
+    def _slot(self, key: Hashable, store: bool = False) -> int | None:
+        """The slot of `key`, or None when it is not an int in the dense window (`store`: the window
+        may be set or moved down to take it)."""
+        if type(key) is not int:
+            return None
+        if store and not self._window(key, key):
+            return None
+        base = self._base
+        if base is None:
+            return None
+        slot = key - base
+        return slot if 0 <= slot < DENSE_LIMIT else None
+
+    def _window(self, low: int, top: int) -> bool:
+        """Make int keys low..top storable in slots: the base set by the first int keys or lowered
+        (with room below, so keys coming in falling order do not move the slots each time), the
+        slots grown. False when they do not all fit the window: the caller stores them one by one."""
+        base = self._base
+        if base is None:
+            if top - low >= DENSE_LIMIT:
+                return False
+            base = self._base = low
+        elif low < base:
+            used = len(self._dense)
+            if top - low >= DENSE_LIMIT or used + base - low > DENSE_LIMIT:
+                return False
+            self._lower_base(max(low - max(used // 4, 1024), base - (DENSE_LIMIT - used)))
+            base = self._base
+        if top - base >= DENSE_LIMIT:
+            return False
+        self._reserve_to(top - base)
+        return True
+
+    def _lower_base(self, base: int) -> None:
+        """Slot 0 is key `base` from now on; keys of the dict that fall in the window move to slots."""
+        shift = self._base - base  # type: ignore[operator]
+        self._dense[0:0] = array(self._dense.typecode, bytes(self._dense.itemsize * shift))
+        self._base = base
+        self._settle()
+
+    def _settle(self) -> None:
+        """Keys of the dict that are in the window (it moved) go to their slots."""
+        base = self._base
+        if base is None:
+            return
+        for key in [key for key in self._sparse if type(key) is int and 0 <= key - base < DENSE_LIMIT]:
+            code = self._sparse.pop(key)
+            self._reserve_to(key - base)
+            self._dense[key - base] = code
+
+    def _slots(self, keys: Sequence[int]) -> Sequence[int]:
+        """Int keys (all in the window) as their slots."""
+        base = self._base
+        return keys if not base else list(map(operator.sub, keys, repeat(base)))
+
     def put(self, key: Hashable, value: Any = True) -> None:
         code = self._code(value)
-        if type(key) is int and 0 <= key < DENSE_LIMIT:
+        slot = self._slot(key, store=True)
+        if slot is not None:
             dense = self._dense
-            if key >= len(dense):
-                grow = max(key + 1 - len(dense), len(dense) // 4, 1024)
-                dense.frombytes(bytes(dense.itemsize * grow))
-            if dense[key] == 0:
+            if dense[slot] == 0:
                 self._count += 1
-            dense[key] = code
+            dense[slot] = code
         else:
             if key not in self._sparse:
                 self._count += 1
@@ -84,86 +143,72 @@ class KeyTable:
         self.put(key, value)
         return True
 
-    def _reserve(self, keys: Sequence[Any]) -> None:
-        try:
-            top = max(keys, default=-1)  # C-level for the usual column of ints
-        except TypeError:  # mixed key types
-            top = None
-        if type(top) is not int or top >= DENSE_LIMIT:
-            top = max((k for k in keys if type(k) is int and 0 <= k < DENSE_LIMIT), default=-1)
-        self._reserve_to(top)
-
     def _reserve_to(self, top: int) -> None:
-        """Slots up to `top` (an int key below DENSE_LIMIT) exist."""
+        """Slots up to slot `top` (below DENSE_LIMIT) exist."""
         if top >= len(self._dense):
-            grow = max(top + 1 - len(self._dense), len(self._dense) // 4, 1024)
+            grow = min(max(top + 1 - len(self._dense), len(self._dense) // 4, 1024), DENSE_LIMIT - len(self._dense))
             self._dense.frombytes(bytes(self._dense.itemsize * grow))
+
+    def _stores_in_slots(self, keys: Sequence[Any]) -> tuple[int, int] | None:
+        """(low, top) slots of `keys` when they are ints that all fit the window (made ready to
+        store them), else None."""
+        if not keys or not _ints_only(keys):
+            return None
+        low, top = min(keys), max(keys)
+        if not self._window(low, top):
+            return None
+        base = self._base or 0
+        return low - base, top - base
 
     def add_new_many(self, keys: list[Any], value: Any = True) -> list[bool]:
         """`add_new` over a column in one call (the per-key method call is the cost here)."""
         code = self._code(value)
-        if self._new_run(keys, code):
+        bounds = self._stores_in_slots(keys)
+        if bounds is None:
+            return [self.add_new(key, value) for key in keys]
+        slots = self._slots(keys)
+        if self._new_run(slots, code, *bounds):
             return [True] * len(keys)
-        self._reserve(keys)
-        dense, sparse, added = self._dense, self._sparse, []
-        if self._all_dense(keys):
-            held = take(dense, keys)
-            distinct = len(set(keys)) == len(keys)
-            if distinct and not any(held):
-                _store(dense, keys, repeat(code))  # all new: C-level stores
-                self._count += len(keys)
-                return [True] * len(keys)
-            # some held already, or repeated in the column (a duplicate's first occurrence is the one
-            # added): decided in C-level maps, not key by key
-            added = list(map(operator.not_, held))
-            if not distinct:
-                first = [False] * len(keys)  # each key's first position (the reversed pairs leave it last)
-                _store(first, dict(zip(reversed(keys), range(len(keys) - 1, -1, -1), strict=True)).values(), repeat(True))  # type: ignore[arg-type]
-                added = list(map(operator.and_, added, first))
-            new = list(compress(keys, added))
-            _store(dense, new, repeat(code))
-            self._count += len(new)
-            return added
-        append = added.append
-        for key in keys:
-            if type(key) is int and 0 <= key < DENSE_LIMIT:
-                if dense[key]:
-                    append(False)
-                else:
-                    dense[key] = code
-                    append(True)
-            elif key in sparse:
-                append(False)
-            else:
-                sparse[key] = code
-                append(True)
-        self._count += sum(added)
+        dense = self._dense
+        held = take(dense, slots)
+        distinct = len(set(slots)) == len(slots)
+        if distinct and not any(held):
+            _store(dense, slots, repeat(code))  # all new: C-level stores
+            self._count += len(slots)
+            return [True] * len(slots)
+        # some held already, or repeated in the column (a duplicate's first occurrence is the one
+        # added): decided in C-level maps, not key by key
+        added = list(map(operator.not_, held))
+        if not distinct:
+            first = [False] * len(slots)  # each key's first position (the reversed pairs leave it last)
+            _store(first, dict(zip(reversed(slots), range(len(slots) - 1, -1, -1), strict=True)).values(), repeat(True))  # type: ignore[arg-type]
+            added = list(map(operator.and_, added, first))
+        new = list(compress(slots, added))
+        _store(dense, new, repeat(code))
+        self._count += len(new)
         return added
 
-    def _new_run(self, keys: Sequence[Any], code: int) -> bool:
-        """Store `code` for `keys` when they are distinct ints none of which is here yet, tested over
-        the span of slots they fall in (a chunk of a file's ids is a near-contiguous run): the span is
-        all empty before, and afterwards as many of its slots are taken as there are keys. Two array
-        copies instead of a lookup and a set entry per key. False (nothing stored) otherwise."""
-        if not keys or not _ints_only(keys):
-            return False
-        low, top = min(keys), max(keys)
+    def _new_run(self, slots: Sequence[int], code: int, low: int, top: int) -> bool:
+        """Store `code` in `slots` (from `low` to `top`, all allocated) when they are distinct and
+        none is taken yet, tested over the span of slots they fall in (a chunk of a file's ids is a
+        near-contiguous run): the span is all empty before, and afterwards as many of its slots are
+        taken as there are keys. Two array copies instead of a lookup and a set entry per key.
+        False (nothing stored) otherwise."""
         span = top + 1 - low
-        if low < 0 or top >= DENSE_LIMIT or span > 8 * len(keys):
+        if span > 8 * len(slots):
             return False
-        self._reserve_to(top)
         dense = self._dense
         if _free_slots(dense, low, top + 1) != span:
             return False
-        if _rising_run(keys):  # one store for the whole span
+        if _rising_run(slots):  # one store for the whole span
             dense[low : top + 1] = array(dense.typecode, [code]) * span
             self._count += span
             return True
-        _store(dense, keys, repeat(code))
-        if span - _free_slots(dense, low, top + 1) != len(keys):  # a key repeated within the column
+        _store(dense, slots, repeat(code))
+        if span - _free_slots(dense, low, top + 1) != len(slots):  # a key repeated within the column
             dense[low : top + 1] = array(dense.typecode, bytes(dense.itemsize * span))  # empty, as it was
             return False
-        self._count += len(keys)
+        self._count += len(slots)
         return True
 
     def code(self, value: Any) -> int:
@@ -173,28 +218,30 @@ class KeyTable:
     def put_codes(self, keys: Sequence[Any], codes: Sequence[int]) -> None:
         """`put_many` with values already encoded: one code lookup per distinct value, not per key."""
         keys = list(keys)
-        self._reserve(keys)
-        dense, sparse, count = self._dense, self._sparse, 0
-        if keys and _ints_only(keys) and keys[0] >= 0 and keys[-1] < DENSE_LIMIT and _rising_run(keys):
-            low, top = keys[0], keys[-1]  # one slice assignment
+        bounds = self._stores_in_slots(keys)
+        if bounds is None:
+            for key, code in zip(keys, codes, strict=True):
+                self._put_code(key, code)
+            return
+        dense, slots = self._dense, self._slots(keys)
+        low, top = bounds
+        if _rising_run(slots):  # one slice assignment
             self._count += _free_slots(dense, low, top + 1)
             dense[low : top + 1] = array(dense.typecode, codes)
             return
-        if self._all_dense(keys):
-            had = take(dense, list(set(keys)))
-            self._count += had.count(0)
-            _store(dense, keys, codes)
-            return
-        for key, code in zip(keys, codes, strict=True):
-            if type(key) is int and 0 <= key < DENSE_LIMIT:
-                if not dense[key]:
-                    count += 1
-                dense[key] = code
-            else:
-                if key not in sparse:
-                    count += 1
-                sparse[key] = code
-        self._count += count
+        self._count += take(dense, list(set(slots))).count(0)
+        _store(dense, slots, codes)
+
+    def _put_code(self, key: Hashable, code: int) -> None:
+        slot = self._slot(key, store=True)
+        if slot is not None:
+            if not self._dense[slot]:
+                self._count += 1
+            self._dense[slot] = code
+        else:
+            if key not in self._sparse:
+                self._count += 1
+            self._sparse[key] = code
 
     def put_new_codes(self, keys: Sequence[Any], code: int, bounds: tuple[int, int] | None = None) -> None:
         """`put_codes` of one code for keys known to be absent and distinct (a batch's new ids, checked
@@ -208,11 +255,11 @@ class KeyTable:
                 self.put_codes(keys, [code] * len(keys))
                 return
         low, top = bounds if bounds is not None else (min(keys), max(keys))
-        if low < 0 or top >= DENSE_LIMIT:
+        if not self._window(low, top):
             self.put_codes(keys, [code] * len(keys))
             return
-        self._reserve_to(top)
-        _store(self._dense, keys, repeat(code))
+        base = self._base
+        _store(self._dense, map(operator.sub, keys, repeat(base)) if base else keys, repeat(code))
         self._count += len(keys)
 
     def put_many(self, keys: list[Any], values: list[Any]) -> None:
@@ -223,48 +270,35 @@ class KeyTable:
             return
         self.put_codes(keys, list(map(code_of.__getitem__, values)))
 
-    def _all_dense(self, keys: list[Any]) -> bool:
-        """Every key an int slot already allocated (the usual column of ids): C-level paths apply."""
-        if not keys or not _ints_only(keys):
-            return False
-        return min(keys) >= 0 and max(keys) < len(self._dense)
-
-    def _all_beyond(self, keys: list[Any]) -> bool:
-        """Every key an int past the last allocated slot (a batch of new ids)."""
-        return _ints_only(keys) and min(keys) >= len(self._dense)
-
     def get_many(self, keys: list[Any]) -> list[Any]:
-        dense, n, sparse, values = self._dense, len(self._dense), self._sparse, self._values
-        if keys and _ints_only(keys) and min(keys) >= 0:
-            try:
-                return take(values, take(dense, keys))
-            except IndexError:  # a key past the allocated slots (not here, or in the sparse part)
-                if n and (not sparse or max(keys) < DENSE_LIMIT):  # those are absent: C-level still
-                    past = list(compress(range(len(keys)), map(n.__le__, keys)))
-                    inside = list(keys)
-                    for i in past:
-                        inside[i] = 0
-                    found = take(values, take(dense, inside))
-                    for i in past:
-                        found[i] = None
-                    return found
-        if not sparse and keys and self._all_beyond(keys):  # new ids past every slot: none is here
+        dense, n, sparse, values, base = self._dense, len(self._dense), self._sparse, self._values, self._base
+        if keys and base is not None and _ints_only(keys):
+            low, top = min(keys), max(keys)
+            if low >= base and top - base < DENSE_LIMIT:  # all in the window: a key not in a slot is absent
+                slots = self._slots(keys)
+                if top - base < n:
+                    return take(values, take(dense, slots))
+                past = list(compress(range(len(slots)), map(n.__le__, slots)))
+                inside = list(slots)
+                for i in past:
+                    inside[i] = 0
+                found = take(values, take(dense, inside))
+                for i in past:
+                    found[i] = None
+                return found
+        if not sparse and (base is None or not keys):  # no int key stored, or nothing asked
             return [None] * len(keys)
-        return [
-            values[dense[key] if key < n else 0] if type(key) is int and 0 <= key < DENSE_LIMIT else values[sparse.get(key, 0)]
-            for key in keys
-        ]
+        return [self.get(key) for key in keys]
 
     def get(self, key: Hashable, default: Any = None) -> Any:
-        if type(key) is int and 0 <= key < DENSE_LIMIT:
-            code = self._dense[key] if key < len(self._dense) else 0
-        else:
-            code = self._sparse.get(key, 0)
+        slot = self._slot(key)
+        code = self._sparse.get(key, 0) if slot is None else self._dense[slot] if slot < len(self._dense) else 0
         return self._values[code] if code else default
 
     def __contains__(self, key: Hashable) -> bool:
-        if type(key) is int and 0 <= key < DENSE_LIMIT:
-            return key < len(self._dense) and self._dense[key] != 0
+        slot = self._slot(key)
+        if slot is not None:
+            return slot < len(self._dense) and self._dense[slot] != 0
         return key in self._sparse
 
     def __len__(self) -> int:
@@ -272,21 +306,23 @@ class KeyTable:
 
     def span(self) -> KeySpan:
         """This table's keys over just the slots it uses: what a worker process hands back (a piece
-        of a file holds a narrow range of ids, so its slots from 0 up would be mostly zeros)."""
+        of a file holds a narrow range of ids)."""
         lo, hi = _span(self._dense)
-        return KeySpan(lo, self._dense[lo:hi], self._values, self._sparse, self._count)
+        return KeySpan((self._base or 0) + lo, self._dense[lo:hi], self._values, self._sparse, self._count)
 
     def overlaps(self, other: KeyTable | KeySpan) -> bool:
-        """Does any key of `other` sit in this table too? Dense parts are compared as bitmaps over
-        the slots `other` uses (big-int ANDs, a window of slots at a time), so two tables of a million
-        ids take milliseconds, not a key-by-key scan, and little memory beyond the tables."""
-        lo, dense, sparse = _dense_span(other)
-        for start in range(0, len(dense), _MERGE_SLOTS):  # a window at a time: bounded temporaries
-            part = dense[start : start + _MERGE_SLOTS]
-            if _presence(self._dense[lo + start : lo + start + len(part)]) & _presence(part):
+        """Does any key of `other` sit in this table too? Where both hold slots, they are compared as
+        bitmaps (big-int ANDs, a window of slots at a time), so two tables of a million ids take
+        milliseconds, not a key-by-key scan, and little memory beyond the tables."""
+        start, dense, sparse = _dense_span(other)
+        base, mine = self._base or 0, self._dense
+        inside_lo, inside_hi = max(start, base), min(start + len(dense), base + len(mine))
+        for a in range(inside_lo, inside_hi, _MERGE_SLOTS):  # a window at a time: bounded temporaries
+            b = min(a + _MERGE_SLOTS, inside_hi)
+            if _presence(mine[a - base : b - base]) & _presence(dense[a - start : b - start]):
                 return True
-        small, big = sorted((self._sparse, sparse), key=len)
-        return any(key in big for key in small)
+        # the rest key by key: this table's dict against all of `other`, `other`'s dict against all of this
+        return any(_span_holds(start, dense, sparse, key) for key in self._sparse) or any(key in self for key in sparse)
 
     def absorb(self, other: KeyTable | KeySpan, value: Any = None) -> None:
         """Put every key of `other` here, with `value` or else with its value in `other`; the tables
@@ -298,53 +334,58 @@ class KeyTable:
             codes = {c: self._code(value) for c in range(1, len(values))}
         else:
             codes = {c: self._code(v) for c, v in enumerate(values) if c}
-        lo, dense, sparse = _dense_span(other)
-        hi = lo + len(dense)
-        if hi > len(self._dense):
-            self._dense.frombytes(bytes(self._dense.itemsize * (hi - len(self._dense))))
-        if not dense:
-            pass
-        elif self._dense.itemsize == 1 and dense.itemsize == 1:  # disjoint lanes: OR, no carries
-            table = bytes(codes.get(c, 0) for c in range(256))
-            for start in range(0, len(dense), _MERGE_SLOTS):  # a window at a time: bounded temporaries
-                a, b = lo + start, lo + min(start + _MERGE_SLOTS, len(dense))
-                lanes = dense[start : b - lo].tobytes().translate(table)
-                merged = int.from_bytes(self._dense[a:b].tobytes(), "little") | int.from_bytes(lanes, "little")
-                self._dense[a:b] = array("B", merged.to_bytes(b - a, "little"))
-        else:  # wider slots (more than 255 values: dates of a batch spanning years): each window's
-            # codes translated by a C-level map over a code table, then joined as above
-            table, typecode, size = [0] * len(values), self._dense.typecode, self._dense.itemsize
-            for c, new in codes.items():
-                table[c] = new
-            for start in range(0, len(dense), _MERGE_SLOTS):
-                a, b = lo + start, lo + min(start + _MERGE_SLOTS, len(dense))
-                lanes = array(typecode, map(table.__getitem__, dense[start : b - lo])).tobytes()
-                merged = int.from_bytes(self._dense[a:b].tobytes(), "little") | int.from_bytes(lanes, "little")
-                self._dense[a:b] = array(typecode, merged.to_bytes((b - a) * size, "little"))
-        self._sparse.update({key: codes[code] for key, code in sparse.items()})
-        self._count += len(other)
+        start, dense, sparse = _dense_span(other)
+        if dense and not self._window(start, start + len(dense) - 1):  # beyond the window: one by one
+            for i in compress(range(len(dense)), dense):
+                self._put_code(start + i, codes[dense[i]])
+        elif dense:
+            lo = start - (self._base or 0)
+            if self._dense.itemsize == 1 and dense.itemsize == 1:  # disjoint lanes: OR, no carries
+                table = bytes(codes.get(c, 0) for c in range(256))
+                for first in range(0, len(dense), _MERGE_SLOTS):  # a window at a time: bounded temporaries
+                    a, b = lo + first, lo + min(first + _MERGE_SLOTS, len(dense))
+                    lanes = dense[first : b - lo].tobytes().translate(table)
+                    merged = int.from_bytes(self._dense[a:b].tobytes(), "little") | int.from_bytes(lanes, "little")
+                    self._dense[a:b] = array("B", merged.to_bytes(b - a, "little"))
+            else:  # wider slots (more than 255 values: dates of a batch spanning years): each window's
+                # codes translated by a C-level map over a code table, then joined as above
+                table_w, typecode, size = [0] * len(values), self._dense.typecode, self._dense.itemsize
+                for c, new in codes.items():
+                    table_w[c] = new
+                for first in range(0, len(dense), _MERGE_SLOTS):
+                    a, b = lo + first, lo + min(first + _MERGE_SLOTS, len(dense))
+                    lanes = array(typecode, map(table_w.__getitem__, dense[first : b - lo])).tobytes()
+                    merged = int.from_bytes(self._dense[a:b].tobytes(), "little") | int.from_bytes(lanes, "little")
+                    self._dense[a:b] = array(typecode, merged.to_bytes((b - a) * size, "little"))
+            self._count += len(other) - len(sparse)
+        for key, code in sparse.items():
+            self._put_code(key, codes[code])
 
     def items(self) -> Iterator[tuple[Hashable, Any]]:
-        values = self._values
-        for key, code in enumerate(self._dense):
+        values, base = self._values, self._base or 0
+        for slot, code in enumerate(self._dense):
             if code:
-                yield key, values[code]
+                yield base + slot, values[code]
         for key, code in self._sparse.items():
             yield key, values[code]
 
     # persistence: a JSON header (value dictionary, sparse part) and the raw dense array ------------
     def save(self, path: Path) -> None:
-        """Write to `path` (JSON header line + dense array bytes). Values must be JSON-able."""
+        """Write to `path` (JSON header line + dense array bytes). Values must be JSON-able. Only the
+        slots from the first key to the last are written: the same keys and values give the same
+        bytes, whichever order they came in (where a table's slots start depends on that order)."""
+        lo, hi = _span(self._dense)
         header = {
             "values": self._values[1:],
             "sparse": [[_key_json(k), c] for k, c in self._sparse.items()],
             "count": self._count,
-            "dense_len": len(self._dense),
+            "dense_len": hi - lo,
             "typecode": self._dense.typecode,
+            "base": self._base + lo if hi > lo else None,  # type: ignore[operator]
         }
         with open(path, "wb") as fh:
             fh.write(json.dumps(header).encode() + b"\n")
-            self._dense.tofile(fh)
+            self._dense[lo:hi].tofile(fh)
 
     @classmethod
     def load(cls, path: Path) -> KeyTable:
@@ -356,7 +397,17 @@ class KeyTable:
             table._sparse = {_key_from_json(k): c for k, c in header["sparse"]}
             table._count = header["count"]
             table._dense.fromfile(fh, header["dense_len"])
+            # files written before the base existed held slots from key 0
+            table._base = header["base"] if "base" in header else (0 if header["dense_len"] else None)
+        table._settle()  # saved from its first key on, the window may take keys the dict held
         return table
+
+
+def _span_holds(start: int, dense: array, sparse: dict[Hashable, int], key: Hashable) -> bool:  # type: ignore[type-arg]
+    """Does a span (its first slot's key, slots, dict) hold `key`?"""
+    if type(key) is int and 0 <= key - start < len(dense) and dense[key - start]:
+        return True
+    return key in sparse
 
 
 class KeyBits:
@@ -364,7 +415,8 @@ class KeyBits:
     saw in a dataset (uniqueness crosses files and pieces). A 5M-row batch's ids would take 5 MB as
     a KeyTable's one-byte slots and 0.6 MB here. It is only merged into (`absorb`) and compared
     (`overlaps`, `common`), a window of slots at a time as big ints; `table` gives the KeyTable back
-    for a file validated again against it in the parent.
+    for a file validated again against it in the parent. Like a table's, its slots start at the first
+    keys it takes (a multiple of 8) and cover DENSE_LIMIT keys at most; other keys go to a set.
 
     >>> bits = KeyBits(); t = KeyTable(); t.put_many([3, 4, "x"], [True] * 3)
     >>> bits.absorb(t.span()); len(bits), bits.overlaps(t.span()), list(bits.table().items())
@@ -372,47 +424,105 @@ class KeyBits:
     """
 
     def __init__(self) -> None:
-        self._bits = bytearray()  # bit k % 8 of byte k // 8: slot k
+        self._bits = bytearray()  # bit k % 8 of byte k // 8: key base + k
+        self._base: int | None = None
         self._sparse: set[Hashable] = set()
         self._count = 0
 
     def __len__(self) -> int:
         return self._count
 
-    def overlaps(self, other: KeyTable | KeySpan) -> bool:
-        lo, dense, sparse = _dense_span(other)
-        for at, bits, size in _bit_windows(lo, dense):
-            if int.from_bytes(self._bits[at : at + size], "little") & bits:
-                return True
-        return any(key in self._sparse for key in sparse)
+    def __contains__(self, key: Hashable) -> bool:
+        if type(key) is int and self._base is not None and 0 <= key - self._base < DENSE_LIMIT:
+            slot = key - self._base
+            return slot < 8 * len(self._bits) and bool(self._bits[slot >> 3] >> (slot & 7) & 1)
+        return key in self._sparse
 
-    def common(self, other: KeyTable | KeySpan) -> list[Hashable]:
-        """The keys of `other` that are here too: int slots in rising order, then the others."""
-        lo, dense, sparse = _dense_span(other)
+    def _window(self, low: int, top: int) -> bool:
+        """Bits for keys low..top (as `KeyTable._window`), the base a multiple of 8."""
+        if self._base is None:
+            if top - low >= DENSE_LIMIT:
+                return False
+            self._base = low - low % 8
+        elif low < self._base:
+            base = low - low % 8
+            if top - base >= DENSE_LIMIT or 8 * len(self._bits) + self._base - base > DENSE_LIMIT:
+                return False
+            self._bits[0:0] = bytes((self._base - base) // 8)
+            self._base = base
+            moving = [key for key in self._sparse if type(key) is int and 0 <= key - base < DENSE_LIMIT]
+            self._sparse.difference_update(moving)
+            for key in moving:
+                self._set(key)
+        if top - self._base >= DENSE_LIMIT:
+            return False
+        if 8 * len(self._bits) <= top - self._base:
+            self._bits.extend(bytes((top - self._base) // 8 + 1 - len(self._bits)))
+        return True
+
+    def _set(self, key: int) -> None:
+        """One int key in the window (see `_window`) into its bit."""
+        slot = key - self._base  # type: ignore[operator]
+        if 8 * len(self._bits) <= slot:
+            self._bits.extend(bytes(slot // 8 + 1 - len(self._bits)))
+        self._bits[slot >> 3] |= 1 << (slot & 7)
+
+    def _inside(self, start: int, dense: array) -> tuple[int, int]:  # type: ignore[type-arg]
+        """The part [a, b) of a span's slots (slot 0: key `start`) that this set's bits cover."""
+        if self._base is None:
+            return 0, 0
+        a = min(max(self._base - start, 0), len(dense))
+        b = max(min(self._base + 8 * len(self._bits) - start, len(dense)), a)
+        return a, b
+
+    def overlaps(self, other: KeyTable | KeySpan) -> bool:
+        return bool(self.common(other, first=True))
+
+    def common(self, other: KeyTable | KeySpan, first: bool = False) -> list[Hashable]:
+        """The keys of `other` that are here too (`first`: stop at the first one found)."""
+        start, dense, sparse = _dense_span(other)
         found: list[Hashable] = []
-        for at, bits, size in _bit_windows(lo, dense):
-            both = int.from_bytes(self._bits[at : at + size], "little") & bits
-            if both:  # the set bits' places, lowest first: C-level finds over the binary digits
-                digits = bin(both)[:1:-1]
-                place = digits.find("1")
-                while place >= 0:
-                    found.append(at * 8 + place)
-                    place = digits.find("1", place + 1)
-        found.extend(key for key in sparse if key in self._sparse)
-        return found
+        a, b = self._inside(start, dense)
+        if b > a:
+            lo = start + a - self._base  # type: ignore[operator]
+            for at, bits, size in _bit_windows(lo, dense[a:b]):
+                both = int.from_bytes(self._bits[at : at + size], "little") & bits
+                if both:  # the set bits' places, lowest first: C-level finds over the binary digits
+                    digits = bin(both)[:1:-1]
+                    place = digits.find("1")
+                    while place >= 0:
+                        found.append(self._base + at * 8 + place)  # type: ignore[operator]
+                        if first:
+                            return found
+                        place = digits.find("1", place + 1)
+        # the rest key by key: the set against `other`'s slots, `other`'s dict against all of this
+        found.extend(key for key in self._sparse if _span_holds(start, dense, {}, key))
+        found.extend(key for key in sparse if key in self)
+        return found[:1] if first else found
 
     def absorb(self, other: KeyTable | KeySpan, value: Any = True) -> None:
         """Add the keys of `other` (`value` is taken for KeyTable's signature: a set holds no
         values). Unlike a table's, they may overlap these."""
-        lo, dense, sparse = _dense_span(other)
-        if dense and len(self._bits) * 8 < lo + len(dense):
-            self._bits.extend(bytes((lo + len(dense) + 7) // 8 - len(self._bits)))
-        for at, bits, size in _bit_windows(lo, dense):
-            held = int.from_bytes(self._bits[at : at + size], "little")
-            self._count += (bits & ~held).bit_count()
-            self._bits[at : at + size] = (held | bits).to_bytes(size, "little")
-        self._count += sum(key not in self._sparse for key in sparse)
-        self._sparse.update(sparse)
+        start, dense, sparse = _dense_span(other)
+        if dense and self._window(start, start + len(dense) - 1):
+            for at, bits, size in _bit_windows(start - self._base, dense):  # type: ignore[operator]
+                held = int.from_bytes(self._bits[at : at + size], "little")
+                self._count += (bits & ~held).bit_count()
+                self._bits[at : at + size] = (held | bits).to_bytes(size, "little")
+        else:  # beyond the window (or nothing): key by key
+            for i in compress(range(len(dense)), dense):
+                self._add(start + i)
+        for key in sparse:
+            self._add(key)
+
+    def _add(self, key: Hashable) -> None:
+        if key in self:
+            return
+        self._count += 1
+        if type(key) is int and self._window(key, key):
+            self._set(key)
+        else:
+            self._sparse.add(key)
 
     def table(self) -> KeyTable:
         """The same keys as a KeyTable of one-byte slots, each with the value True."""
@@ -420,6 +530,7 @@ class KeyBits:
         table.code(True)  # code 1: a slot's lane below is its code
         lanes = bin(int.from_bytes(self._bits, "little"))[:1:-1] if any(self._bits) else ""
         table._dense = array("B", lanes.encode().translate(_ASCII_TO_LANE))
+        table._base = self._base
         table._sparse = dict.fromkeys(self._sparse, 1)
         table._count = self._count
         return table
@@ -483,7 +594,7 @@ class KeySpan:
     """A KeyTable cut down to the slots that hold keys (`KeyTable.span`); `absorb` and `overlaps`
     take it as they take a table."""
 
-    start: int  # the slot of dense[0]
+    start: int  # the key of dense[0]
     dense: array  # type: ignore[type-arg]
     values: list[Any]
     sparse: dict[Hashable, int]
@@ -494,11 +605,12 @@ class KeySpan:
 
 
 def _dense_span(table: KeyTable | KeySpan) -> tuple[int, array, dict[Hashable, int]]:  # type: ignore[type-arg]
-    """(first slot, the slots from there that hold keys, the sparse part) of a table or a span."""
+    """(the key of the first slot, the slots from there that hold keys, the sparse part) of a table
+    or a span."""
     if isinstance(table, KeySpan):
         return table.start, table.dense, table.sparse
     lo, hi = _span(table._dense)
-    return lo, table._dense[lo:hi], table._sparse
+    return (table._base or 0) + lo, table._dense[lo:hi], table._sparse
 
 
 _WINDOW = 1 << 16

@@ -347,3 +347,87 @@ def test_runs_of_ids_are_put_as_a_dict_would_put_them(runs: list[tuple[int, int,
         model.update(zip(keys, values, strict=True))
         assert len(table) == len(model)
     assert sorted(map(repr, table.items())) == sorted(map(repr, model.items()))
+
+
+FAR = 90_000_000_000  # ids of an export may start anywhere
+WINDOW_KEYS = st.one_of(st.integers(FAR - 120, FAR + 120), st.integers(FAR - 3000, FAR + 3000), st.integers(-3, 40), st.text(max_size=2))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["add_new_many", "put_many", "put_new_codes", "put", "absorb"]), st.lists(WINDOW_KEYS, max_size=25)), max_size=8),
+    st.sampled_from([64, 4096, 1 << 25]),
+    st.booleans(),
+)
+def test_slots_follow_the_keys_wherever_they_start(steps: list[tuple[str, list[object]]], limit: int, as_int_column: bool) -> None:
+    """Slots start at the first int keys and move down for smaller ones; keys outside the window (small
+    ones here, so that it happens) go to the dict. Whatever the order, the table answers as a
+    dict would, through every bulk path, a span, a save and a load, and a set of bits does too."""
+    with patch.object(keys_module, "DENSE_LIMIT", limit):
+        table, model, bits = KeyTable(), {}, KeyBits()
+        seen: set[object] = set()  # what the bits hold
+        for step, (kind, keys) in enumerate(steps):
+            value = f"v{step % 3}"
+            ints = IntColumn(k for k in keys if type(k) is int) if as_int_column else [k for k in keys if type(k) is int]
+            if kind == "add_new_many":
+                expected = [k not in model and k not in keys[:i] for i, k in enumerate(keys)]
+                assert table.add_new_many(keys, value) == expected
+                for k in keys:
+                    model.setdefault(k, value)
+            elif kind == "put_many":
+                table.put_many(keys, [value] * len(keys))
+                model.update(dict.fromkeys(keys, value))
+            elif kind == "put_new_codes":
+                fresh = list(dict.fromkeys(k for k in ints if k not in model))
+                table.put_new_codes(IntColumn(fresh) if as_int_column else fresh, table.code(value))
+                model.update(dict.fromkeys(fresh, value))
+            elif kind == "put":
+                for k in keys:
+                    table.put(k, value)
+                    model[k] = value
+            else:  # another table's keys (those not here yet) joined through its span
+                other = KeyTable()
+                fresh = list(dict.fromkeys(k for k in keys if k not in model))
+                other.put_many(fresh, [value] * len(fresh))
+                assert table.overlaps(other.span()) is False and table.overlaps(other) is False
+                table.absorb(other.span() if step % 2 else other)
+                model.update(dict.fromkeys(fresh, value))
+            probe = KeyTable()
+            probe.put_many(keys, [True] * len(keys))
+            assert sorted(map(repr, bits.common(probe.span()))) == sorted(map(repr, set(keys) & seen))
+            assert bits.overlaps(probe) == bool(set(keys) & seen)
+            bits.absorb(probe.span() if step % 2 else probe)
+            seen |= set(keys)
+            assert table.overlaps(probe.span()) == table.overlaps(probe) == bool(set(keys) & set(model))
+            asked = [*keys, *ints, FAR, FAR - 121, -4, "zz"]
+            assert table.get_many(asked) == [model.get(k) for k in asked]
+            assert len(table) == len(model)
+        assert sorted(map(repr, table.items())) == sorted(map(repr, model.items()))
+        assert len(bits) == len(seen) and all(k in bits for k in seen) and FAR + 121 not in bits
+        assert sorted(map(repr, bits.table().items())) == sorted(repr((k, True)) for k in seen)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(WINDOW_KEYS, st.sampled_from(["a", ("x", 2)]), max_size=30), st.sampled_from([64, 4096, 1 << 25]))
+def test_a_saved_table_keeps_where_its_slots_start(tmp_path_factory: pytest.TempPathFactory, model: dict[object, object], limit: int) -> None:
+    with patch.object(keys_module, "DENSE_LIMIT", limit):
+        table = KeyTable()
+        table.put_many(list(model), list(model.values()))
+        path = tmp_path_factory.mktemp("idx") / "t.idx"
+        table.save(path)
+        loaded = KeyTable.load(path)
+        assert sorted(map(repr, loaded.items())) == sorted(map(repr, model.items())) and len(loaded) == len(model)
+        assert loaded.get_many(list(model)) == list(model.values())
+
+
+def test_ids_far_from_zero_take_a_byte_each() -> None:
+    """Ids of 90,000,000,001 upwards in slots from there, not in the dict (which took a 1.3M-row batch
+    with such ids to 480 MB); a worker's piece of a file, in slots from its own first id."""
+    table = KeyTable()
+    table.add_new_many(IntColumn(range(FAR + 1, FAR + 100_001)))
+    table.add_new_many(IntColumn(range(FAR - 50_000, FAR + 1)))  # smaller ones later: the slots move down
+    assert table._sparse == {} and len(table) == 150_001 and len(table._dense) < 200_000
+    assert table.get_many([FAR - 50_000, FAR + 100_000, FAR + 100_001, FAR - 50_001]) == [True, True, None, None]
+    piece = KeyTable()
+    piece.add_new_many(IntColumn(range(730_000, 735_000)))
+    assert len(piece._dense) < 10_000 and piece.span().start == 730_000
