@@ -12,6 +12,7 @@ Usage (see bench/README.md):
     .venv/bin/python bench/run.py --scale         # also a ~5M-row batch, reporting RSS growth
     .venv/bin/python bench/run.py --repeat 3      # three rounds, medians (the machine's noise is 10-40%)
     .venv/bin/python bench/run.py --days 1826     # orders over five years: a partition file per day and dataset
+    .venv/bin/python bench/run.py --files 40      # 40 small files a dataset (--files 1: one big file each)
     .venv/bin/python bench/run.py --json          # machine-readable result on stdout
 """
 
@@ -37,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 SCALE_ORDERS = 1_500_000  # ~4.8M rows (+37.5k products): the "5M-row" point
 DAYS = 30  # the generator's default span of a batch
+FILES = 3  # files per dataset of a generated batch (the generator's default)
 KEYS = {"OrderKPI": ("order_date",), "CategoryKPI": ("category", "order_date")}
 METRICS = {
     "OrderKPI": ("total_orders", "total_revenue", "total_items_sold", "return_rate", "unique_customers"),
@@ -68,7 +70,7 @@ def _generator_fingerprint() -> str:
 
 
 def ensure_batch(
-    orders: int, seed: int, data_dir: Path, log: Any, invalid: float = 0.0, days: int = DAYS
+    orders: int, seed: int, data_dir: Path, log: Any, invalid: float = 0.0, days: int = DAYS, files: int = FILES
 ) -> tuple[Path, int, float | None]:
     """(batch dir, data rows, generation seconds or None when cached) for ``orders`` orders.
 
@@ -76,6 +78,7 @@ def ensure_batch(
     (Linux records the pre-exec image's peak), so the harness must stay small for the numbers to be true.
     """
     kind = f"orders-{orders}-seed-{seed}" + (f"-invalid-{invalid:g}" if invalid else "") + (f"-days-{days}" if days != DAYS else "")
+    kind += f"-files-{files}" if files != FILES else ""
     root = data_dir / f"{kind}-{_generator_fingerprint()}"
     marker = root / "meta.json"
     if not marker.is_file():
@@ -83,7 +86,8 @@ def ensure_batch(
             shutil.rmtree(stale, ignore_errors=True)
         log(f"generating {orders:,} orders into {root} ...")
         subprocess.run([sys.executable, __file__, "--generate-into", str(root), "--orders", str(orders),
-                        "--seed", str(seed), "--invalid-fraction", str(invalid), "--days", str(days)], check=True, cwd=ROOT)
+                        "--seed", str(seed), "--invalid-fraction", str(invalid), "--days", str(days), "--files", str(files)],
+                       check=True, cwd=ROOT)
         meta = json.loads(marker.read_text())
         log(f"  {meta['rows']:,} rows in {meta['generate_s']:.1f} s ({meta['rows'] / meta['generate_s']:,.0f} rows/s)")
         return root / "batch-1", int(meta["rows"]), float(meta["generate_s"])
@@ -91,13 +95,13 @@ def ensure_batch(
     return root / "batch-1", int(meta["rows"]), None
 
 
-def generate_into(root: Path, orders: int, seed: int, invalid: float = 0.0, days: int = DAYS) -> None:
+def generate_into(root: Path, orders: int, seed: int, invalid: float = 0.0, days: int = DAYS, files: int = FILES) -> None:
     """The child side of ensure_batch: generate, count rows, then write the marker last."""
     sys.path.insert(0, str(ROOT))
     from kpipe.generate import generate_batches
 
     t0 = time.perf_counter()
-    [batch] = generate_batches(root, orders, seed=seed, invalid_fraction=invalid, days=days)
+    [batch] = generate_batches(root, orders, seed=seed, invalid_fraction=invalid, days=days, files_per_dataset=files)
     secs = time.perf_counter() - t0
     rows = count_rows(batch)
     (root / "meta.json").write_text(json.dumps({"orders": orders, "seed": seed, "rows": rows, "generate_s": secs}))
@@ -322,11 +326,19 @@ def table(runs: list[Run]) -> str:
 
 
 def bench_once(
-    orders: int, seed: int, data_dir: Path, keep: Path | None, log: Any, repeat: int = 1, invalid: float = 0.0, days: int = DAYS
+    orders: int,
+    seed: int,
+    data_dir: Path,
+    keep: Path | None,
+    log: Any,
+    repeat: int = 1,
+    invalid: float = 0.0,
+    days: int = DAYS,
+    files: int = FILES,
 ) -> dict[str, Any]:
     """Every contender `repeat` times, round-robin (so a slow spell of the machine hits them all
     alike); each contender's wall time is its median, its RSS the highest seen."""
-    batch, rows, gen_s = ensure_batch(orders, seed, data_dir, log, invalid, days)
+    batch, rows, gen_s = ensure_batch(orders, seed, data_dir, log, invalid, days, files)
     load_before = os.getloadavg()[0]  # other work on the machine skews wall times: say how busy it was
     work = Path(tempfile.mkdtemp(prefix="kpipe-bench-", dir=keep))
     try:
@@ -348,7 +360,7 @@ def bench_once(
     finally:
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)
-    return {"orders": orders, "rows": rows, "invalid_fraction": invalid, "days": days, "batch": str(batch), "generate_s": gen_s, "notes": notes,
+    return {"orders": orders, "rows": rows, "invalid_fraction": invalid, "days": days, "files": files, "batch": str(batch), "generate_s": gen_s, "notes": notes,
             "runs": runs, "mismatches": mismatches, "load": [load_before, os.getloadavg()[0]]}
 
 
@@ -376,13 +388,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="share of invalid rows in the generated batch, CSV quirks included (default 0: all valid)")
     ap.add_argument("--days", type=int, default=DAYS,
                     help=f"days the orders of the batch spread over (default {DAYS}; 1826 for five years: a partition file per day)")
+    ap.add_argument("--files", type=int, default=FILES,
+                    help=f"files per dataset (default {FILES}; 40 for many small files, 1 for one big file each)")
     ap.add_argument("--repeat", type=int, default=1, help="rounds of every contender; medians are reported (default 1)")
     ap.add_argument("--data-dir", type=Path, default=BENCH / "data", help="cache of generated batches")
     ap.add_argument("--keep", type=Path, default=None, help="keep each contender's OUT under this directory")
     ap.add_argument("--generate-into", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.generate_into:
-        generate_into(args.generate_into, args.orders, args.seed, args.invalid_fraction, args.days)
+        generate_into(args.generate_into, args.orders, args.seed, args.invalid_fraction, args.days, args.files)
         return 0
 
     def log(msg: str) -> None:
@@ -392,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
         args.keep.mkdir(parents=True, exist_ok=True)
     floor = launcher_floor_mib()
     sizes = [args.orders] + ([SCALE_ORDERS] if args.scale and args.orders != SCALE_ORDERS else [])
-    results = [bench_once(n, args.seed, args.data_dir, args.keep, log, args.repeat, args.invalid_fraction, args.days) for n in sizes]
+    results = [
+        bench_once(n, args.seed, args.data_dir, args.keep, log, args.repeat, args.invalid_fraction, args.days, args.files) for n in sizes
+    ]
 
     failed = False
     for res in results:
@@ -425,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
             rounds = f"; median of {args.repeat} rounds" if args.repeat > 1 else ""
             invalid = f" ({res['invalid_fraction']:.0%} invalid, CSV quirks)" if res["invalid_fraction"] else ""
             invalid += f" over {res['days']:,} days" if res["days"] != DAYS else ""
+            invalid += f" in {res['files']} files a dataset" if res["files"] != FILES else ""
             print(f"\n== {res['orders']:,} orders, {res['rows']:,} rows{invalid}{gen}; {os.cpu_count()} CPUs, "
                   f"load average before/after {res['load'][0]:.1f}/{res['load'][1]:.1f}{rounds} ==")
             print(table(res["runs"]))
