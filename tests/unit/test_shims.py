@@ -240,3 +240,39 @@ def test_ecs_task_methods_run_one_at_a_time(executing: None) -> None:
     finally:
         EC2ContainerServiceBackend._get_cluster = original  # type: ignore[method-assign]
     assert order == ["stop", "run"]
+
+
+def test_listing_object_versions_copies_no_contents(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shim 6: ListObjectVersions answers as before (latest flags, ETags, sizes, delete markers, the
+    prefix) without reading any object's bytes, and the originals stay readable after the listing's
+    copies are collected (a copy sharing a key's buffer would close it)."""
+    import gc
+
+    from moto.s3.models import FakeKey
+
+    with mock_aws():
+        s3 = boto3.client("s3", region_name=REGION)
+        s3.create_bucket(Bucket="kpipe-shim")
+        s3.put_bucket_versioning(Bucket="kpipe-shim", VersioningConfiguration={"Status": "Enabled"})
+        first = s3.put_object(Bucket="kpipe-shim", Key="raw-data/a.csv", Body=b"id\n1\n")
+        second = s3.put_object(Bucket="kpipe-shim", Key="raw-data/a.csv", Body=b"id\n1\n2\n")
+        s3.put_object(Bucket="kpipe-shim", Key="raw-data/gone.csv", Body=b"x")
+        s3.delete_object(Bucket="kpipe-shim", Key="raw-data/gone.csv")
+        s3.put_object(Bucket="kpipe-shim", Key="archived/big.csv", Body=b"y" * 100_000)
+        reads = []
+        value = FakeKey.value
+        monkeypatch.setattr(FakeKey, "value", property(lambda key: reads.append(key.name) or value.fget(key), value.fset))
+        listed = s3.list_object_versions(Bucket="kpipe-shim", Prefix="raw-data/")
+        monkeypatch.setattr(FakeKey, "value", value)
+        assert reads == []
+        versions = [(v["Key"], v["VersionId"], v["IsLatest"], v["ETag"], v["Size"]) for v in listed["Versions"]]
+        assert versions == [
+            ("raw-data/a.csv", second["VersionId"], True, second["ETag"], 7),
+            ("raw-data/a.csv", first["VersionId"], False, first["ETag"], 5),
+            ("raw-data/gone.csv", versions[2][1], False, versions[2][3], 1),
+        ]
+        assert [(m["Key"], m["IsLatest"]) for m in listed["DeleteMarkers"]] == [("raw-data/gone.csv", True)]
+        gc.collect()
+        assert s3.get_object(Bucket="kpipe-shim", Key="raw-data/a.csv")["Body"].read() == b"id\n1\n2\n"
+        assert s3.get_object(Bucket="kpipe-shim", Key="raw-data/a.csv", VersionId=first["VersionId"])["Body"].read() == b"id\n1\n"
+        assert len(s3.get_object(Bucket="kpipe-shim", Key="archived/big.csv")["Body"].read()) == 100_000
