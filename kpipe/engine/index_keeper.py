@@ -25,6 +25,16 @@ from kpipe.engine.keys import KeyTable
 Put = tuple[int, Any, bool, tuple[int, int] | None]
 
 
+def _apply_all(indexes: dict[str, KeyTable], puts: dict[str, list[Put]]) -> None:
+    for name, updates in puts.items():
+        apply_puts(indexes[name], updates)
+
+
+def _save_all(indexes: dict[str, KeyTable], paths: dict[str, Path]) -> None:
+    for name, path in paths.items():
+        indexes[name].save(path)
+
+
 def apply_puts(index: KeyTable, puts: list[Put]) -> None:
     """Apply the index updates a date worker recorded, one date's keys at a time."""
     for code, keys, new, bounds in puts:
@@ -53,8 +63,7 @@ class IndexKeeper:
 
     def apply(self, puts: dict[str, list[Put]]) -> None:
         if self._conn is None:
-            for name, updates in puts.items():
-                apply_puts(self._indexes[name], updates)
+            _apply_all(self._indexes, puts)
             return
         try:
             self._conn.send(("apply", puts))
@@ -64,8 +73,7 @@ class IndexKeeper:
     def save(self, paths: dict[str, Path]) -> None:
         """Each index to its path; the keeper, if any, is done then."""
         if self._conn is None:
-            for name, path in paths.items():
-                self._indexes[name].save(path)
+            _save_all(self._indexes, paths)
             return
         try:
             self._conn.send(("save", paths))
@@ -107,11 +115,9 @@ def _keep(conn: Connection, indexes: dict[str, KeyTable]) -> None:
         while True:
             kind, payload = conn.recv()
             if kind == "apply":
-                for name, updates in payload.items():
-                    apply_puts(indexes[name], updates)
+                _apply_all(indexes, payload)
             else:
-                for name, path in payload.items():
-                    indexes[name].save(path)
+                _save_all(indexes, payload)
                 conn.send(("saved", None))
                 return
     except BaseException:  # reported to the parent, which raises it

@@ -128,17 +128,7 @@ class KeyTable:
         return keys if not base else list(map(operator.sub, keys, repeat(base)))
 
     def put(self, key: Hashable, value: Any = True) -> None:
-        code = self._code(value)
-        slot = self._slot(key, store=True)
-        if slot is not None:
-            dense = self._dense
-            if dense[slot] == 0:
-                self._count += 1
-            dense[slot] = code
-        else:
-            if key not in self._sparse:
-                self._count += 1
-            self._sparse[key] = code
+        self._put_code(key, self._code(value))
 
     def add_new(self, key: Hashable, value: Any = True) -> bool:
         """Insert unless present; True when inserted (the uniqueness check in one probe)."""

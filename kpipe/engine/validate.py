@@ -513,16 +513,7 @@ def merge_outcomes(
         if merged and outcome.number <= merged[-1].number:
             raise ValueError(f"outcome {outcome.number} arrived after {merged[-1].number}: not in file order")
         local = outcome.seen or {}
-        if again is not None:
-            shared = {col: bits.common(table) for col, table in local.items() if isinstance(bits := seen.get(col), KeyBits)}
-            shared = {col: keys for col, keys in shared.items() if keys}
-            for col, table in local.items():
-                seen.setdefault(col, KeyBits()).absorb(table, True)  # a bit a key: only merged and compared
-            if shared:
-                redone.append((len(merged), again(outcome, shared)))
-            elif outcome.valid is not None:
-                valid_keys.absorb(outcome.valid)
-        elif any(seen[col].overlaps(table) for col, table in local.items() if col in seen):
+        if again is None and any(seen[col].overlaps(table) for col, table in local.items() if col in seen):
             # the file is checked key by key against what came before: tables again, not bits
             tables = {col: t.table() if isinstance(t, KeyBits) else t for col, t in seen.items()}
             outcome = _validate_file(
@@ -530,9 +521,16 @@ def merge_outcomes(
             )
             seen.update(tables)  # and the columns it saw first
         else:
+            shared: dict[str, list[Hashable]] = {}
+            if again is not None:  # the keys this file shares with the files before it, per column
+                for col, table in local.items():
+                    if isinstance(bits := seen.get(col), KeyBits) and (keys := bits.common(table)):
+                        shared[col] = keys
             for col, table in local.items():
-                seen.setdefault(col, KeyBits()).absorb(table, True)
-            if outcome.valid is not None:
+                seen.setdefault(col, KeyBits()).absorb(table, True)  # a bit a key: only merged and compared
+            if again is not None and shared:
+                redone.append((len(merged), again(outcome, shared)))
+            elif outcome.valid is not None:
                 valid_keys.absorb(outcome.valid)
         outcome.seen, outcome.valid = None, None
         merged.append(outcome)
