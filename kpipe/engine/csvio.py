@@ -108,24 +108,37 @@ class CanonicalCsv:
                 yield from self.blocks(spans, positions, width, own)
             return
         for span in spans:
+            # a span's segments (whole lines each) are gathered into blocks of about BLOCK_CHARS:
+            # a batch spanning years has a few dozen small segments a date (one per validation
+            # flush and piece), and each block costs a split and a pass of every column step
+            held: list[bytes] = []
+            size = 0
             for path, start, length in span_segments(self.path, span):
-                left, carry = length, b""
-                while left:
-                    got = files.read(path, start, min(left, BLOCK_CHARS))
+                end = start + length
+                while start < end:
+                    got = files.read(path, start, min(end - start, BLOCK_CHARS))
                     if not got:
-                        raise EOFError(f"{path} ends before byte {start + left}")
+                        raise EOFError(f"{path} ends before byte {end}")
                     start += len(got)
-                    data = carry + got
-                    left -= len(got)
-                    last = data.rfind(b"\r\n")
-                    if left and last < 0:  # one line longer than a block: read on
-                        carry = data
+                    held.append(got)
+                    size += len(got)
+                    if size < BLOCK_CHARS:
                         continue
-                    end = len(data) if not left else last + 2
-                    carry = data[end:]
-                    text = data[:end].decode("utf-8")
-                    if text:
-                        yield span[0], text, split_columns(text, positions, width)
+                    data = b"".join(held)
+                    last = data.rfind(b"\r\n")
+                    if last < 0:  # one line longer than a block: read on
+                        held = [data]
+                        continue
+                    held = [data[last + 2 :]]
+                    size = len(held[0])
+                    yield self._block(span[0], data[: last + 2], positions, width)
+            if size:
+                yield self._block(span[0], b"".join(held), positions, width)
+
+    @staticmethod
+    def _block(value: str, data: bytes, positions: Sequence[int], width: int) -> tuple[str, str, list[list[str]]]:
+        text = data.decode("utf-8")
+        return value, text, split_columns(text, positions, width)
 
     def _lines(self) -> Iterator[list[str]]:
         with open(self.path, encoding="utf-8", newline="") as fh:

@@ -66,6 +66,46 @@ def test_blocks_of_a_grouped_file_give_every_line_once_in_order(rows: list[tuple
     assert [(date, key) for date, _, (keys,) in got for key in keys] == [(d, t) for d, t in rows]
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["2025-03-01", "2025-03-02"]), st.integers(0, 2), st.text(alphabet="xyzé", max_size=30)), max_size=40),
+    st.integers(4, 400),
+)
+def test_blocks_gather_a_spans_segments_into_whole_lines(rows: list[tuple[str, int, str]], block: int) -> None:
+    """A span left in the validators' spill files (a few lines per segment, segments in several
+    files) comes out as blocks of whole lines, each line once and in segment order; small segments
+    share a block (fewer blocks than segments once a block holds several)."""
+    with TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        path = folder / "v.csv"
+        path.write_bytes(b"k,date\r\n")  # the rows stayed in the spills
+        spills = {n: bytearray() for n in range(3)}
+        spans, expected = [], {}
+        for date in ("2025-03-01", "2025-03-02"):
+            segments = []
+            for k, (d, spill, text) in enumerate(rows):
+                if d != date:
+                    continue
+                line = f"{text}{k},{date}\r\n".encode()
+                segments.append([f"s{spill}.spill", len(spills[spill]), len(line)])
+                spills[spill] += line
+                expected.setdefault(date, []).append(line.decode())
+            if segments:
+                spans.append([date, 0, 0, len(segments), segments])
+        for n, data in spills.items():
+            (folder / f"s{n}.spill").write_bytes(bytes(data))
+        with patch.object(csvio, "BLOCK_CHARS", block):
+            got = list(CanonicalCsv(path).blocks(spans, [0], 2))
+    for date, lines in expected.items():
+        texts = [text for d, text, _ in got if d == date]
+        assert "".join(texts) == "".join(lines) and all(text.endswith("\r\n") for text in texts)
+        keys = [key for d, _, (col,) in got if d == date for key in col]
+        assert keys == [line.split(",")[0] for line in lines]
+        if sum(map(len, lines)) < block:
+            assert len(texts) == 1  # every segment of the date in one block
+    assert [d for d, _, _ in got] == sorted(d for d, _, _ in got)
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.integers(2, 4).flatmap(lambda width: st.lists(st.lists(FIELD, min_size=width, max_size=width), min_size=1, max_size=12)))
 def test_select_reads_what_csv_reader_reads_and_write_records_copies_bytes(rows: list[list[str]]) -> None:
