@@ -16,6 +16,7 @@ import csv
 import io
 import os
 from collections.abc import Callable, Iterator, Sequence
+from functools import lru_cache
 from itertools import islice
 from operator import itemgetter, methodcaller
 from pathlib import Path
@@ -242,8 +243,15 @@ def span_segments(validated_csv: Path, span: Sequence[Any]) -> list[tuple[Path, 
     rows were not copied into the validated file, which then holds the header alone. Read in order,
     the segments are exactly the bytes a joined file would hold at `[offset, offset + bytes)`."""
     if len(span) > 4:
-        return [(validated_csv.parent / rel, start, length) for rel, start, length in span[4]]
+        folder = validated_csv.parent
+        return [(_spill_path(folder, rel), start, length) for rel, start, length in span[4]]
     return [(validated_csv, span[1], span[2])]
+
+
+@lru_cache(maxsize=1024)
+def _spill_path(folder: Path, rel: str) -> Path:
+    """A spill file's path, joined once: a batch spanning years names each spill in ~90k segments."""
+    return folder / rel
 
 
 def read_bytes(segments: Sequence[tuple[Path, int, int]], block: int = 1 << 20) -> Iterator[bytes]:

@@ -47,6 +47,10 @@ class TablePlan:
     metric_names: list[str]
     metrics: list[Metric]
     sources: dict[str, _Source] = field(default_factory=dict)
+    kinds: list[str] = field(init=False)  # each metric's kind, looked up once (a batch spanning years finishes ~50k groups)
+
+    def __post_init__(self) -> None:
+        self.kinds = [metric.kind for metric in self.metrics]
 
 
 @dataclass
@@ -149,8 +153,8 @@ class DateAggregator:
             for key in sorted(self.groups[t_index], key=lambda k: tuple(str(x) for x in k)):
                 accs = self.groups[t_index][key]
                 values: dict[str, Any] = {}
-                for name, metric, acc in zip(table.metric_names, table.metrics, accs, strict=True):
-                    values[name] = _final(metric, acc, values)
+                for name, metric, kind, acc in zip(table.metric_names, table.metrics, table.kinds, accs, strict=True):
+                    values[name] = _final(metric, kind, acc, values)
                 item: dict[str, Any] = {k: str(v) for k, v in zip(table.key, key, strict=True)}
                 for name, metric in zip(table.metric_names, table.metrics, strict=True):
                     if metric.store and values[name] is not None:
@@ -248,8 +252,7 @@ def _reduce(kind: str, acc: Any, values: list[Any], ints: bool = False) -> Any:
     return high if acc is None or high > acc else acc
 
 
-def _final(metric: Metric, acc: Any, done: dict[str, Any]) -> Any:
-    kind = metric.kind
+def _final(metric: Metric, kind: str, acc: Any, done: dict[str, Any]) -> Any:
     if kind == "ratio":
         assert metric.ratio is not None
         num, den = (done.get(name) for name in metric.ratio)
