@@ -28,7 +28,7 @@ import threading
 from array import array
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -42,7 +42,7 @@ from kpipe.engine.index_keeper import IndexKeeper, Put
 from kpipe.engine.keys import KeyTable
 from kpipe.engine.kpis import DateAggregator, KpiPlan
 from kpipe.engine.parsing import read_bool, read_ints, reader_for
-from kpipe.engine.store import LocalStore, ProcessedStore
+from kpipe.engine.store import FETCH_THREADS, LocalStore, ProcessedStore
 
 STATE = "_meta/state.json"
 
@@ -97,6 +97,9 @@ def _partition_dir(cfg: PipelineConfig, dataset: str, date: str) -> str:
     return f"{dataset}/{cfg.datasets[dataset].partition_by}={date}/"
 
 
+PREFETCH_DATES = 16  # dates whose files are fetched ahead at a time (disk use: about as many dates)
+
+
 class _Cache:
     """Local copies of store files, so the transform reads each at most once (a local store's
     files are read in place)."""
@@ -104,15 +107,39 @@ class _Cache:
     def __init__(self, store: ProcessedStore, root: Path) -> None:
         self.store, self.root = store, root
         self.listings: dict[str, set[str]] = {}
+        self.pending: dict[str, Future[bool]] = {}  # fetches started by `prefetch`
+        self.pool: ThreadPoolExecutor | None = None
 
     def path(self, name: str) -> Path | None:
         if isinstance(self.store, LocalStore):
             in_place = self.store.root / name
             return in_place if in_place.is_file() else None
         local = self.root / name
+        started = self.pending.pop(name, None)
+        if started is not None:
+            return local if started.result() else None
         if local.exists():  # fetched or published earlier in this run
             return local
         return local if self.store.fetch(name, local) else None
+
+    def prefetch(self, names: Sequence[str]) -> None:
+        """Start fetching `names` from a remote store in the background; `path` waits for them.
+
+        Why: a recompute reads a file or two per date and dataset, and one GET at a time left the
+        task waiting on round trips: a batch spanning five years is ~3,600 of them."""
+        if isinstance(self.store, LocalStore):
+            return
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="fetch")
+        for name in names:
+            if name not in self.pending and not (self.root / name).exists():
+                self.pending[name] = self.pool.submit(self.store.fetch, name, self.root / name)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+        self.pending.clear()
 
     def list(self, prefix: str) -> list[str]:
         """Names under a prefix. A remote store is listed once per dataset (`<dataset>/`) and then
@@ -605,8 +632,11 @@ def recompute(
         return {name: {} for name in cfg.kpis}
     cache = _Cache(store, Path(work_dir) / "store")
     datasets = partitioned_datasets(cfg)
-    indexes = {d.name: _load_index(cache, d.name) for d in datasets}
-    return recompute_dates(cfg, dates, datasets, indexes, cache)
+    try:
+        indexes = {d.name: _load_index(cache, d.name) for d in datasets}
+        return recompute_dates(cfg, dates, datasets, indexes, cache)
+    finally:
+        cache.close()
 
 
 def date_groups(dates: list[str], groups: int) -> list[list[str]]:
@@ -744,7 +774,13 @@ def recompute_dates(
     plan = KpiPlan.compile(cfg)
     tables: dict[str, dict[str, list[dict[str, Any]]]] = {t.name: {} for t in plan.tables}
     feeding = [d for d in datasets if d.name in plan.fields]
-    for date in dates:
+
+    def files_of(date: str) -> list[str]:
+        return [name for d in feeding for name, _seq in _partition_files(cache, cfg, d.name, date)]
+
+    for i, date in enumerate(dates):
+        if i % PREFETCH_DATES == 0:  # the files of the dates ahead, fetched while these are read
+            cache.prefetch([name for ahead in dates[i : i + 2 * PREFETCH_DATES] for name in files_of(ahead)])
         agg = DateAggregator(plan)
         for d in feeding:
             positions = [d.header.index(f) for f in plan.fields[d.name]]

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import yaml
 from chalicelib.config import PipelineConfig, default_config_path, load_config, parse_config
 from chalicelib.kpi_store import dump_table
 from chalicelib.layout import Layout
+from kpipe.engine.store import FETCH_THREADS, S3Store
 from kpipe.engine.validate import dataset_files
 from kpipe.local import shims
 from kpipe.local.agent import EcsAgent, InProcessRunner, Runner, RunResult, SubprocessRunner, TaskRun
@@ -251,13 +253,18 @@ class Emulator:
             save_table(out / f"{table_name}.json", items, list(spec.key))
         s3, bucket = self.client("s3"), self.resources.bucket
         local = out / "processed"
+        store = S3Store(s3, bucket, layout.processed_prefix)
+        changed: list[str] = []
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=layout.processed_prefix):
             for obj in page.get("Contents", []):
-                dest = local / obj["Key"][len(layout.processed_prefix) :]
-                if dest.exists() and obj["LastModified"].timestamp() < since - 1:
-                    continue
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                s3.download_file(bucket, obj["Key"], str(dest))
+                name = obj["Key"][len(layout.processed_prefix) :]
+                if not ((local / name).exists() and obj["LastModified"].timestamp() < since - 1):
+                    changed.append(name)
+        # a batch spanning years changes thousands of date files: several GETs in flight
+        with ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="save-state") as pool:
+            for name, found in zip(changed, pool.map(lambda name: store.fetch(name, local / name), changed), strict=True):
+                if not found:
+                    raise FileNotFoundError(f"s3://{bucket}/{layout.processed_prefix}{name} vanished while OUT was saved")
 
     def _table(self, logical: str) -> str:
         out = self.resources.outputs

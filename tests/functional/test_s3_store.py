@@ -52,3 +52,56 @@ def test_s3_store_equals_local_store(cfg: PipelineConfig, batches: list[Path], t
     assert remote == local
     assert any(n.startswith("orders/order_date=") for n in names)
     assert sum(len(items) for items in local["OrderKPI"].values()) > 0
+
+
+def test_fetch_is_byte_exact_and_a_missing_name_leaves_nothing(tmp_path: Path) -> None:
+    body = b"order_id,order_date\r\n" + b"".join(b"%d,2025-03-01\r\n" % i for i in range(200_000))  # several chunks
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="kpipe-test")
+        s3.put_object(Bucket="kpipe-test", Key="processed/orders/a.csv", Body=body)
+        store = S3Store(s3, "kpipe-test", "processed/")
+        assert store.fetch("orders/a.csv", tmp_path / "got" / "a.csv") is True
+        assert store.fetch("orders/missing.csv", tmp_path / "got" / "missing.csv") is False
+    assert (tmp_path / "got" / "a.csv").read_bytes() == body
+    assert sorted(p.name for p in (tmp_path / "got").iterdir()) == ["a.csv"]  # no partial or temporary file
+
+
+def test_prefetched_files_are_read_as_fetched_ones(tmp_path: Path) -> None:
+    """Files fetched ahead in threads are what `path` gives (a missing one is None), each fetched
+    once; an error of a background fetch reaches the reader."""
+    from kpipe.engine.transform import _Cache
+
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="kpipe-test")
+        for i in range(40):
+            s3.put_object(Bucket="kpipe-test", Key=f"processed/d/{i}.csv", Body=f"x\r\n{i}\r\n".encode())
+        store = S3Store(s3, "kpipe-test", "processed/")
+        fetched: list[str] = []
+        real_fetch = store.fetch
+
+        def counting_fetch(name: str, dest: Path) -> bool:
+            fetched.append(name)
+            return real_fetch(name, dest)
+
+        store.fetch = counting_fetch  # type: ignore[method-assign]
+        cache = _Cache(store, tmp_path / "cache")
+        names = [f"d/{i}.csv" for i in range(40)]
+        try:
+            cache.prefetch([*names, "d/missing.csv"])
+            cache.prefetch(names)  # already under way: not fetched twice
+            got = [cache.path(n) for n in names]
+            assert cache.path("d/missing.csv") is None
+        finally:
+            cache.close()
+        assert [p.read_bytes() if p else None for p in got] == [f"x\r\n{i}\r\n".encode() for i in range(40)]
+        assert sorted(fetched) == sorted([*names, "d/missing.csv"])
+
+        broken = _Cache(S3Store(s3, "no-such-bucket", "processed/"), tmp_path / "broken")
+        try:
+            broken.prefetch(["d/1.csv"])
+            with pytest.raises(Exception, match="NoSuchBucket"):
+                broken.path("d/1.csv")
+        finally:
+            broken.close()
