@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-FETCH_THREADS = 8  # GETs in flight when many files are fetched (boto3 clients are thread-safe)
+TRANSFER_THREADS = 8  # requests in flight when many files move to or from S3 (boto3 clients are thread-safe)
 
 
 class ProcessedStore(Protocol):

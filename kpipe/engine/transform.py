@@ -42,7 +42,7 @@ from kpipe.engine.index_keeper import IndexKeeper, Put
 from kpipe.engine.keys import KeyTable
 from kpipe.engine.kpis import DateAggregator, KpiPlan
 from kpipe.engine.parsing import read_bool, read_ints, reader_for
-from kpipe.engine.store import FETCH_THREADS, LocalStore, ProcessedStore
+from kpipe.engine.store import TRANSFER_THREADS, LocalStore, ProcessedStore
 
 STATE = "_meta/state.json"
 
@@ -130,7 +130,7 @@ class _Cache:
         if isinstance(self.store, LocalStore):
             return
         if self.pool is None:
-            self.pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="fetch")
+            self.pool = ThreadPoolExecutor(TRANSFER_THREADS, thread_name_prefix="fetch")
         for name in names:
             if name not in self.pending and not (self.root / name).exists():
                 self.pending[name] = self.pool.submit(self.store.fetch, name, self.root / name)
@@ -157,8 +157,11 @@ class _Cache:
         if isinstance(self.store, LocalStore):
             self.store.publish_moved(names, src_root)
             return
-        for name in names:
-            self.publish(name, src_root / name, move=True)
+        # one PUT at a time left the task waiting on round trips: a batch spanning five years
+        # writes ~3,600 date files (each PUT is atomic on its own; the index goes after all of them)
+        with ThreadPoolExecutor(TRANSFER_THREADS, thread_name_prefix="publish") as pool:
+            for _done in pool.map(lambda name: self.publish(name, src_root / name, move=True), names):
+                pass  # an upload's error is raised here
 
     def publish(self, name: str, src: Path, move: bool = False) -> None:
         """Publish to the store and keep what was published as the local copy. `move`: `src` is

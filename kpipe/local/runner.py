@@ -30,7 +30,7 @@ import yaml
 from chalicelib.config import PipelineConfig, default_config_path, load_config, parse_config
 from chalicelib.kpi_store import dump_table
 from chalicelib.layout import Layout
-from kpipe.engine.store import FETCH_THREADS, S3Store
+from kpipe.engine.store import TRANSFER_THREADS, S3Store
 from kpipe.engine.validate import dataset_files
 from kpipe.local import shims
 from kpipe.local.agent import EcsAgent, InProcessRunner, Runner, RunResult, SubprocessRunner, TaskRun
@@ -261,7 +261,7 @@ class Emulator:
                 if not ((local / name).exists() and obj["LastModified"].timestamp() < since - 1):
                     changed.append(name)
         # a batch spanning years changes thousands of date files: several GETs in flight
-        with ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="save-state") as pool:
+        with ThreadPoolExecutor(TRANSFER_THREADS, thread_name_prefix="save-state") as pool:
             for name, found in zip(changed, pool.map(lambda name: store.fetch(name, local / name), changed), strict=True):
                 if not found:
                     raise FileNotFoundError(f"s3://{bucket}/{layout.processed_prefix}{name} vanished while OUT was saved")

@@ -105,3 +105,25 @@ def test_prefetched_files_are_read_as_fetched_ones(tmp_path: Path) -> None:
                 broken.path("d/1.csv")
         finally:
             broken.close()
+
+
+def test_publishing_many_files_puts_each_once_and_raises_a_failed_one(tmp_path: Path) -> None:
+    from kpipe.engine.transform import _Cache
+
+    names = [f"orders/order_date=2025-03-{day:02d}/00000001-b-x.csv" for day in range(1, 29)]
+    for i, name in enumerate(names):
+        (tmp_path / "out" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "out" / name).write_bytes(b"order_id\r\n%d\r\n" % i)
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="kpipe-test")
+        store = S3Store(s3, "kpipe-test", "processed/")
+        cache = _Cache(store, tmp_path / "cache")
+        cache.publish_moved(names, tmp_path / "out")
+        assert store.list("orders/") == sorted(names)
+        assert [s3.get_object(Bucket="kpipe-test", Key="processed/" + n)["Body"].read() for n in names] == [
+            b"order_id\r\n%d\r\n" % i for i in range(len(names))
+        ]
+        assert all((tmp_path / "cache" / n).is_file() for n in names)  # kept as the local copies
+        with pytest.raises(FileNotFoundError):
+            cache.publish_moved(["orders/order_date=2025-04-01/gone.csv"], tmp_path / "out")
