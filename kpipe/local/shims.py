@@ -34,6 +34,11 @@ the tasks); `install()` is idempotent and is called by the embedded emulator and
    `raw-data/` on every S3 event, so a batch of 81 files copied the whole bucket 81 times: `kpipe
    run` of a 1.3M-row batch in 40 files a dataset took 50 s and 7 GB. The copies now share nothing
    with the originals but what the listing reads (name, ETag computed once, size, dates, version).
+7. StartExecution checks that no execution has the name, then deep-copies the state machine, then
+   registers the new execution: two concurrent calls with one name can both pass the check (the
+   deep copy is a wide window), where AWS refuses the second with ExecutionAlreadyExists. The trigger
+   relies on exactly that refusal for duplicate S3 events; the event-storm test saw two executions
+   start once in ~25 runs. StartExecution now runs one call at a time.
 """
 
 from __future__ import annotations
@@ -263,6 +268,20 @@ def _patch_concurrency() -> None:
         setattr(EC2ContainerServiceBackend, name, serialised(getattr(EC2ContainerServiceBackend, name)))
 
 
+def _patch_start_execution() -> None:
+    from moto.stepfunctions.parser.models import StepFunctionsParserBackend
+
+    start = StepFunctionsParserBackend.start_execution
+    start_lock = threading.Lock()
+
+    @functools.wraps(start)
+    def start_execution(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with start_lock:  # the name check and the registration, atomic as on AWS
+            return start(self, *args, **kwargs)
+
+    StepFunctionsParserBackend.start_execution = start_execution  # type: ignore[method-assign]
+
+
 def _patch_s3_version_listing() -> None:
     import copy
     import io
@@ -303,4 +322,5 @@ def install() -> None:
         _patch_callback_endpoint()
         _patch_concurrency()
         _patch_s3_version_listing()
+        _patch_start_execution()
         _installed = True

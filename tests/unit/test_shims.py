@@ -276,3 +276,37 @@ def test_listing_object_versions_copies_no_contents(monkeypatch: pytest.MonkeyPa
         assert s3.get_object(Bucket="kpipe-shim", Key="raw-data/a.csv")["Body"].read() == b"id\n1\n2\n"
         assert s3.get_object(Bucket="kpipe-shim", Key="raw-data/a.csv", VersionId=first["VersionId"])["Body"].read() == b"id\n1\n"
         assert len(s3.get_object(Bucket="kpipe-shim", Key="archived/big.csv")["Body"].read()) == 100_000
+
+
+def test_concurrent_starts_with_one_name_start_one_execution(executing: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ten threads start an execution of the same name at once (duplicate S3 events): one starts, nine
+    get ExecutionAlreadyExists, as on AWS. The state machine's deep copy between moto's name check and
+    its registration is slowed down, so without the shim every thread would pass the check."""
+    from moto.stepfunctions.parser import models
+
+    real_deepcopy = models.copy.deepcopy
+
+    def slow_deepcopy(*args: Any) -> Any:
+        time.sleep(0.05)
+        return real_deepcopy(*args)
+
+    monkeypatch.setattr(models.copy, "deepcopy", slow_deepcopy)
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    definition = json.dumps({"StartAt": "Wait", "States": {"Wait": {"Type": "Wait", "Seconds": 1, "End": True}}})
+    machine = sfn.create_state_machine(name="storm", definition=definition, roleArn=ROLE)["stateMachineArn"]
+    outcomes: list[str] = []
+
+    def start(nonce: int) -> None:
+        try:
+            sfn.start_execution(stateMachineArn=machine, name="b-1", input=json.dumps({"nonce": nonce}))
+            outcomes.append("started")
+        except sfn.exceptions.ExecutionAlreadyExists:
+            outcomes.append("duplicate")
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["duplicate"] * 9 + ["started"]
+    assert len(sfn.list_executions(stateMachineArn=machine)["executions"]) == 1
