@@ -114,25 +114,19 @@ class CanonicalCsv:
             # flush and piece), and each block costs a split and a pass of every column step
             held: list[bytes] = []
             size = 0
-            for path, start, length in span_segments(self.path, span):
-                end = start + length
-                while start < end:
-                    got = files.read(path, start, min(end - start, BLOCK_CHARS))
-                    if not got:
-                        raise EOFError(f"{path} ends before byte {end}")
-                    start += len(got)
-                    held.append(got)
-                    size += len(got)
-                    if size < BLOCK_CHARS:
-                        continue
-                    data = b"".join(held)
-                    last = data.rfind(b"\r\n")
-                    if last < 0:  # one line longer than a block: read on
-                        held = [data]
-                        continue
-                    held = [data[last + 2 :]]
-                    size = len(held[0])
-                    yield self._block(span[0], data[: last + 2], positions, width)
+            for got in read_bytes(span_segments(self.path, span), BLOCK_CHARS, files):
+                held.append(got)
+                size += len(got)
+                if size < BLOCK_CHARS:
+                    continue
+                data = b"".join(held)
+                last = data.rfind(b"\r\n")
+                if last < 0:  # one line longer than a block: read on
+                    held = [data]
+                    continue
+                held = [data[last + 2 :]]
+                size = len(held[0])
+                yield self._block(span[0], data[: last + 2], positions, width)
             if size:
                 yield self._block(span[0], b"".join(held), positions, width)
 
@@ -254,14 +248,21 @@ def _spill_path(folder: Path, rel: str) -> Path:
     return folder / rel
 
 
-def read_bytes(segments: Sequence[tuple[Path, int, int]], block: int = 1 << 20) -> Iterator[bytes]:
-    """The bytes of `span_segments` (or any `(file, offset, bytes)` segments), a block at a time."""
-    with OpenFiles() as files:
-        for path, start, length in segments:
-            end = start + length
-            while start < end and (data := files.read(path, start, min(end - start, block))):
-                yield data
-                start += len(data)
+def read_bytes(segments: Sequence[tuple[Path, int, int]], block: int = 1 << 20, files: OpenFiles | None = None) -> Iterator[bytes]:
+    """The bytes of `span_segments` (or any `(file, offset, bytes)` segments), a block at a time.
+    `files`: descriptors the caller keeps open across calls (else opened and closed here)."""
+    if files is None:
+        with OpenFiles() as own:
+            yield from read_bytes(segments, block, own)
+        return
+    for path, start, length in segments:
+        end = start + length
+        while start < end:
+            data = files.read(path, start, min(end - start, block))
+            if not data:
+                raise EOFError(f"{path} ends before byte {end}")
+            yield data
+            start += len(data)
 
 
 class OpenFiles:

@@ -8,6 +8,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from unittest.mock import patch
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -159,3 +160,16 @@ def test_split_fields_gives_each_line_width_fields_or_refuses(lines: list[str], 
         assert [rows.column(p) for p in range(width)] == columns
         if terminator == "\r\n":  # the transform's reader of canonical files
             assert split_columns(text, list(range(width)), width) == columns
+
+
+def test_read_bytes_gives_segments_in_order_and_refuses_a_short_file(tmp_path: Path) -> None:
+    """Segments come back byte for byte in the order given, whatever the block size; a segment
+    reaching past its file's end is an error, not a silently shorter result."""
+    a, b = tmp_path / "a.spill", tmp_path / "b.spill"
+    a.write_bytes(b"0123456789")
+    b.write_bytes(b"abcdefghij")
+    segments = [(b, 2, 5), (a, 0, 3), (b, 0, 1), (a, 7, 3)]
+    for block in (1, 2, 4, 64):
+        assert b"".join(csvio.read_bytes(segments, block)) == b"cdefg012a789"
+    with pytest.raises(EOFError):
+        b"".join(csvio.read_bytes([(a, 8, 5)]))
