@@ -13,7 +13,7 @@ import json
 import re
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -23,15 +23,18 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 
-ColumnType = Literal["string", "int", "decimal", "datetime"]
-FieldType = Literal["string", "int", "decimal", "datetime", "date", "bool"]
+from kpipe.engine.vocabulary import CHECKS, DERIVED, METRICS, TYPES, Scalar, check_operand
+from kpipe.engine.vocabulary import NUMERIC as NUMERIC_TYPES
+
+ColumnType = Literal[tuple(TYPES)]  # type: ignore[valid-type]
+FieldType = Literal[(*TYPES, "date", "bool")]  # type: ignore[valid-type]
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 Prefix = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-/]+/$")]
-Scalar = str | int | Decimal | bool
 
 COMPARISONS = ("gt", "ge", "lt", "le", "eq", "ne")
 
@@ -49,30 +52,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Check(_Strict):
-    """One comparison on a value. Exactly one operator per check, so each check has one rule id."""
+class _OneOf(_Strict):
+    """A model whose fields are the terms of one registry: exactly one of them is given."""
 
-    gt: Decimal | None = None
-    ge: Decimal | None = None
-    lt: Decimal | None = None
-    le: Decimal | None = None
-    eq: Scalar | None = None
-    ne: Scalar | None = None
-    between: tuple[Decimal, Decimal] | None = None
-    one_of: list[Scalar] | None = None
-    ignore_case: bool = False
+    _terms: ClassVar[tuple[str, ...]] = ()
+    _what: ClassVar[str] = ""
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> Check:
-        if len(self.operators()) != 1:
-            raise ValueError(
-                "a check needs exactly one operator; allowed: gt, ge, lt, le, eq, ne, between, one_of"
-            )
+    def _exactly_one(self) -> _OneOf:
+        given = self.operators()
+        if len(given) != 1:
+            raise ValueError(f"{self._what} needs exactly one of them, found {given or 'none'}; allowed: {', '.join(self._terms)}")
         return self
 
     def operators(self) -> list[str]:
-        ops = (*COMPARISONS, "between", "one_of")
-        return [op for op in ops if getattr(self, op) is not None]
+        return [t for t in self._terms if getattr(self, t) is not None]
 
     @property
     def op(self) -> str:
@@ -83,25 +77,13 @@ class Check(_Strict):
         return getattr(self, self.op)
 
 
-class Condition(Check):
-    """A filter on a row for a metric: a check applied to a named field."""
-
-    field: Identifier
-
-
-class Column(_Strict):
-    """A column of a dataset, found in the file by its header name (`source`, default: its own name)."""
-
-    type: ColumnType = "string"
-    source: str | None = None
-    required: bool = False
-    unique: bool = False
-    default: Scalar | None = None
-    checks: list[Check] = Field(default_factory=list)
-    references: Identifier | None = None
-
-    def header(self, name: str) -> str:
-        return self.source if self.source is not None else name
+def _terms_model(name: str, base: type[_OneOf], terms: dict[str, Any], what: str, **extra: Any) -> Any:
+    """A model with one optional field per registry term (the registry's YAML shape), plus `extra`."""
+    fields: dict[str, Any] = {t: (term.shape | None, Field(None, description=term.meaning)) for t, term in terms.items()}
+    model = create_model(name, __base__=base, **fields, **extra)  # type: ignore[call-overload]
+    model._terms = tuple(terms)
+    model._what = what
+    return model
 
 
 class EqualsSpec(_Strict):
@@ -115,29 +97,45 @@ class LookupSpec(_Strict):
     field: Identifier = Field(description="a column or derived field of the referenced dataset")
 
 
-class Derived(_Strict):
-    """A derived field from the closed vocabulary; exactly one operation."""
+_SPEC_MODELS = {"equals": EqualsSpec, "lookup": LookupSpec}
 
-    date_of: Identifier | None = Field(None, description="calendar date of a datetime, in the timezone")
-    multiply: tuple[Identifier, Identifier] | None = None
-    lower: Identifier | None = None
-    equals: EqualsSpec | None = None
-    lookup: LookupSpec | None = None
+Check = _terms_model("Check", _OneOf, CHECKS, "a check", ignore_case=(bool, False))
+Condition = _terms_model("Condition", Check, {}, "a filter", field=(Identifier, ...))
+Condition._terms = Check._terms
 
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Derived:
-        if len(self.operations()) != 1:
-            raise ValueError(
-                "a derived field needs exactly one operation; allowed: date_of, multiply, lower, equals, lookup"
-            )
-        return self
 
-    def operations(self) -> list[str]:
-        return [op for op in ("date_of", "multiply", "lower", "equals", "lookup") if getattr(self, op)]
+class _DerivedBase(_OneOf):
+    pass
 
-    @property
-    def op(self) -> str:
-        return self.operations()[0]
+
+Derived = create_model(  # type: ignore[call-overload]
+    "Derived",
+    __base__=_DerivedBase,
+    **{
+        name: ((_SPEC_MODELS.get(name) or (Identifier if term.shape is str else term.shape)) | None, Field(None, description=term.meaning))
+        for name, term in DERIVED.items()
+    },
+)
+Derived._terms = tuple(DERIVED)
+Derived._what = "a derived field"
+
+
+class Column(_Strict):
+    """A column of a dataset, found in the file by its header name (`source`, default: its own name)."""
+
+    type: ColumnType = "string"
+    source: str | None = None
+    required: bool = False
+    unique: bool = False
+    default: Scalar | None = None
+    checks: list[Check] = Field(default_factory=list)  # type: ignore[valid-type]
+    references: Identifier | None = None
+    scale: Annotated[int, Field(ge=0, le=18)] = Field(
+        6, description="decimal columns: fraction digits kept exactly (a value with more is rejected)"
+    )
+
+    def header(self, name: str) -> str:
+        return self.source if self.source is not None else name
 
 
 class Dataset(_Strict):
@@ -156,47 +154,47 @@ class Dataset(_Strict):
         return [*self.columns, *self.derived]
 
 
-class Metric(_Strict):
-    """One KPI attribute: an aggregate over a dataset, or a ratio of two other metrics."""
-
-    sum: Identifier | None = None
-    count: Identifier | None = None
-    count_distinct: Identifier | None = None
-    min: Identifier | None = None
-    max: Identifier | None = None
-    ratio: tuple[Identifier, Identifier] | None = None
-    from_: Identifier | None = Field(None, alias="from")
-    where: list[Condition] = Field(default_factory=list)
-    round: Annotated[int, Field(ge=0, le=10)] | None = None
-    store: bool = Field(True, description="false: an intermediate used by a ratio, not stored")
+class _MetricBase(_OneOf):
+    """One KPI attribute: an aggregate over a dataset, or a combination of other metrics."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
-    def _shape(self) -> Metric:
-        kinds = self.kinds()
-        if len(kinds) != 1:
-            raise ValueError(
-                f"a metric needs exactly one kind, found {kinds or 'none'}; allowed: one of sum, count, count_distinct, min, max, ratio"
-            )
-        if kinds[0] == "ratio":
+    def _shape(self) -> _MetricBase:
+        kind = self.op
+        if METRICS[kind].combines:
             if self.from_ is not None or self.where:
-                raise ValueError("a ratio combines two metrics; allowed: ratio, round, store (no `from` or `where`)")
+                raise ValueError(f"`{kind}` combines two metrics; allowed: {kind}, round, store (no `from` or `where`)")
         elif self.from_ is None:
-            raise ValueError(f"`{kinds[0]}` needs the dataset it reads; allowed: from: <one of the datasets>")
+            raise ValueError(f"`{kind}` needs the dataset it reads; allowed: from: <one of the datasets>")
         return self
 
     def kinds(self) -> list[str]:
-        ops = ("sum", "count", "count_distinct", "min", "max", "ratio")
-        return [op for op in ops if getattr(self, op) is not None]
+        return self.operators()
 
     @property
     def kind(self) -> str:
-        return self.kinds()[0]
+        return self.op
 
     @property
     def field(self) -> str | None:
-        return None if self.kind == "ratio" else getattr(self, self.kind)
+        return None if METRICS[self.kind].combines else getattr(self, self.kind)
+
+
+Metric = create_model(  # type: ignore[call-overload]
+    "Metric",
+    __base__=_MetricBase,
+    **{
+        name: ((Identifier if term.shape is str else tuple[Identifier, Identifier]) | None, Field(None, description=term.meaning))
+        for name, term in METRICS.items()
+    },
+    from_=(Identifier | None, Field(None, alias="from")),
+    where=(list[Condition], Field(default_factory=list)),  # type: ignore[valid-type]
+    round=(Annotated[int, Field(ge=0, le=10)] | None, None),
+    store=(bool, Field(True, description="false: an intermediate used by a ratio, not stored")),
+)
+Metric._terms = tuple(METRICS)
+Metric._what = "a metric"
 
 
 class IndexSpec(_Strict):
@@ -230,6 +228,15 @@ class Scale(_Strict):
     transform_concurrency: Annotated[int, Field(ge=1, le=40)] = 4
 
 
+class Engine(_Strict):
+    """Which executor runs the plan, and the DuckDB executor's bounds (sane for a 2 vCPU / 4 GiB task)."""
+
+    executor: Literal["duckdb", "petl"] = Field("duckdb", description="duckdb: fast, the default; petl: the reference")
+    memory_limit: Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|KiB|MiB|GiB)$")] = "1GB"
+    threads: Annotated[int, Field(ge=1, le=64)] | None = Field(None, description="default: the CPUs the task has")
+    temp_directory: str | None = Field(None, description="where DuckDB spills; default: the work directory")
+
+
 class PipelineConfig(_Strict):
     """The whole of `pipeline.yaml`."""
 
@@ -238,6 +245,7 @@ class PipelineConfig(_Strict):
     trigger: Trigger = Field(default_factory=Trigger)
     storage: Storage = Field(default_factory=Storage)
     scale: Scale = Field(default_factory=Scale)
+    engine: Engine = Field(default_factory=Engine)
     datasets: dict[Identifier, Dataset] = Field(min_length=1)
     kpis: dict[Identifier, KpiTable] = Field(min_length=1)
 
@@ -276,25 +284,30 @@ class PipelineConfig(_Strict):
             visit(name)
         return order
 
-    def field_type(self, dataset: str, field: str) -> FieldType:
+    def field_type(self, dataset: str, field: str) -> str:
         """The type a field has after validation, following lookups into referenced datasets."""
         ds = self.datasets[dataset]
         if field in ds.columns:
             return ds.columns[field].type
         spec = ds.derived[field]
-        if spec.date_of:
-            return "date"
-        if spec.equals:
-            return "bool"
-        if spec.lower:
-            return "string"
-        if spec.multiply:
-            types = {self.field_type(dataset, f) for f in spec.multiply}
-            return "int" if types == {"int"} else "decimal"
-        assert spec.lookup is not None
-        target = ds.columns[spec.lookup.via].references
-        assert target is not None
-        return self.field_type(target, spec.lookup.field)
+        if spec.op == "lookup":
+            target = ds.columns[spec.lookup.via].references
+            assert target is not None
+            return self.field_type(target, spec.lookup.field)
+        inputs = DERIVED[spec.op].inputs(spec.operand)
+        return DERIVED[spec.op].result(spec.operand, [self.field_type(dataset, f) for f in inputs])
+
+    def field_scale(self, dataset: str, field: str) -> int:
+        """Fraction digits a decimal field holds: its column's scale; a product's is the sum of its factors'."""
+        ds = self.datasets[dataset]
+        if field in ds.columns:
+            return ds.columns[field].scale if ds.columns[field].type == "decimal" else 0
+        spec = ds.derived[field]
+        if spec.op == "lookup":
+            target = ds.columns[spec.lookup.via].references
+            assert target is not None
+            return self.field_scale(target, spec.lookup.field)
+        return sum(self.field_scale(dataset, f) for f in DERIVED[spec.op].inputs(spec.operand)) if spec.op == "multiply" else 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -318,12 +331,7 @@ def _semantic_problems(cfg: PipelineConfig) -> list[str]:
                 elif col.references == ds_name:
                     problems.append(f"{cpath}.references: a dataset cannot reference itself; allowed: {names}")
             for i, check in enumerate(col.checks):
-                numeric = check.op in ("gt", "ge", "lt", "le", "between")
-                if numeric and col.type not in ("int", "decimal"):
-                    problems.append(
-                        f"{cpath}.checks[{i}].{check.op}: needs a numeric column (type is {col.type}); "
-                        "allowed on strings/datetimes: eq, ne, one_of"
-                    )
+                problems.extend(_check_problems(check, col.type, f"{cpath}.checks[{i}]"))
             if col.default is not None and col.required:
                 problems.append(f"{cpath}.default: a required column cannot have a default; allowed: required: false")
             if col.default is not None and col.type in ("int", "decimal"):
@@ -351,6 +359,21 @@ def _semantic_problems(cfg: PipelineConfig) -> list[str]:
     return problems
 
 
+def _check_problems(check: Any, field_type: str | None, path: str) -> list[str]:
+    """A check (or `where` filter) on a field of `field_type`: allowed there, and its operand readable so."""
+    term = CHECKS[check.op]
+    if field_type is None:
+        return []
+    if field_type not in term.types:
+        fits = [name for name, t in CHECKS.items() if field_type in t.types]
+        return [f"{path}.{check.op}: applies to {'numeric' if term.types == NUMERIC_TYPES else ', '.join(term.types)} fields, not to a {field_type} field; allowed on {field_type}: {', '.join(fits) or 'none'}"]
+    try:
+        check_operand(check.op, check.operand, field_type)
+    except (ArithmeticError, ValueError):
+        return [f"{path}.{check.op}: {check.operand!r} is not a {field_type}; allowed: values of the field's type"]
+    return []
+
+
 def _safe_type(cfg: PipelineConfig, dataset: str, field: str) -> str | None:
     """A field's type, or None when it rests on a field that is itself in error (reported elsewhere)."""
     try:
@@ -369,16 +392,15 @@ def _derived_problems(cfg: PipelineConfig, ds_name: str, spec: Derived, seen: li
         elif (found := _safe_type(cfg, ds_name, field)) is not None and found not in types:
             problems.append(f"{where}: '{field}' has type {found}; allowed types: {list(types)}")
 
-    if spec.date_of:
-        need(spec.date_of, ("datetime",), path)
-    elif spec.multiply:
-        for i, f in enumerate(spec.multiply):
-            need(f, ("int", "decimal"), f"{path}[{i}]")
-    elif spec.lower:
-        need(spec.lower, ("string",), path)
-    elif spec.equals:
+    term = DERIVED[spec.op]
+    if spec.op == "equals":
         if spec.equals.field not in seen:
             problems.append(f"{path}.field: unknown field '{spec.equals.field}'; allowed: {seen}")
+    elif spec.op != "lookup":
+        inputs = term.inputs(spec.operand)
+        for i, f in enumerate(inputs):
+            allowed = term.input_types[i] if i < len(term.input_types) else ()
+            need(f, allowed or ("string", "int", "decimal", "datetime", "date", "bool"), f"{path}[{i}]" if len(inputs) > 1 else path)
     elif spec.lookup:
         via = spec.lookup.via
         target = ds.columns[via].references if via in ds.columns else None
@@ -408,12 +430,11 @@ def _table_problems(cfg: PipelineConfig, t_name: str, table: KpiTable) -> list[s
     defined: list[str] = []
     for m_name, metric in table.metrics.items():
         mpath = f"{base}.metrics.{m_name}"
-        if metric.kind == "ratio":
-            assert metric.ratio is not None
-            for i, ref in enumerate(metric.ratio):
+        if METRICS[metric.kind].combines:
+            for i, ref in enumerate(metric.operand):
                 if ref not in table.metrics:
                     problems.append(f"{mpath}.ratio[{i}]: unknown metric '{ref}'; allowed: {list(table.metrics)}")
-                elif ref == m_name or (table.metrics[ref].kind == "ratio" and ref not in defined):
+                elif ref == m_name or (METRICS[table.metrics[ref].kind].combines and ref not in defined):
                     problems.append(f"{mpath}.ratio[{i}]: '{ref}' must be a metric defined above; allowed: {defined}")
             defined.append(m_name)
             continue
@@ -434,11 +455,13 @@ def _table_problems(cfg: PipelineConfig, t_name: str, table: KpiTable) -> list[s
         assert field is not None
         if field not in fields:
             problems.append(f"{mpath}.{metric.kind}: unknown field '{field}' of {src}; allowed: {fields}")
-        elif metric.kind == "sum" and (found := _safe_type(cfg, src, field)) not in ("int", "decimal", None):
-            problems.append(f"{mpath}.sum: '{field}' has type {found}; allowed: an int or decimal field")
+        elif METRICS[metric.kind].types and (found := _safe_type(cfg, src, field)) not in (*METRICS[metric.kind].types, None):
+            problems.append(f"{mpath}.{metric.kind}: '{field}' has type {found}; allowed: a field of type {', '.join(METRICS[metric.kind].types)}")
         for i, cond in enumerate(metric.where):
             if cond.field not in fields:
                 problems.append(f"{mpath}.where[{i}].field: unknown field '{cond.field}' of {src}; allowed: {fields}")
+            else:
+                problems.extend(_check_problems(cond, _safe_type(cfg, src, cond.field), f"{mpath}.where[{i}]"))
     return problems
 
 

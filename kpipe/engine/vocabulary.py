@@ -1,0 +1,484 @@
+"""The vocabulary of pipeline.yaml, defined once: column types, checks, derived-field kinds, metric kinds.
+
+Each term is one declaration holding its YAML shape (the config model and `pipeline.schema.json` are
+built from it), a one-line meaning (the reference in `docs/pipeline-reference.md` is generated from
+it), its Python implementation (what the petl executor calls inside `convert`, `select` and
+`aggregate`) and its DuckDB SQL (what the DuckDB executor compiles into its queries), side by side.
+Adding a term is adding one entry here and its tests: the model, the schema, the docs, both
+executors and the equivalence property test pick it up.
+
+This module imports neither petl nor DuckDB (the Lambda loads the config model from it), and nothing
+in it evaluates configuration: operands become typed Python values and quoted SQL literals.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from decimal import ROUND_HALF_UP, Decimal, localcontext
+from typing import Any
+from zoneinfo import ZoneInfo
+
+Scalar = str | int | Decimal | bool
+# What "stripped" means, the same set for both executors (Python's str.strip() would take Unicode
+# spaces that DuckDB's trim() keeps).
+WHITESPACE = " \t\r\n\f\v"
+# Python's arithmetic context for exact decimals: wider than any sum of 38-digit values can need.
+EXACT_DIGITS = 120
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def sql_text(value: str) -> str:
+    """A SQL string literal (quotes doubled): operands reach SQL as data, never as code."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def strip(text: str | None) -> str | None:
+    """A field as the rules see it: stripped, and null when nothing is left."""
+    if text is None:
+        return None
+    text = text.strip(WHITESPACE)
+    return text or None
+
+
+# ------------------------------------------------------------------------------------------- column types
+
+
+@dataclass(frozen=True)
+class TypeTerm:
+    """A column type: the grammar of its text, how a text that matches becomes a value (None: out of
+    range, its own reason), and the same two steps in SQL over a stripped VARCHAR expression."""
+
+    name: str
+    meaning: str
+    grammar: str | None  # a regular expression the whole stripped text must match (None: any text)
+    sql_type: Callable[[int], str]  # the DuckDB type, given the column's decimal scale
+    parse: Callable[[str, ZoneInfo, int], Any]  # text matching the grammar -> value, or None: out of range
+    sql_parse: Callable[[str, int], str]  # SQL of the same, NULL for out of range
+
+    def compiled(self) -> re.Pattern[str] | None:
+        return re.compile(self.grammar) if self.grammar is not None else None
+
+
+def _parse_int(text: str, _tz: ZoneInfo, _scale: int) -> int | None:
+    value = int(text)
+    return value if INT64[0] <= value <= INT64[1] else None
+
+
+def _decimal_fits(text: str, scale: int) -> bool:
+    whole, _, frac = text.lstrip("+-").partition(".")
+    return len(frac) <= scale and len(whole.lstrip("0")) <= 38 - scale
+
+
+def _parse_decimal(text: str, _tz: ZoneInfo, scale: int) -> Decimal | None:
+    if not _decimal_fits(text, scale):
+        return None
+    with localcontext(prec=EXACT_DIGITS):
+        return Decimal(text).quantize(Decimal(1).scaleb(-scale))
+
+
+_DT = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[T ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?(Z|[+-][0-9]{2}:[0-9]{2})?"
+)
+
+
+def _parse_datetime(text: str, tz: ZoneInfo, _scale: int) -> datetime | None:
+    """An aware datetime in the pipeline's zone; raises ValueError for a day that does not exist."""
+    m = _DT.fullmatch(text)
+    assert m is not None  # the grammar matched
+    y, mo, d, h, mi, s, frac, off = m.groups()
+    naive = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), int((frac or "0")[:6].ljust(6, "0")))
+    if off is None:
+        return naive.replace(tzinfo=tz)
+    sign = -1 if off[0] == "-" else 1
+    offset = timedelta(0) if off == "Z" else sign * timedelta(hours=int(off[1:3]), minutes=int(off[4:6]))
+    return naive.replace(tzinfo=timezone(offset)).astimezone(tz)
+
+
+_YEAR = "(?:[1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])"
+_TIME = "(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+DATETIME_GRAMMAR = rf"{_YEAR}-[0-9]{{2}}-[0-9]{{2}}[T ]{_TIME}(?:\.[0-9]+)?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?"
+
+
+def _sql_decimal_fits(x: str, scale: int) -> str:
+    return (
+        f"CASE WHEN length(split_part(ltrim({x}, '+-'), '.', 2)) <= {scale}"
+        f" AND length(ltrim(split_part(ltrim({x}, '+-'), '.', 1), '0')) <= {38 - scale}"
+        f" THEN CAST({x} AS DECIMAL(38, {scale})) END"
+    )
+
+
+TYPES: dict[str, TypeTerm] = {
+    t.name: t
+    for t in (
+        TypeTerm(
+            "string",
+            "any text, stripped of surrounding whitespace",
+            None,
+            lambda _s: "VARCHAR",
+            lambda text, _tz, _s: text,
+            lambda x, _s: x,
+        ),
+        TypeTerm(
+            "int",
+            "optional sign and ASCII digits (`12`, `-3`), a 64-bit integer; `12.0`, `1e3` are not ints",
+            r"[+-]?[0-9]+",
+            lambda _s: "BIGINT",
+            _parse_int,
+            lambda x, _s: f"TRY_CAST({x} AS BIGINT)",
+        ),
+        TypeTerm(
+            "decimal",
+            "optional sign, digits, optional fraction (`12`, `12.5`, `.5`), exact; no exponent, NaN or inf; "
+            "at most `scale` fraction digits and 38 digits in all",
+            r"[+-]?(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)",
+            lambda s: f"DECIMAL(38, {s})",
+            _parse_decimal,
+            _sql_decimal_fits,
+        ),
+        TypeTerm(
+            "datetime",
+            "ISO 8601 `2025-03-30T16:14:26` or with a space, optional fraction, optional `Z` or `±HH:MM`; "
+            "converted to the pipeline's timezone (a naive one is taken to be in it)",
+            DATETIME_GRAMMAR,
+            lambda _s: "TIMESTAMPTZ",
+            _parse_datetime,
+            # fraction cut to microseconds first, as Python reads it (DuckDB would round)
+            lambda x, _s: f"TRY_CAST(regexp_replace({x}, '(\\.[0-9]{{6}})[0-9]+', '\\1') AS TIMESTAMPTZ)",
+        ),
+    )
+}
+# Types a derived field can have beyond the column types.
+FIELD_SQL_TYPES = {"date": "DATE", "bool": "BOOLEAN"}
+
+
+# ------------------------------------------------------------------------------------------------- checks
+
+
+@dataclass(frozen=True)
+class CheckTerm:
+    """A row check on one field's non-null value; a row failing it is rejected with `<field>.<name>`.
+    Also the vocabulary of metric `where` filters. `operand(raw, field_type)` reads the YAML operand
+    the way the field is read (on a string field `one_of: [1, 2]` means the texts "1" and "2")."""
+
+    name: str
+    meaning: str
+    shape: Any  # the YAML shape of the operand (a pydantic annotation)
+    types: tuple[str, ...]  # field types it applies to
+    py: Callable[[Any, Any, bool], bool]  # (value, operand, ignore_case) -> passes
+    sql: Callable[[str, Any, str, bool], str]  # (expr, operand, field type, ignore_case) -> SQL boolean
+
+
+NUMERIC = ("int", "decimal")
+EQUATABLE = ("string", "int", "decimal", "date", "bool")
+
+
+def operand_value(raw: Any, field_type: str) -> Any:
+    """A YAML operand as a value of the field's type."""
+    if field_type == "bool":
+        return raw if isinstance(raw, bool) else str(raw).strip().lower() == "true"
+    if field_type in NUMERIC:
+        return Decimal(str(raw))
+    if field_type == "date":
+        return date.fromisoformat(str(raw))
+    return str(raw) if not isinstance(raw, bool) else str(raw).lower()
+
+
+def sql_literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, Decimal):
+        return f"CAST({sql_text(str(value))} AS DECIMAL(38, {max(0, -value.as_tuple().exponent)}))"  # type: ignore[operator]
+    if isinstance(value, date):
+        return f"DATE {sql_text(value.isoformat())}"
+    return sql_text(str(value))
+
+
+def _fold(value: Any, ignore_case: bool) -> Any:
+    return value.lower() if ignore_case and isinstance(value, str) else value
+
+
+def _sql_fold(expr: str, ignore_case: bool, field_type: str) -> str:
+    return f"lower({expr})" if ignore_case and field_type == "string" else expr
+
+
+def _compare(name: str, meaning: str, py_op: Callable[[Any, Any], bool], sql_op: str) -> CheckTerm:
+    return CheckTerm(
+        name,
+        meaning,
+        Decimal,
+        NUMERIC,
+        lambda v, operand, _ic: py_op(v, operand),
+        lambda x, operand, _t, _ic: f"({x} {sql_op} {sql_literal(operand)})",
+    )
+
+
+CHECKS: dict[str, CheckTerm] = {
+    c.name: c
+    for c in (
+        _compare("gt", "greater than the operand", lambda v, o: v > o, ">"),
+        _compare("ge", "greater than or equal to the operand", lambda v, o: v >= o, ">="),
+        _compare("lt", "less than the operand", lambda v, o: v < o, "<"),
+        _compare("le", "less than or equal to the operand", lambda v, o: v <= o, "<="),
+        CheckTerm(
+            "eq",
+            "equal to the operand (`ignore_case: true` for text)",
+            Scalar,
+            EQUATABLE,
+            lambda v, o, ic: _fold(v, ic) == _fold(o, ic),
+            lambda x, o, t, ic: f"({_sql_fold(x, ic, t)} = {sql_literal(_fold(o, ic))})",
+        ),
+        CheckTerm(
+            "ne",
+            "not equal to the operand (`ignore_case: true` for text)",
+            Scalar,
+            EQUATABLE,
+            lambda v, o, ic: _fold(v, ic) != _fold(o, ic),
+            lambda x, o, t, ic: f"({_sql_fold(x, ic, t)} <> {sql_literal(_fold(o, ic))})",
+        ),
+        CheckTerm(
+            "between",
+            "within `[low, high]`, both included",
+            tuple[Decimal, Decimal],
+            NUMERIC,
+            lambda v, o, _ic: o[0] <= v <= o[1],
+            lambda x, o, _t, _ic: f"({x} BETWEEN {sql_literal(o[0])} AND {sql_literal(o[1])})",
+        ),
+        CheckTerm(
+            "one_of",
+            "one of the listed values (`ignore_case: true` for text)",
+            list[Scalar],
+            EQUATABLE,
+            lambda v, o, ic: _fold(v, ic) in {_fold(x, ic) for x in o},
+            lambda x, o, t, ic: f"({_sql_fold(x, ic, t)} IN ({', '.join(sql_literal(_fold(v, ic)) for v in o)}))",
+        ),
+    )
+}
+
+
+def check_operand(name: str, raw: Any, field_type: str) -> Any:
+    """A check's YAML operand as typed values (lists and pairs element by element)."""
+    if isinstance(raw, list | tuple):
+        return tuple(operand_value(v, field_type) for v in raw)
+    return operand_value(raw, field_type)
+
+
+# ----------------------------------------------------------------------------------------- derived fields
+
+
+@dataclass(frozen=True)
+class DerivedTerm:
+    """A derived field, computed after a row's columns passed their rules. `inputs(spec)` names the
+    fields it reads (a lookup reads its `via` column); `py(spec, values, tz)` computes it from those
+    values (None in, None out); `sql(spec, exprs)` is the same over SQL expressions of those inputs.
+    A lookup's value comes from the referenced dataset's valid row, so both executors join for it:
+    its `py` and `sql` take the looked-up value itself."""
+
+    name: str
+    meaning: str
+    shape: Any
+    inputs: Callable[[Any], list[str]]
+    result: Callable[[Any, Sequence[str]], str]  # (spec, input types) -> the field's type
+    py: Callable[[Any, Sequence[Any], ZoneInfo], Any]
+    sql: Callable[[Any, Sequence[str]], str]
+    input_types: tuple[tuple[str, ...], ...] = ()  # allowed types per input, () = any
+
+
+def _multiply(spec: Any, values: Sequence[Any], _tz: ZoneInfo) -> Any:
+    a, b = values
+    if a is None or b is None:
+        return None
+    with localcontext(prec=EXACT_DIGITS):
+        return a * b
+
+
+def _equals(spec: Any, values: Sequence[Any], _tz: ZoneInfo) -> bool:
+    (v,) = values
+    return v is not None and _fold(v, spec.ignore_case) == _fold(spec.value, spec.ignore_case)
+
+
+def _date_of(_spec: Any, values: Sequence[Any], tz: ZoneInfo) -> date | None:
+    (v,) = values
+    return v.astimezone(tz).date() if v is not None else None
+
+
+def _product_type(types: Sequence[str]) -> str:
+    return "int" if all(t == "int" for t in types) else "decimal"
+
+
+DERIVED: dict[str, DerivedTerm] = {
+    d.name: d
+    for d in (
+        DerivedTerm(
+            "date_of",
+            "the calendar date of a datetime, in the pipeline's timezone",
+            str,
+            lambda spec: [spec],
+            lambda _spec, _t: "date",
+            _date_of,
+            lambda _spec, x: f"CAST({x[0]} AS DATE)",
+            (("datetime",),),
+        ),
+        DerivedTerm(
+            "multiply",
+            "the exact product of two numeric fields",
+            tuple[str, str],
+            lambda spec: list(spec),
+            lambda _spec, types: _product_type(types),
+            _multiply,
+            lambda _spec, x: f"({x[0]} * {x[1]})",
+            (NUMERIC, NUMERIC),
+        ),
+        DerivedTerm(
+            "lower",
+            "a text field in lower case",
+            str,
+            lambda spec: [spec],
+            lambda _spec, _t: "string",
+            lambda _spec, v, _tz: v[0].lower() if v[0] is not None else None,
+            lambda _spec, x: f"lower({x[0]})",
+            (("string",),),
+        ),
+        DerivedTerm(
+            "equals",
+            "true when a field equals a value (`ignore_case: true` for text), false otherwise or when null",
+            dict,  # {field, value, ignore_case}: the model gives it its own class
+            lambda spec: [spec.field],
+            lambda _spec, _t: "bool",
+            _equals,
+            lambda spec, x: f"coalesce({_sql_fold(x[0], spec.ignore_case, 'string' if isinstance(spec.value, str) else '')}"
+            f" = {sql_literal(_fold(spec.value, spec.ignore_case))}, FALSE)",
+        ),
+        DerivedTerm(
+            "lookup",
+            "a field of the row another dataset's key names (`via`: a column with `references`)",
+            dict,  # {via, field}
+            lambda spec: [spec.via],
+            lambda _spec, types: types[0],  # the looked-up field's type, given by the caller
+            lambda _spec, v, _tz: v[0],
+            lambda _spec, x: x[0],
+        ),
+    )
+}
+
+
+# -------------------------------------------------------------------------------------------- metric kinds
+
+
+@dataclass(frozen=True)
+class MetricTerm:
+    """A metric kind. An aggregate reads one field of its `from` dataset's rows in the group (after
+    `where`): `py` over the non-null values; `sql` the SQL aggregates over the field's expression and
+    `finish` the value from their results (exact, in Python, where SQL would give a double); `empty`
+    when the group has no such value. A combining kind (`ratio`) reads other metrics of the same item instead."""
+
+    name: str
+    meaning: str
+    shape: Any
+    py: Callable[[list[Any]], Any]
+    sql: Callable[[str], list[str]]  # the aggregates SQL computes per group ...
+    empty: Any = None
+    combines: bool = False
+    types: tuple[str, ...] = ()  # field types it reads, () = any
+    finish: Callable[[list[Any]], Any] = lambda parts: parts[0]  # ... and what the item holds, from them
+
+
+def _exact_sum(values: list[Any]) -> Any:
+    with localcontext(prec=EXACT_DIGITS):
+        return sum(values, start=0)
+
+
+def _ratio(pair: list[Any]) -> Decimal:
+    num, den = pair
+    if not den:
+        return Decimal(0)
+    with localcontext(prec=EXACT_DIGITS):
+        return Decimal(num) / Decimal(den)
+
+
+def _avg_of(total: Any, count: int) -> Decimal | None:
+    if not count:
+        return None
+    with localcontext(prec=EXACT_DIGITS):
+        return Decimal(total) / count
+
+
+def _avg(values: list[Any]) -> Decimal | None:
+    return _avg_of(_exact_sum(values), len(values))
+
+
+METRICS: dict[str, MetricTerm] = {
+    m.name: m
+    for m in (
+        MetricTerm("sum", "the exact sum of a numeric field", str, _exact_sum, lambda x: [f"sum({x})"], 0, types=NUMERIC),
+        MetricTerm("count", "the number of rows where the field is not null", str, len, lambda x: [f"count({x})"], 0),
+        MetricTerm(
+            "count_distinct", "the number of distinct non-null values", str, lambda v: len(set(v)), lambda x: [f"count(DISTINCT {x})"], 0
+        ),
+        MetricTerm("min", "the smallest value", str, min, lambda x: [f"min({x})"], types=(*NUMERIC, "date", "datetime", "string")),
+        MetricTerm("max", "the largest value", str, max, lambda x: [f"max({x})"], types=(*NUMERIC, "date", "datetime", "string")),
+        MetricTerm(
+            "avg",
+            "the exact mean of a numeric field (sum / count of non-null values)",
+            str,
+            _avg,
+            lambda x: [f"sum({x})", f"count({x})"],  # divided exactly in Python: SQL's avg() is a double
+            types=NUMERIC,
+            finish=lambda parts: _avg_of(*parts),
+        ),
+        MetricTerm(
+            "ratio",
+            "one metric of the item divided by another (0 when the divisor is 0), from the unrounded values",
+            tuple[str, str],
+            _ratio,
+            lambda _x: [],
+            combines=True,
+        ),
+    )
+}
+
+
+# ------------------------------------------------------------------------------------ values as stored
+
+
+def round_half_up(value: Any, places: int) -> Any:
+    """Money and rates as stored: rounded once, half-up, from the unrounded value."""
+    if value is None or isinstance(value, bool):
+        return value
+    with localcontext(prec=EXACT_DIGITS):
+        return Decimal(value).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+
+
+def plain_number(value: Any) -> Any:
+    """An unrounded number as stored: an int stays an int; a Decimal loses trailing fraction zeros (both
+    executors hold decimals at the column's scale, so `9.500000` is shown as `9.5`), never an exponent."""
+    if not isinstance(value, Decimal):
+        return value
+    if value == value.to_integral_value():
+        return int(value)
+    return Decimal(format(value.normalize(), "f"))
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One row of the generated reference: which kind of term, its name, shape and meaning."""
+
+    kind: str
+    name: str
+    shape: str
+    meaning: str
+    applies_to: str = field(default="")
+
+
+def reference_rows() -> list[Reference]:
+    def shape(annotation: Any) -> str:
+        text = getattr(annotation, "__name__", None) or str(annotation)
+        return {"Decimal": "number", "str": "field", "dict": "mapping"}.get(text, text.replace("decimal.Decimal", "number"))
+
+    rows = [Reference("type", t.name, "", t.meaning) for t in TYPES.values()]
+    rows += [Reference("check", c.name, shape(c.shape), c.meaning, ", ".join(c.types)) for c in CHECKS.values()]
+    rows += [Reference("derived", d.name, shape(d.shape), d.meaning) for d in DERIVED.values()]
+    rows += [Reference("metric", m.name, shape(m.shape), m.meaning, ", ".join(m.types)) for m in METRICS.values()]
+    return rows
