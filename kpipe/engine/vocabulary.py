@@ -55,8 +55,9 @@ class TypeTerm:
     meaning: str
     grammar: str | None  # a regular expression the whole stripped text must match (None: any text)
     sql_type: Callable[[int], str]  # the DuckDB type, given the column's decimal scale
-    parse: Callable[[str, ZoneInfo, int], Any]  # text matching the grammar -> value, or None: out of range
-    sql_parse: Callable[[str, int], str]  # SQL of the same, NULL for out of range
+    parse: Callable[[str, ZoneInfo, int], Any]  # text matching the grammar -> value; None: out of range (ValueError: no such value)
+    sql_parse: Callable[[str, int], str]  # SQL of the same, NULL when `parse` would not give a value ...
+    sql_null_reason: str = "range"  # ... which is this reason
 
     def compiled(self) -> re.Pattern[str] | None:
         return re.compile(self.grammar) if self.grammar is not None else None
@@ -147,6 +148,7 @@ TYPES: dict[str, TypeTerm] = {
             _parse_datetime,
             # fraction cut to microseconds first, as Python reads it (DuckDB would round)
             lambda x, _s: f"TRY_CAST(regexp_replace({x}, '(\\.[0-9]{{6}})[0-9]+', '\\1') AS TIMESTAMPTZ)",
+            "type",
         ),
     )
 }
@@ -417,8 +419,8 @@ METRICS: dict[str, MetricTerm] = {
         MetricTerm(
             "count_distinct", "the number of distinct non-null values", str, lambda v: len(set(v)), lambda x: [f"count(DISTINCT {x})"], 0
         ),
-        MetricTerm("min", "the smallest value", str, min, lambda x: [f"min({x})"], types=(*NUMERIC, "date", "datetime", "string")),
-        MetricTerm("max", "the largest value", str, max, lambda x: [f"max({x})"], types=(*NUMERIC, "date", "datetime", "string")),
+        MetricTerm("min", "the smallest value", str, min, lambda x: [f"min({x})"], types=(*NUMERIC, "date", "string")),
+        MetricTerm("max", "the largest value", str, max, lambda x: [f"max({x})"], types=(*NUMERIC, "date", "string")),
         MetricTerm(
             "avg",
             "the exact mean of a numeric field (sum / count of non-null values)",
