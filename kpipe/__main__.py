@@ -1,5 +1,5 @@
 """`python -m kpipe ...`: the same entry point as the `kpipe` console script."""
 
-from kpipe.preflight import main
+from kpipe.cli import main
 
 main()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
+
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,12 @@ from kpipe.tables import json_number, load_table, table_view
 err = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 160)
 
+ENGINE_OPTION = click.option(
+    "--engine",
+    type=click.Choice(["duckdb", "petl"]),
+    default=None,
+    help="the executor (default: engine.executor in pipeline.yaml): duckdb is fast, petl is the reference",
+)
 CONFIG_OPTION = click.option(
     "--config",
     "config_path",
@@ -68,9 +74,16 @@ def main() -> None:
 
 @main.command("check-config")
 @click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
-def check_config(path: Path | None) -> None:
+@click.option("--explain", is_flag=True, help="also print the plan: rules, derived fields, KPI groupings and the SQL")
+def check_config(path: Path | None, explain: bool) -> None:
     """Validate pipeline.yaml; exit 0 when valid, 2 with every problem listed."""
     cfg = _load(path)
+    if explain:
+        from kpipe.engine.duckdb_executor import plan_sql
+        from kpipe.engine.plan import compile_plan, explain_text
+
+        plan = compile_plan(cfg)
+        click.echo(explain_text(plan, plan_sql(plan)), nl=False)
     tables = ", ".join(f"{name} ({len(t.metrics)} metrics)" for name, t in cfg.kpis.items())
     out.print(f"{path or default_config_path()}: valid - datasets: {', '.join(cfg.datasets)}; KPI tables: {tables}")
 
@@ -85,24 +98,16 @@ def schema() -> None:
 @click.argument("batch_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON instead of tables")
-@click.option(
-    "--workers",
-    type=click.IntRange(1, 64),
-    default=lambda: min(os.cpu_count() or 1, 4),
-    show_default="cores, at most 4",
-    help="processes: raw files are validated and dates recomputed in parallel",
-)
+@ENGINE_OPTION
 @CONFIG_OPTION
-def process(batch_dirs: tuple[Path, ...], out_dir: Path, as_json: bool, workers: int, config_path: Path | None) -> None:
+def process(batch_dirs: tuple[Path, ...], out_dir: Path, as_json: bool, engine: str | None, config_path: Path | None) -> None:
     """Validate and transform BATCH_DIRs (in order) on local files; OUT keeps state across calls."""
-    from kpipe.engine.runtime import tune_gc
     from kpipe.process import BatchIncomplete, process_batches
 
-    tune_gc()
     cfg = _load(config_path)
     try:
         report = process_batches(
-            cfg, list(batch_dirs), out_dir, progress=lambda m: err.print(m, highlight=False), workers=workers
+            cfg, list(batch_dirs), out_dir, progress=lambda m: err.print(m, highlight=False), executor=engine
         )
     except BatchIncomplete as exc:
         err.print(f"[red]{exc}[/red]")

@@ -6,35 +6,25 @@ OUT adds its batches to what is there, exactly as later uploads do on AWS.
 
 from __future__ import annotations
 
-import atexit
-import hashlib
 import json
-import os
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from chalicelib.config import PipelineConfig
-from kpipe.engine.digests import files_sha256
 from kpipe.engine.store import LocalStore
 from kpipe.engine.transform import transform_batch
-from kpipe.engine.validate import dataset_files, validate_batch
+from kpipe.engine.validate import content_digest, dataset_files, validate_batch
 from kpipe.tables import load_table, replace_dates, save_table
 
 Progress = Callable[[str], None]
 
 
-def local_batch_id(cfg: PipelineConfig, batch_dir: Path, threads: int = 1) -> str:
+def local_batch_id(cfg: PipelineConfig, batch_dir: Path) -> str:
     """Content-addressed: the same files give the same id, so re-processing is recognised."""
-    files = [(name, rel) for name, rels in sorted(dataset_files(cfg, batch_dir).items()) for rel in rels]
-    digest = hashlib.sha256()
-    for (name, rel), file_digest in zip(files, files_sha256([batch_dir / rel for _, rel in files], threads), strict=True):
-        digest.update(f"{name}\0{rel}\0".encode())
-        digest.update(file_digest)
-    return "b-" + digest.hexdigest()[:20]
+    return "b-" + content_digest(batch_dir, dataset_files(cfg, batch_dir))[:20]
 
 
 def partition_field(cfg: PipelineConfig) -> str:
@@ -52,7 +42,7 @@ def process_batches(
     batch_dirs: list[Path],
     out: Path,
     progress: Progress | None = None,
-    workers: int = 1,
+    executor: str | None = None,
 ) -> dict[str, Any]:
     say = progress or (lambda _msg: None)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,17 +50,16 @@ def process_batches(
     reports = []
     date_field = partition_field(cfg)
     for batch_dir in batch_dirs:
-        _reap_removers()  # the same batch again would reuse its scratch directory
         batch_dir = Path(batch_dir)
         missing = missing_parts(cfg, batch_dir)
         if missing:
             raise BatchIncomplete(f"{batch_dir} is not a complete batch: missing {', '.join(missing)}")
-        batch_id = local_batch_id(cfg, batch_dir, workers)
+        batch_id = local_batch_id(cfg, batch_dir)
         work = out / "work" / batch_id
         shutil.rmtree(work, ignore_errors=True)
         started = time.perf_counter()
-        say(f"{batch_id}: validating {batch_dir}")
-        report = validate_batch(cfg, batch_dir, work, batch_id, workers=workers, keep_spills=True)
+        say(f"{batch_id}: validating {batch_dir} ({executor or cfg.engine.executor})")
+        report = validate_batch(cfg, batch_dir, work, batch_id, executor)
         report["source"] = str(batch_dir)
         report["validate_seconds"] = round(time.perf_counter() - started, 3)
         _keep_rejected(out / "rejected" / batch_id, work / "rejected")
@@ -79,7 +68,7 @@ def process_batches(
             say(f"{batch_id}: rejected - {'; '.join(report['threshold_problems'])}")
         else:
             say(f"{batch_id}: transforming")
-            result = transform_batch(cfg, batch_id, work / "validated", store, work / "transform", workers=workers)
+            result = transform_batch(cfg, batch_id, work / "validated", store, work / "transform", executor)
             for table_name, by_date in result.tables.items():
                 path = out / f"{table_name}.json"
                 items = replace_dates(load_table(path), by_date, date_field)
@@ -91,12 +80,14 @@ def process_batches(
                 rows_carried=result.rows_carried,
                 transform_seconds=round(time.perf_counter() - started - report["validate_seconds"], 3),
             )
+            if result.replay_of is not None:
+                report.update(status="SKIPPED", reason=f"already processed as seq {result.replay_of}: nothing changed")
         for table_name, table in cfg.kpis.items():
             path = out / f"{table_name}.json"
             if not path.exists():
                 save_table(path, [], table.key)
         report["seconds"] = round(time.perf_counter() - started, 3)
-        _remove(work)
+        shutil.rmtree(work, ignore_errors=True)
         reports.append(report)
         say(f"{batch_id}: {report['status'].lower()} in {report['seconds']} s")
     result_report = {"batches": reports}
@@ -106,33 +97,6 @@ def process_batches(
 
 class BatchIncomplete(Exception):
     """A batch directory lacks a dataset: nothing of it is processed."""
-
-
-_REMOVERS: list[int] = []
-
-
-def _remove(path: Path) -> None:
-    """Delete a finished batch's scratch (its spills: the batch's size again) in a child process, so
-    that unlinking overlaps what follows (printing the results) instead of ending the run on one
-    core; a thread would not (rmtree holds the GIL between unlinks). Reaped before the next batch and
-    at exit. Forked only when no thread runs (the engine's pools and digest thread are done here)."""
-    if not hasattr(os, "fork") or threading.active_count() > 1:
-        shutil.rmtree(path, ignore_errors=True)
-        return
-    pid = os.fork()
-    if pid == 0:  # the child: nothing but the deletion, and out without running the parent's exit handlers
-        try:
-            shutil.rmtree(path, ignore_errors=True)
-        finally:
-            os._exit(0)
-    if not _REMOVERS:
-        atexit.register(_reap_removers)
-    _REMOVERS.append(pid)
-
-
-def _reap_removers() -> None:
-    while _REMOVERS:
-        os.waitpid(_REMOVERS.pop(), 0)
 
 
 def _keep_rejected(dest: Path, rejected_dir: Path) -> None:

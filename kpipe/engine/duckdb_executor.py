@@ -120,7 +120,8 @@ class DuckDBExecutor:
     def _raw(col: ColumnStep, names: list[str]) -> str:
         return f"t.f{names.index(col.header)}" if col.header in names else "NULL::VARCHAR"
 
-    def dataset_sql(self, plan: Plan, ds: DatasetPlan, raw: str) -> str:
+    @staticmethod
+    def dataset_sql(plan: Plan, ds: DatasetPlan, raw: str) -> str:
         """The query giving every row of `raw` its typed values, `_reasons` and derived fields."""
         typed: list[str] = []
         reasons: list[str] = []
@@ -169,15 +170,16 @@ class DuckDBExecutor:
             f"SELECT t.*, CASE WHEN len(t._whole) > 0 THEN t._whole ELSE {rule_list} END AS _rules"
             f" FROM (SELECT *, {', '.join(typed)} FROM (SELECT *, {stripped} FROM {raw})) t {' '.join(joins)}"
         )
-        derived = self._derived_sql(plan, ds)
+        derived = DuckDBExecutor._derived_sql(plan, ds)
         return f"SELECT t._f, t._line, t._rules, {names}{derived['select']} FROM ({checked}) t {derived['joins']}"
 
-    def _derived_sql(self, plan: Plan, ds: DatasetPlan) -> dict[str, str]:
+    @staticmethod
+    def _derived_sql(plan: Plan, ds: DatasetPlan) -> dict[str, str]:
         """Derived fields in declaration order, each over the fields before it (a nested SELECT a step)."""
         exprs: dict[str, str] = {c.name: f"t.{q(c.name)}" for c in ds.columns}
         selects, joins = [], []
         for d in ds.derived:
-            expr = self._derive(plan, d, exprs, joins)
+            expr = DuckDBExecutor._derive(plan, d, exprs, joins)
             if d.type in NUMERIC:  # a product past its type's range is NULL here, its own reason below
                 expr = f"TRY(CAST({expr} AS {field_sql_type(d.type, d.scale)}))"
             exprs[d.name] = f"({expr})"
@@ -270,7 +272,8 @@ class DuckDBExecutor:
 
     # ----------------------------------------------------------------------------------------- KPIs
 
-    def table_sql(self, plan: Plan, table: TablePlan, source: str, relation: str) -> str:
+    @staticmethod
+    def table_sql(plan: Plan, table: TablePlan, source: str, relation: str) -> str:
         """One source dataset's aggregates of a table, grouped by the table's key (null keys left out)."""
         keys = ", ".join(q(k) for k in table.key)
         aggs = []
@@ -307,6 +310,15 @@ class DuckDBExecutor:
             return 0
         cond = " OR ".join(f"{q(k)} IS NULL" for k in table.key)
         return int(self.con.execute(f"SELECT count(*) FROM {parquet_relation(paths, partition)} WHERE {cond}").fetchone()[0])  # type: ignore[index]
+
+
+def plan_sql(plan: Plan) -> dict[str, str]:
+    """The statements the executor runs for a plan (`kpipe check-config --explain`)."""
+    out = {f"validate {ds.name}": DuckDBExecutor.dataset_sql(plan, ds, f"raw_{ds.name}") for ds in plan.datasets}
+    for table in plan.tables:
+        for source in table.sources:
+            out[f"{table.name} from {source}"] = DuckDBExecutor.table_sql(plan, table, source, f"processed_{source}")
+    return out
 
 
 def parquet_relation(paths: list[Path], partition: str | None) -> str:

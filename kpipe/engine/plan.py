@@ -200,7 +200,7 @@ def compile_plan(cfg: PipelineConfig) -> Plan:
     return Plan(cfg.timezone, tuple(datasets), tuple(tables), lookups)
 
 
-def explain(plan: Plan, sql: dict[str, str] | None = None) -> str:
+def explain_text(plan: Plan, sql: dict[str, str] | None = None) -> str:
     """The plan as a reader sees it: per dataset the rules in order and the derived fields, per table
     the grouping and metrics; with `sql`, the statements the DuckDB executor runs."""
     lines = [f"timezone {plan.timezone}", ""]

@@ -1,17 +1,14 @@
-"""The processed store: a flat namespace of files (relative names such as
-`orders/order_date=2025-03-01/00000003-b-ab12.csv`), on a local directory or under an S3 prefix.
+"""Where the processed store's files live: a local directory or an S3 prefix, behind one small seam.
 
-The transform engine only ever fetches a file to a local path, lists names under a prefix, and
-publishes a local file under a name. That small surface lets the same engine run on a laptop
-(`kpipe process`) and in the Fargate task (S3), and keeps the engine free of boto3."""
+The transform only ever fetches a file to a local path, lists names under a prefix, publishes a
+local file under a name and deletes a name, so the same code runs in `kpipe process` (a folder) and
+in the Fargate task (S3, handed its boto3 client), and the engine stays free of boto3.
+"""
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
-from collections import defaultdict
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +24,9 @@ class ProcessedStore(Protocol):
 
     def publish(self, name: str, src: Path) -> None:
         """Store the local file `src` as `name`, replacing any earlier version atomically."""
+
+    def delete(self, name: str) -> None:
+        """Remove `name` (nothing when it is not there)."""
 
 
 class LocalStore:
@@ -44,56 +44,26 @@ class LocalStore:
         return True
 
     def list(self, prefix: str) -> list[str]:
-        if not self.root.exists():
-            return []
         base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
         if not base.exists():
             return []
         names = (p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
         return sorted(n for n in names if n.startswith(prefix) and not n.endswith(".tmp"))
 
-    def publish(self, name: str, src: Path, move: bool = False) -> None:
-        """`move`: `src` is scratch its writer is done with, so it is renamed into place when it sits
-        on the same filesystem (the transform's partition files: no second copy of every row)."""
+    def publish(self, name: str, src: Path) -> None:
         dest = self.root / name
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if move:
-            try:
-                Path(src).replace(dest)
-                return
-            except OSError:  # another filesystem: copy as below
-                pass
         tmp = dest.with_name(dest.name + ".tmp")
         shutil.copyfile(src, tmp)
         tmp.replace(dest)
 
-    def publish_moved(self, names: Sequence[str], src_root: Path) -> None:
-        """Publish each of `names` from `src_root / name`: scratch its writer is done with, on this
-        store's filesystem. A folder the store does not have yet, holding exactly the files to
-        publish, is renamed into place whole (still atomic: it appears with every file in it).
-
-        Why: a batch spanning years brings thousands of date folders, one file each per dataset; a
-        mkdir and a rename per file was most of the time left after the rows were written (ext4
-        allocates an inode per folder). A dataset folder new to the store is one rename in all."""
-        by_top: dict[str, list[str]] = defaultdict(list)
-        for name in names:
-            by_top[name.split("/", 1)[0] if "/" in name else ""].append(name)
-        for top, group in by_top.items():
-            if top and not (self.root / top).exists() and _tree_files(src_root / top) == {n[len(top) + 1 :] for n in group}:
-                self.root.mkdir(parents=True, exist_ok=True)
-                os.rename(src_root / top, self.root / top)
-                continue
-            by_folder: dict[str, list[str]] = defaultdict(list)
-            for name in group:
-                by_folder[name.rpartition("/")[0]].append(name)
-            for folder, files in by_folder.items():
-                dest = self.root / folder
-                if folder and not dest.exists() and set(os.listdir(src_root / folder)) == {n.rpartition("/")[2] for n in files}:
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    os.rename(src_root / folder, dest)
-                    continue
-                for name in files:
-                    self.publish(name, src_root / name, move=True)
+    def delete(self, name: str) -> None:
+        path = self.root / name
+        path.unlink(missing_ok=True)
+        for parent in path.parents:  # a partition folder left empty goes too
+            if parent == self.root or not parent.is_relative_to(self.root) or any(parent.iterdir()):
+                break
+            parent.rmdir()
 
 
 class S3Store:
@@ -103,12 +73,8 @@ class S3Store:
         self.s3, self.bucket, self.prefix = s3, bucket, prefix
 
     def fetch(self, name: str, dest: Path) -> bool:
-        """One GET streamed to a temporary name, then renamed: `dest` exists only when complete.
-
-        Why not `download_file`: its managed transfer sets up a transfer coordinator and threads
-        per call, 2.5x the time of the GET itself for the small date files a recompute reads
-        (11.0 vs 4.3 ms each against moto's server); a date file is far below the sizes where
-        ranged parallel parts pay off."""
+        """One GET streamed to a temporary name, then renamed: `dest` exists only when complete
+        (`download_file`'s managed transfer cost 2.5x the GET on the small files a date holds)."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
             body = self.s3.get_object(Bucket=self.bucket, Key=self.prefix + name)["Body"]
@@ -136,11 +102,8 @@ class S3Store:
     def publish(self, name: str, src: Path) -> None:
         self.s3.upload_file(str(src), self.bucket, self.prefix + name)
 
-
-def _tree_files(folder: Path) -> set[str]:
-    """Every file under `folder`, as a path relative to it."""
-    base = str(folder)
-    return {f"{parent[len(base) + 1 :]}/{name}" if parent != base else name for parent, _, files in os.walk(base) for name in files}
+    def delete(self, name: str) -> None:
+        self.s3.delete_object(Bucket=self.bucket, Key=self.prefix + name)
 
 
 def _is_missing(exc: Exception) -> bool:

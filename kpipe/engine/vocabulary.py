@@ -475,12 +475,19 @@ class Reference:
 
 
 def reference_rows() -> list[Reference]:
-    def shape(annotation: Any) -> str:
-        text = getattr(annotation, "__name__", None) or str(annotation)
-        return {"Decimal": "number", "str": "field", "dict": "mapping"}.get(text, text.replace("decimal.Decimal", "number"))
+    def shape(annotation: Any, word: str = "field") -> str:  # YAML as a user writes it: `[low, high]`, `[value, ...]`
+        if annotation == tuple[Decimal, Decimal]:
+            return "[low, high]"
+        args = [shape(a, word) for a in getattr(annotation, "__args__", ())]
+        if getattr(annotation, "__origin__", None) in (tuple, list):
+            return f"[{', '.join(args)}]" if annotation.__origin__ is tuple else f"[{args[0]}, ...]"
+        return {Decimal: "number", str: word, dict: "mapping", Scalar: "value"}.get(annotation, str(annotation))
 
     rows = [Reference("type", t.name, "", t.meaning) for t in TYPES.values()]
-    rows += [Reference("check", c.name, shape(c.shape), c.meaning, ", ".join(c.types)) for c in CHECKS.values()]
+    rows += [Reference("check", c.name, shape(c.shape, "text"), c.meaning, ", ".join(c.types)) for c in CHECKS.values()]
     rows += [Reference("derived", d.name, shape(d.shape), d.meaning) for d in DERIVED.values()]
-    rows += [Reference("metric", m.name, shape(m.shape), m.meaning, ", ".join(m.types)) for m in METRICS.values()]
+    rows += [
+        Reference("metric", m.name, shape(m.shape, "metric" if m.combines else "field"), m.meaning, ", ".join(m.types))
+        for m in METRICS.values()
+    ]
     return rows
