@@ -50,23 +50,12 @@ class Layout:
         """Where the index step leaves what the recompute and finish steps need (seq, dates, groups)."""
         return f"{self.storage.reports}{batch_id}/transform-plan.json"
 
-    def validate_plan_key(self, batch_id: str) -> str:
-        """Where a fanned-out validation keeps its plan (dataset order, files, groups, stats so far)."""
-        return f"{self.storage.reports}{batch_id}/validate-plan.json"
-
-    def fanout_key(self, batch_id: str, name: str) -> str:
-        """Intermediate files of a fanned-out validation (file parts, outcomes, referenced keys)."""
-        return f"{self.storage.validated}{batch_id}/_fanout/{name}"
-
     def report_key(self, batch_id: str) -> str:
         return f"{self.storage.reports}{batch_id}/report.json"
 
-    def validated_key(self, batch_id: str, dataset: str) -> str:
-        return f"{self.storage.validated}{batch_id}/{dataset}.csv"
-
-    def validated_groups_key(self, batch_id: str, dataset: str) -> str:
-        """Where each partition value's rows sit in a partitioned dataset's validated file."""
-        return f"{self.storage.validated}{batch_id}/{dataset}.groups.json"
+    def validated_key(self, batch_id: str, name: str) -> str:
+        """A dataset's valid rows (`<dataset>.parquet`) or the batch's content digest (`batch.json`)."""
+        return f"{self.storage.validated}{batch_id}/{name}"
 
     def rejected_key(self, batch_id: str, dataset: str) -> str:
         return f"{self.storage.rejected}{batch_id}/{dataset}.csv"

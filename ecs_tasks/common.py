@@ -289,10 +289,9 @@ def download_if_present(s3: Any, bucket: str, key: str, dest: Path) -> bool:
 
 
 def upload_outputs(s3: Any, bucket: str, layout: Layout, batch_id: str, name: str, out_dir: Path) -> None:
-    """A dataset's validated and rejected files (and the validated file's groups sidecar) to their keys."""
+    """A dataset's validated and rejected files to their keys."""
     files = {
-        out_dir / "validated" / f"{name}.csv": layout.validated_key(batch_id, name),
-        out_dir / "validated" / f"{name}.groups.json": layout.validated_groups_key(batch_id, name),
+        out_dir / "validated" / f"{name}.parquet": layout.validated_key(batch_id, f"{name}.parquet"),
         out_dir / "rejected" / f"{name}.csv": layout.rejected_key(batch_id, name),
     }
     for path, key in files.items():

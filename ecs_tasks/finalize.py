@@ -19,7 +19,6 @@ from typing import Any
 from chalicelib.layout import Layout
 from chalicelib.obs import emit_metrics
 from ecs_tasks import common
-from kpipe.engine.runtime import tune_gc
 
 STATUSES = ("failed", "rejected")
 
@@ -74,5 +73,4 @@ def main(env: Mapping[str, str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    tune_gc()
     sys.exit(main())

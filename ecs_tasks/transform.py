@@ -1,19 +1,19 @@
 """ECS task 2 (`python -m ecs_tasks.transform`): validated rows -> processed store -> KPIs -> DynamoDB; archive.
 
 Runs under the pipeline lease, after validate. Steps, each idempotent so a retried task converges:
-1. Download `validated/<batch_id>/<dataset>.csv` (and the `.groups.json` sidecar of a partitioned dataset).
-2. The engine's `index_batch` on the S3 processed store (a re-run of a batch reuses its sequence number and
-   rewrites identical files): partitions + key index, the dates the batch touches, and the KPI items of
-   the dates it brings alone (computed while indexing), which replace those dates in the KPI tables.
-3. `recompute` the complete KPI items of the other touched dates and replace them in the KPI tables (puts,
-   then deletes of keys a date no longer has).
+1. Download `validated/<batch_id>/<dataset>.parquet` and `batch.json` (the batch's content digest).
+2. The engine's `index_batch` on the S3 processed store: the batch's rows merged into the Hive-partitioned
+   Parquet partitions they touch and the key index (a re-run, or the same files under another batch id,
+   takes its old sequence number and changes nothing).
+3. The complete KPI items of every touched date, computed from those partitions, replace the dates' items
+   in the KPI tables (puts, then deletes of keys a date no longer has).
 4. Archive exactly the snapshot's objects: copy to `archived/<batch_id>/...`, then delete that version
    (a version already gone with its copy present was archived by an earlier attempt).
 5. The report (`reports/<batch_id>/report.json`) becomes SUCCEEDED; the batch record too.
 
 Scale-out (`KPIPE_TRANSFORM_STEP`, set by the state machine): a big batch (at least `KPIPE_FANOUT_MIN_ROWS`
 validated rows in partitioned datasets, default 500,000, and `scale.transform_concurrency` > 1 in pipeline.yaml)
-is indexed without computing any KPI, stops after step 2 and returns
+is merged without computing any KPI, stops after step 2 and returns
 `{"status": "indexed", "groups": [0..n-1]}`; the state machine's Map then runs one `recompute` task per group
 of the dates left to recompute (`KPIPE_DATE_GROUP` of `KPIPE_DATE_GROUPS`, step 3 for those dates) and one `finish` task (4-5).
 The dates of each group are those of `kpipe.engine.transform.date_groups`, so any split gives the same KPIs.
@@ -21,7 +21,6 @@ The dates of each group are those of `kpipe.engine.transform.date_groups`, so an
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Mapping
@@ -33,9 +32,8 @@ from chalicelib.kpi_store import KpiTableStore
 from chalicelib.layout import Layout
 from chalicelib.obs import emit_metrics
 from ecs_tasks import common
-from kpipe.engine.runtime import tune_gc
 from kpipe.engine.store import S3Store
-from kpipe.engine.transform import date_groups, index_batch, partitioned_rows, recompute
+from kpipe.engine.transform import batch_kpis, date_groups, index_batch, partitioned_rows, recompute
 
 STEPS = ("auto", "recompute", "finish")
 DEFAULT_FANOUT_MIN_ROWS = 500_000
@@ -60,21 +58,13 @@ def transform(ctx: common.TaskContext, log: Any) -> dict[str, Any]:
     with common.work_dir("transform") as tmp:
         validated_dir = Path(tmp) / "validated"
         validated_dir.mkdir()
-        for name in cfg.datasets:
-            common.download(ctx.s3, ctx.bucket, layout.validated_key(ctx.batch_id, name), None, validated_dir / f"{name}.csv")
-            if cfg.datasets[name].partition_by:  # absent when an older release validated the batch
-                common.download_if_present(
-                    ctx.s3, ctx.bucket, layout.validated_groups_key(ctx.batch_id, name), validated_dir / f"{name}.groups.json"
-                )
-        # dates indexed in parallel, one process per vCPU the task was given (as validate does)
-        workers = min(len(os.sched_getaffinity(0)), 4)
+        for name in [*(f"{n}.parquet" for n in cfg.datasets), "batch.json"]:
+            common.download(ctx.s3, ctx.bucket, layout.validated_key(ctx.batch_id, name), None, validated_dir / name)
         # a big batch leaves every KPI to the Map's recompute tasks (many Fargate tasks at once); a
-        # smaller one gets the KPIs of the dates it brings alone while indexing, in this task
+        # smaller one computes them here, from the partitions the merge just wrote
         rows = partitioned_rows(cfg, validated_dir)
         fan_out = cfg.scale.transform_concurrency > 1 and rows >= int(ctx.env.get("KPIPE_FANOUT_MIN_ROWS") or DEFAULT_FANOUT_MIN_ROWS)
-        indexed = index_batch(cfg, ctx.batch_id, validated_dir, store, Path(tmp) / "index", workers=workers, aggregate=not fan_out)
-        # written before the plan, so a retry after a crash here indexes (identically) and writes them again
-        written = write_kpis(ctx, cfg, indexed.tables)
+        indexed = index_batch(cfg, ctx.batch_id, validated_dir, store, Path(tmp) / "index")
         rest = indexed.recompute_dates
         groups = min(cfg.scale.transform_concurrency, len(rest))
         plan = {
@@ -91,19 +81,9 @@ def transform(ctx: common.TaskContext, log: Any) -> dict[str, Any]:
         if fan_out and groups > 1:
             log.info("batch_indexed", seq=indexed.seq, dates=len(indexed.dates), recompute=len(rest), rows=rows, groups=groups)
             return {"status": "indexed", "batch_id": ctx.batch_id, "seq": indexed.seq, "groups": list(range(groups)), "group_count": groups}
-        tables = recompute(cfg, rest, store, Path(tmp) / "recompute")
-    plan["kpi_items"] = _add_counts(written, write_kpis(ctx, cfg, tables))
+        tables = batch_kpis(cfg, indexed, store, Path(tmp) / "kpis")
+    plan["kpi_items"] = write_kpis(ctx, cfg, tables)
     return _finish(ctx, cfg, layout, plan, log, started)
-
-
-def _add_counts(*parts: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
-    total: dict[str, dict[str, int]] = {}
-    for part in parts:
-        for table, counts in part.items():
-            for kind, n in counts.items():
-                total.setdefault(table, {}).setdefault(kind, 0)
-                total[table][kind] += n
-    return total
 
 
 def write_kpis(ctx: common.TaskContext, cfg: PipelineConfig, tables: Mapping[str, Mapping[str, list[dict[str, Any]]]]) -> dict[str, dict[str, int]]:
@@ -190,5 +170,4 @@ def main(env: Mapping[str, str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    tune_gc()
     sys.exit(main())

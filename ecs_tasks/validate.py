@@ -18,7 +18,6 @@ Output to the state machine (small): status, counts, `threshold_exceeded` and it
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Mapping
@@ -30,29 +29,14 @@ from chalicelib.batch import build_manifest, group_by_dataset, missing_parts
 from chalicelib.layout import Layout
 from chalicelib.obs import emit_metrics
 from chalicelib.trigger import list_raw_objects
-from ecs_tasks import common, validate_fanout
-from kpipe.engine.runtime import tune_gc
+from ecs_tasks import common
 from kpipe.engine.validate import validate_batch
-
-STEPS = ("auto", "files", "merge")
 
 
 def validate(ctx: common.TaskContext, log: Any) -> dict[str, Any]:
-    step = ctx.env.get("KPIPE_VALIDATE_STEP") or "auto"
-    if step not in STEPS:
-        raise ValueError(f"KPIPE_VALIDATE_STEP={step!r}; allowed: {', '.join(STEPS)}")
     started = time.perf_counter()
     cfg = ctx.config()
     layout = Layout.from_config(cfg)
-    if step == "files":
-        return validate_fanout.files(ctx, cfg, layout, log)
-    if step == "merge":
-        next_stage, result = validate_fanout.merge(ctx, cfg, layout, log)
-        if next_stage is not None:
-            return next_stage
-        snapshot = common.get_json(ctx.s3, ctx.bucket, layout.snapshot_key(ctx.batch_id)) or {}
-        objects = [o["key"] for o in snapshot.get("objects", [])]
-        return _conclude(ctx, layout, result, objects, snapshot.get("quarantined", []), result["seconds"], log)
     s3, bucket = ctx.s3, ctx.bucket
     ctx.control.mark_batch(ctx.batch_id, "RUNNING", manifest_key=ctx.manifest_key, report_key=layout.report_key(ctx.batch_id))
 
@@ -101,19 +85,15 @@ def validate(ctx: common.TaskContext, log: Any) -> dict[str, Any]:
         },
     )
 
-    fanout = validate_fanout.plan(ctx, cfg, layout, snapshot)
-    if fanout is not None:
-        log.info("validation_fanned_out", objects=len(snapshot), datasets=len(cfg.datasets), groups=fanout["group_count"])
-        return fanout
-
     with common.work_dir("validate") as tmp:
         raw_dir, out_dir = Path(tmp) / "raw", Path(tmp) / "out"
         for entry in snapshot:
             common.download(s3, bucket, entry.key, entry.version_id, raw_dir / layout.relative(entry.key))
-        # one worker process per vCPU the task was given (Fargate: TaskCpu / 1024), files in parallel
-        result = validate_batch(cfg, raw_dir, out_dir, ctx.batch_id, workers=min(len(os.sched_getaffinity(0)), 4))
+        # the executor's own threads use the vCPUs the task was given (Fargate: TaskCpu / 1024)
+        result = validate_batch(cfg, raw_dir, out_dir, ctx.batch_id)
         for name in cfg.datasets:
             common.upload_outputs(s3, bucket, layout, ctx.batch_id, name, out_dir)
+        s3.upload_file(str(out_dir / "validated" / "batch.json"), bucket, layout.validated_key(ctx.batch_id, "batch.json"))
     return _conclude(ctx, layout, result, [e.key for e in snapshot], quarantined, round(time.perf_counter() - started, 3), log)
 
 
@@ -176,5 +156,4 @@ def main(env: Mapping[str, str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    tune_gc()
     sys.exit(main())

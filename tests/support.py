@@ -18,3 +18,26 @@ def read_kpis(out: Path) -> tuple[dict[str, dict[str, Decimal]], dict[tuple[str,
     for item in load("CategoryKPI.json"):
         cats[(item.pop("category"), item.pop("order_date"))] = item
     return orders, cats
+
+
+def read_valid(path: Path) -> list[dict[str, str]]:
+    """A validated Parquet file's rows as text, for assertions: ints as digits, decimals with at least
+    two places (`9.50`), datetimes and dates in ISO form, bools as true/false, null as ''."""
+    import pyarrow.parquet as pq
+
+    def text(value: Any) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, Decimal):
+            plain = format(value.normalize(), "f")
+            whole, _, frac = plain.partition(".")
+            return f"{whole}.{frac.ljust(2, '0')}"
+        if hasattr(value, "isoformat"):
+            return value.isoformat()
+        return str(value)
+
+    if not path.exists():
+        return []
+    return [{k: text(v) for k, v in row.items()} for row in pq.read_table(path).to_pylist()]

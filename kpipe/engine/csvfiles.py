@@ -1,11 +1,12 @@
 """What both executors agree on about a CSV file: its header, what a record is, where rejected ones go.
 
-The grammar is RFC 4180 read strictly, as DuckDB's `strict_mode` reads it and Python's csv module
-with `strict=True`: a record with a stray character after a closing quote, an unterminated quote, or
-another number of fields than the header has is malformed (`row.malformed`); one holding bytes that
-are not UTF-8 is `row.encoding`. Records are numbered as DuckDB numbers them: the header is 1, and a
-blank line is a record number but not a row. A rejected record's original text is read back with
-Python's csv module (leniently, from the record's first byte), so both executors report the same.
+A file's records are what Python's csv module reads from it (RFC 4180, read leniently: a stray
+character after a closing quote is kept, `"ab"c` is `abc`); a record with fewer fields than the
+header has nulls for the rest, one with more keeps the surplus only in the rejected file. A record
+holding bytes that are not UTF-8 is rejected as `row.encoding`. Records are numbered as DuckDB numbers
+them: the header is 1, and a blank line is a record number but not a row. The DuckDB executor reads
+the well-formed records of a file itself and asks this module only for the records its strict reader
+refused, so both executors see the same rows.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import csv
 import json
 import mmap
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from kpipe.engine.plan import ENCODING, MALFORMED, DatasetPlan
 from kpipe.engine.vocabulary import WHITESPACE
 
 BOM = b"\xef\xbb\xbf"
+csv.field_size_limit(sys.maxsize)  # a field is as long as the file says (DuckDB has no such limit either)
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 
@@ -44,53 +47,28 @@ def header(path: Path) -> list[str]:
     return []
 
 
-def records(path: Path) -> Iterator[tuple[int, int, list[str] | None, str | None]]:
-    """`(line, byte offset, fields, problem)` for each record after the header, as the reference
-    executor reads them: `problem` is `row.malformed` or `row.encoding` (fields None) or None. Blank
-    lines count as record numbers and yield nothing."""
-    starts: list[int] = []
-
-    def feed() -> Iterator[str]:
-        for offset, text in _lines(path):
-            starts.append(offset)
-            yield text
-
-    reader = csv.reader(feed(), strict=True)
-    width, line, consumed = None, 0, 0
+def records(path: Path) -> Iterator[tuple[int, list[str] | None, str | None]]:
+    """`(line, fields, problem)` for each record after the header: `problem` is `row.encoding` (the
+    fields then hold the bad bytes as lone surrogates) or `row.malformed` where the csv module itself
+    gives up (no fields), else None. Blank lines count as record numbers and yield nothing."""
+    reader = csv.reader(line for _, line in _lines(path))
+    line = 0
     while True:
         try:
             rec = next(reader)
-            problem = None
         except StopIteration:
             return
         except csv.Error:
-            rec, problem = None, MALFORMED
+            line += 1
+            yield line, None, MALFORMED
+            continue
         line += 1
-        offset = starts[consumed] if consumed < len(starts) else 0
-        consumed = len(starts)
-        if width is None:
-            width = len(rec or [])
+        if line == 1 or not rec:
             continue
-        if rec is None:
-            yield line, offset, None, problem
-        elif not rec:
-            continue
-        elif _UNDECODABLE.search("\x00".join(rec)):
-            yield line, offset, None, ENCODING
-        elif len(rec) != width:
-            yield line, offset, None, MALFORMED
+        if _UNDECODABLE.search("\x00".join(rec)):
+            yield line, rec, ENCODING
         else:
-            yield line, offset, rec, None
-
-
-def record_at(path: Path, offset: int) -> list[str]:
-    """The fields of the record starting at byte `offset` (blank lines before it skipped), read
-    leniently: what a rejected record held, for the rejected file."""
-    lines = (line for _, line in _lines(path, offset))
-    for rec in csv.reader(lines):
-        if rec:
-            return rec
-    return []
+            yield line, rec, None
 
 
 def rejected_columns(ds: DatasetPlan) -> list[str]:

@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from chalicelib.config import Engine
-from kpipe.engine.csvfiles import header, interior_blank, record_at, records, rejected_row, write_rejected
-from kpipe.engine.plan import ENCODING, MALFORMED, ColumnStep, DatasetPlan, DerivedStep, Plan, TablePlan
-from kpipe.engine.vocabulary import FIELD_SQL_TYPES, NUMERIC, TYPES, WHITESPACE, sql_literal, sql_text
+from kpipe.engine.csvfiles import header, interior_blank, records, rejected_row, write_rejected
+from kpipe.engine.plan import ColumnStep, DatasetPlan, DerivedStep, Plan, TablePlan
 from kpipe.engine.results import DatasetResult, GroupValues, file_problems
+from kpipe.engine.vocabulary import FIELD_SQL_TYPES, NUMERIC, TYPES, WHITESPACE, sql_literal, sql_text
 
 _WS = sql_text(WHITESPACE)
-_STRUCTURAL = {"INVALID ENCODING": ENCODING}
 
 
 def q(name: str) -> str:
@@ -87,34 +87,50 @@ class DuckDBExecutor:
                 f" auto_detect = false, columns = {{{cols}}}, delim = ',', quote = '\"', escape = '\"', strict_mode = true,"
                 f" store_rejects = true, rejects_table = 'rj_{tag}', rejects_scan = 'rs_{tag}')"
             )
-            rejects = self.con.execute(f"SELECT line, error_type FROM rj_{tag} ORDER BY line").fetchall()
-            lines_table = None
-            if rejects or interior_blank(path):
-                # the record numbers of the rows DuckDB kept, and the rejected records' original text,
-                # from the reference reader: only for files with broken records or blank lines inside
-                kept: list[int] = []
-                reasons = {line: _STRUCTURAL.get(kind, MALFORMED) for line, kind in rejects}
-                for line, offset, fields, problem in records(path):
-                    if problem is None and fields is not None:
-                        kept.append(line)
-                    elif problem is not None:
-                        structural.append(rejected_row(rel, line, [reasons.get(line, problem)], names, record_at(path, offset), ds))
-                lines_table = f"lines_{tag}"
-                self.con.execute(f"CREATE OR REPLACE TEMP TABLE {lines_table} (k BIGINT, line BIGINT)")
-                self.con.executemany(f"INSERT INTO {lines_table} VALUES (?, ?)", list(enumerate(kept)))
-            line = f"{lines_table}.line" if lines_table else "(t.rowid + 2)"
-            join = f" JOIN {lines_table} ON {lines_table}.k = t.rowid" if lines_table else ""
+            refused = {line for (line,) in self.con.execute(f"SELECT line FROM rj_{tag}").fetchall()}
+            source = f"file_{tag}"
+            line = "(t.rowid + 2)"
+            if refused or interior_blank(path):
+                source, line = self._reread(tag, path, rel, names, refused, ds, structural), "t._line"
             declared = [f"{self._raw(c, names)} AS {q('c_' + c.name)}" for c in ds.columns]
             fields = [f"t.f{i} AS f{i}" if i < len(names) else f"NULL::VARCHAR AS f{i}" for i in range(width)]
+            more = "t._more" if source != f"file_{tag}" else "NULL::VARCHAR[]"
             whole_sql = f"[{', '.join(sql_text(r) for r in whole)}]::VARCHAR[]" if whole else "[]::VARCHAR[]"
             selects.append(
-                f"SELECT {fi} AS _f, {line} AS _line, {whole_sql} AS _whole, {', '.join(declared + fields)} FROM file_{tag} t{join}"
+                f"SELECT {fi} AS _f, {line} AS _line, {whole_sql} AS _whole, {', '.join(declared + fields)}, {more} AS _more FROM {source} t"
             )
         if not selects:
-            cols = ", ".join([f"NULL::VARCHAR AS {q('c_' + c.name)}" for c in ds.columns] + [f"NULL::VARCHAR AS f{i}" for i in range(width)])
+            cols = ", ".join(
+                [f"NULL::VARCHAR AS {q('c_' + c.name)}" for c in ds.columns] + [f"NULL::VARCHAR AS f{i}" for i in range(width)] + ["NULL::VARCHAR[] AS _more"]
+            )
             selects.append(f"SELECT 0 AS _f, 0::BIGINT AS _line, []::VARCHAR[] AS _whole, {cols} WHERE false")
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS " + " UNION ALL ".join(selects))
         return table, headers, structural
+
+    def _reread(self, tag: str, path: Path, rel: str, names: list[str], refused: set[int], ds: DatasetPlan, structural: list[list[str]]) -> str:
+        """A file DuckDB's strict reader refused records of, or with blank lines inside (so its rows'
+        order does not give their record numbers): the records as the reference reader reads them,
+        numbered, in a table of the same shape (`_more`: fields past the header's, for the rejected file).
+        Only such files take this slower way; the usual export never does."""
+        width = len(names)
+        columns: dict[str, list[Any]] = {"_line": [], **{f"f{i}": [] for i in range(width)}, "_more": []}
+        for line, fields, problem in records(path):
+            if problem is not None:
+                structural.append(rejected_row(rel, line, [problem], names, fields or [], ds))
+                continue
+            assert fields is not None
+            columns["_line"].append(line)
+            for i in range(width):
+                columns[f"f{i}"].append(fields[i] if i < len(fields) and fields[i] != "" else None)
+            columns["_more"].append(fields[width:] or None)
+        table = pa.table(
+            {name: pa.array(values, pa.int64() if name == "_line" else pa.list_(pa.string()) if name == "_more" else pa.string())
+             for name, values in columns.items()}
+        )
+        self.con.register(f"arrow_{tag}", table)
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE reread_{tag} AS SELECT * FROM arrow_{tag}")
+        self.con.unregister(f"arrow_{tag}")
+        return f"reread_{tag}"
 
     @staticmethod
     def _raw(col: ColumnStep, names: list[str]) -> str:
@@ -228,6 +244,15 @@ class DuckDBExecutor:
         n_valid, n_rejected = self.con.execute(
             f"SELECT count(*) FILTER (WHERE len(_rules) = 0), count(*) FILTER (WHERE len(_rules) > 0) FROM checked_{ds.name}"
         ).fetchone() or (0, 0)
+        per_file = {rel: {"rows_in": 0, "rows_valid": 0, "rows_rejected": 0} for rel, _ in headers}
+        for fi, valid, bad in self.con.execute(
+            f"SELECT _f, count(*) FILTER (WHERE len(_rules) = 0), count(*) FILTER (WHERE len(_rules) > 0) FROM checked_{ds.name} GROUP BY _f"
+        ).fetchall():
+            per_file[headers[fi][0]].update(rows_valid=int(valid), rows_rejected=int(bad))
+        for row in structural:
+            per_file[row[0]]["rows_rejected"] += 1
+        for stats in per_file.values():
+            stats["rows_in"] = stats["rows_valid"] + stats["rows_rejected"]
         rejected = self._rejected(ds, headers, structural)
         for row in structural:
             for reason in row[2].split(";"):
@@ -238,6 +263,7 @@ class DuckDBExecutor:
             rows_rejected=int(n_rejected) + len(structural),
             reasons={r: counts[r] for r in ds.rules() if r in counts},
             valid_path=path,
+            files=per_file,
         )
 
     @staticmethod
@@ -250,7 +276,7 @@ class DuckDBExecutor:
         width = max([len(n) for _, n in headers] or [0])
         fields = ", ".join(f"r.f{i}" for i in range(width))
         cur = self.con.execute(
-            f"SELECT c._f, c._line, c._rules{', ' + fields if fields else ''} FROM checked_{ds.name} c"
+            f"SELECT c._f, c._line, c._rules, r._more{', ' + fields if fields else ''} FROM checked_{ds.name} c"
             f" JOIN raw_{ds.name} r ON r._f = c._f AND r._line = c._line WHERE len(c._rules) > 0 ORDER BY c._f, c._line"
         )
         order = {rel: fi for fi, (rel, _) in enumerate(headers)}
@@ -259,12 +285,12 @@ class DuckDBExecutor:
         def gen() -> Iterator[list[str]]:
             i = 0
             while batch := cur.fetchmany(10_000):
-                for fi, line, rules, *values in batch:
+                for fi, line, rules, more, *values in batch:
                     while i < len(pending) and (order[pending[i][0]], int(pending[i][1])) < (fi, line):
                         yield pending[i]
                         i += 1
                     rel, names = headers[fi]
-                    texts = [v if v is not None else "" for v in values[: len(names)]]
+                    texts = [v if v is not None else "" for v in values[: len(names)]] + list(more or [])
                     yield rejected_row(rel, line, rules, names, texts, ds)
             yield from pending[i:]
 

@@ -12,7 +12,17 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from chalicelib.config import PipelineConfig
-from kpipe.engine.vocabulary import CHECKS, DERIVED, METRICS, TYPES, CheckTerm, DerivedTerm, MetricTerm, TypeTerm, check_operand
+from kpipe.engine.vocabulary import (
+    CHECKS,
+    DERIVED,
+    METRICS,
+    TYPES,
+    CheckTerm,
+    DerivedTerm,
+    MetricTerm,
+    TypeTerm,
+    check_operand,
+)
 
 # reasons a row gets before its fields are read
 MALFORMED = "row.malformed"  # the record does not have the header's number of fields, or a stray quote

@@ -7,7 +7,7 @@ half-up once, intermediates (`store: false`) dropped, numbers exact.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ class DatasetResult:
     rows_rejected: int
     reasons: dict[str, int]
     valid_path: Path
+    files: dict[str, dict[str, int]] = field(default_factory=dict)  # per file: rows_in, rows_valid, rows_rejected
 
     @property
     def rows_in(self) -> int:

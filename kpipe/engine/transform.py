@@ -322,12 +322,9 @@ def recompute(cfg: PipelineConfig, dates: list[str], store: ProcessedStore, work
     return kpi_tables(cfg, dates, files, work_dir, executor)
 
 
-def transform_batch(
-    cfg: PipelineConfig, batch_id: str, validated_dir: Path, store: ProcessedStore, work_dir: Path, executor: str | None = None
-) -> TransformResult:
-    """Merge the batch into the store, then the KPIs of every date it touched, from the partitions as
-    they are now (already local: nothing is read back from the store)."""
-    indexed = index_batch(cfg, batch_id, validated_dir, store, work_dir)
+def batch_kpis(cfg: PipelineConfig, indexed: IndexResult, store: ProcessedStore, work_dir: Path, executor: str | None = None) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """The KPIs of every date a merge touched, from the partitions as it left them (already local:
+    only the partitions of those dates that another dataset brought are read from the store)."""
     plan = compile_plan(cfg)
     mirror = _Files(store, Path(work_dir) / "unchanged")
     files: dict[str, dict[str, list[Path]]] = {}
@@ -335,8 +332,16 @@ def transform_batch(
         if not ds.partition_by:
             continue
         now = indexed.files.get(ds.name, {})
-        untouched = [d for d in indexed.dates if d not in now]  # a date another dataset brought: read as it is
+        untouched = [d for d in indexed.dates if d not in now]
         listed = mirror.partitions(ds) if untouched else {}
         files[ds.name] = {**now, **{d: mirror.fetch(listed.get(d, [])) for d in untouched}}
-    tables = kpi_tables(cfg, indexed.dates, files, work_dir, executor)
+    return kpi_tables(cfg, indexed.dates, files, work_dir, executor)
+
+
+def transform_batch(
+    cfg: PipelineConfig, batch_id: str, validated_dir: Path, store: ProcessedStore, work_dir: Path, executor: str | None = None
+) -> TransformResult:
+    """Merge the batch into the store, then the KPIs of every date it touched."""
+    indexed = index_batch(cfg, batch_id, validated_dir, store, work_dir)
+    tables = batch_kpis(cfg, indexed, store, work_dir, executor)
     return TransformResult(batch_id, indexed.seq, indexed.dates, tables, indexed.rows_written, indexed.rows_carried, indexed.replay_of)

@@ -64,6 +64,7 @@ def validate_batch(cfg: PipelineConfig, raw_dir: Path, out_dir: Path, batch_id: 
         "batch_id": batch_id,
         "executor": executor or cfg.engine.executor,
         "datasets": datasets,
+        "files": {rel: stats for name in cfg.datasets for rel, stats in results[name].files.items()},
         "threshold_exceeded": bool(problems),
         "threshold_problems": problems,
     }

@@ -14,6 +14,7 @@ from kpipe.engine import validate as validate_module
 from kpipe.engine.validate import validate_batch
 from kpipe.process import process_batches
 from tests.oracle import oracle
+from tests.support import read_valid
 
 PRODUCTS = "id,sku,cost,category,name,brand,retail_price,department\n1,S1,5,Books,Book,X,10.00,D\n2,S2,9,Toys,Toy,Y,20.00,D\n"
 ORDERS_HEADER = "order_id,user_id,status,created_at,returned_at,shipped_at,delivered_at,num_of_item\n"
@@ -33,7 +34,7 @@ def validate(tmp_path: Path, cfg: PipelineConfig, write_batch: Any) -> Any:
     def go(products: Any = PRODUCTS, orders: Any = ORDERS, items: Any = ITEMS) -> tuple[dict[str, Any], Any, Any]:
         raw = write_batch(tmp_path / "raw", products, orders, items)
         report = validate_batch(cfg, raw, tmp_path / "out", "b-quirks")
-        valid = {ds: read_bytes_csv(tmp_path / "out" / "validated" / f"{ds}.csv") for ds in cfg.datasets}
+        valid = {ds: read_valid(tmp_path / "out" / "validated" / f"{ds}.parquet") for ds in cfg.datasets}
         rejected = {ds: read_bytes_csv(tmp_path / "out" / "rejected" / f"{ds}.csv") for ds in cfg.datasets}
         for ds, stats in report["datasets"].items():
             assert stats["rows_in"] == stats["rows_valid"] + stats["rows_rejected"], ds
