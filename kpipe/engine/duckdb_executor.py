@@ -90,7 +90,8 @@ class DuckDBExecutor:
             refused = {line for (line,) in self.con.execute(f"SELECT line FROM rj_{tag}").fetchall()}
             source = f"file_{tag}"
             line = "(t.rowid + 2)"
-            if refused or interior_blank(path):
+            # a one-column file: DuckDB reads a blank line as a row with a null field, csv as no row
+            if refused or interior_blank(path) or len(names) == 1:
                 source, line = self._reread(tag, path, rel, names, refused, ds, structural), "t._line"
             declared = [f"{self._raw(c, names)} AS {q('c_' + c.name)}" for c in ds.columns]
             fields = [f"t.f{i} AS f{i}" if i < len(names) else f"NULL::VARCHAR AS f{i}" for i in range(width)]

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from chalicelib.config import Engine
-from kpipe.engine.csvfiles import header, record_at, records, rejected_row, write_rejected
+from kpipe.engine.csvfiles import header, records, rejected_row, write_rejected
 from kpipe.engine.plan import ColumnStep, DatasetPlan, DerivedStep, MetricStep, Plan, TablePlan
 from kpipe.engine.results import DatasetResult, GroupValues, file_problems
 from kpipe.engine.vocabulary import EXACT_DIGITS, INT64, NUMERIC, strip
@@ -45,8 +45,8 @@ def arrow_type(kind: str, scale: int) -> pa.DataType:
 
 class Records(petl.Table):
     """Every record of a dataset's files, in file then line order: `#pos` (file number, line), the file,
-    its header, the record's fields (a broken record's as read back leniently) and `#given`, the reasons
-    the row has before its fields are read: its own (`row.malformed`, `row.encoding`) or its file's."""
+    its header, the record's fields (a short one padded with empty fields) and `#given`, the reasons the
+    row has before its fields are read: its own (`row.encoding`, `row.malformed`) or its file's."""
 
     def __init__(self, ds: DatasetPlan, batch_dir: Path, rels: list[str]) -> None:
         self.ds, self.batch_dir, self.rels = ds, batch_dir, rels
@@ -59,11 +59,11 @@ class Records(petl.Table):
             if not names:  # an empty file has no rows
                 continue
             whole = file_problems(self.ds, names)
-            for line, offset, fields, problem in records(path):
+            for line, fields, problem in records(path):
                 if problem is None:
-                    yield (fi, line), rel, names, fields, whole
+                    yield (fi, line), rel, names, fields + [""] * (len(names) - len(fields)), whole
                 else:
-                    yield (fi, line), rel, names, record_at(path, offset), [problem]
+                    yield (fi, line), rel, names, fields or [], [problem]
 
 
 class ParquetRows(petl.Table):
@@ -135,7 +135,7 @@ class PetlExecutor:
 
     def _read(self, c: ColumnStep, r: Any) -> tuple[Any, str | None]:
         """A column's value: stripped, null -> default, else its type's grammar and parse."""
-        text = strip(r[FIELDS][r[NAMES].index(c.header)]) if c.header in r[NAMES] else None
+        text = strip(r[FIELDS][r[NAMES].index(c.header)]) if c.header in r[NAMES] else None  # an absent column is null
         if text is None:
             return c.default, f"{c.name}.required" if c.required else None
         if c.type.grammar is not None and not re.fullmatch(c.type.grammar, text):

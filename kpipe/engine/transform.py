@@ -13,7 +13,8 @@ validated the batch):
   nothing changes);
 - a dataset whose partition field is looked up through a reference (an item's `order_date` via its
   `order_id`) follows its parent: the stored children of a replaced parent get their looked-up fields
-  from the parent's new version, and move with it to its new date;
+  from the parent's new version, and move with it to its new date (and take the batch's sequence
+  number: they are what this batch made them);
 - every partition the batch touched is rewritten, and its date's KPI items are computed again from
   all its rows, by the executor the config names.
 The merge is idempotent: a retry after a crash at any point rewrites the same partitions.
@@ -210,13 +211,19 @@ def index_batch(cfg: PipelineConfig, batch_id: str, validated_dir: Path, store: 
             if parent is not None and stored is not None:
                 pds, via = parent
                 looked = [d for d in ds.derived if d.via == via]
-                replace = ", ".join(f"w.{q(d.target_field or '')} AS {q(d.name)}" for d in looked)
+                # a carried row was changed by this batch: it is as new as the batch (a re-sent older
+                # batch's copy of it must not win it back)
+                replace = ", ".join([f"w.{q(d.target_field or '')} AS {q(d.name)}" for d in looked] + [f"greatest(s._seq, {seq}) AS _seq"])
                 carried = (
                     f"SELECT s.* REPLACE ({replace}) FROM {stored} s JOIN win_{pds.name} w ON w.{q(pds.key)} = s.{q(via)}"
                     f" WHERE s.{key} NOT IN (SELECT {key} FROM win_{ds.name})"
                 )
             con.execute(f"CREATE OR REPLACE TEMP TABLE carried AS {carried}")
-            dates |= {str(d) for (d,) in con.execute(f"SELECT DISTINCT {part} FROM carried").fetchall() if d is not None}
+            arrivals = {str(d) for (d,) in con.execute(f"SELECT DISTINCT {part} FROM carried").fetchall() if d is not None} - dates
+            if arrivals:  # the dates carried rows move to: their rows are rewritten too
+                local += files.fetch([n for d in sorted(arrivals) for n in listed.get(d, [])])
+                stored = _files_sql(local, ds) if local else None
+                dates |= arrivals
             if not dates:
                 continue
             gone = f"SELECT {key} FROM win_{ds.name} UNION ALL SELECT {key} FROM carried"
@@ -248,7 +255,7 @@ def index_batch(cfg: PipelineConfig, batch_id: str, validated_dir: Path, store: 
             index_out.parent.mkdir(parents=True, exist_ok=True)
             con.execute(
                 f"COPY (SELECT k, p, _seq FROM idx WHERE NOT list_contains({touched_list}, p)"
-                f" UNION ALL SELECT {key} AS k, {part} AS p, _seq FROM new) TO {sql_text(str(index_out))} (FORMAT parquet)"
+                f" UNION ALL SELECT {key} AS k, {part} AS p, _seq FROM new ORDER BY k) TO {sql_text(str(index_out))} (FORMAT parquet)"
             )
             publish.append((index_name, index_out))
     finally:

@@ -28,6 +28,7 @@ from kpipe.engine.validate import validate_batch
 from kpipe.process import process_batches
 from tests.oracle import oracle
 from tests.support import read_kpis as kpis
+from tests.support import read_valid
 
 # Deterministic (same examples every run) and no shrinking: a failure is reported as found, so a failing
 # property costs no more time than a passing one (the unit tests hold the minimal cases).
@@ -186,8 +187,7 @@ def test_every_row_is_valid_xor_rejected(batch: dict[str, Any]) -> None:
             with open(tmp / "out" / "rejected" / f"{ds}.csv", encoding="utf-8", errors="surrogateescape",
                       newline="") as fh:
                 rejected = list(csv.DictReader(fh))
-            with open(tmp / "out" / "validated" / f"{ds}.csv", encoding="utf-8", newline="") as fh:
-                valid = list(csv.DictReader(fh))
+            valid = read_valid(tmp / "out" / "validated" / f"{ds}.parquet")
             assert len(rejected) == stats["rows_rejected"] and len(valid) == stats["rows_valid"], ds
             assert all(r["_reasons"] for r in rejected), f"{ds}: a rejected row without a reason: {rejected}"
             assert len({(r["_file"], r["_line"]) for r in rejected}) == len(rejected), ds

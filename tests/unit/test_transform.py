@@ -230,7 +230,8 @@ def test_reprocessing_the_same_batch_changes_nothing(engine: Engine, cfg: Pipeli
     once = tables_bytes(out)
     again = process_batches(cfg, [a], out)
     assert tables_bytes(out) == once
-    assert again["batches"][0]["status"] == "SUCCEEDED"
+    assert again["batches"][0]["status"] == "SKIPPED"
+    assert again["batches"][0]["reason"].startswith("already processed as seq 1")
     process_batches(cfg, [a, a], tmp_path / "twice")
     assert tables_bytes(tmp_path / "twice") == once
 
@@ -260,39 +261,33 @@ def test_a_then_b_then_a_again_changes_nothing(engine: Engine, cfg: PipelineConf
     assert tables_bytes(tmp_path / "many") == after_ab
 
 
-def test_worker_processes_give_the_same_result(tmp_path: Path, cfg: PipelineConfig, kpis_of: Any) -> None:
+def test_both_executors_give_the_same_result(tmp_path: Path, cfg: PipelineConfig, kpis_of: Any) -> None:
+    """Three overlapping generated batches (re-sent, moved and invalid rows) through `kpipe process`
+    with each executor: the same KPI tables, byte for byte, the same reports and rejected files."""
     from kpipe.generate import generate_batches
 
-    batches = generate_batches(tmp_path / "gen", 500, batches=3, invalid_fraction=0.05, seed=2, days=4,
-                               files_per_dataset=3)
-    serial = process_batches(cfg, batches, tmp_path / "serial", workers=1)
-    parallel = process_batches(cfg, batches, tmp_path / "parallel", workers=2)
-    assert tables_bytes(tmp_path / "parallel") == tables_bytes(tmp_path / "serial")
-    assert [b["datasets"] for b in parallel["batches"]] == [b["datasets"] for b in serial["batches"]]
-    assert_oracle(batches, kpis_of(tmp_path / "serial"))
+    batches = generate_batches(tmp_path / "gen", 300, batches=3, invalid_fraction=0.05, seed=2, days=4, files_per_dataset=3)
+    duck = process_batches(cfg, batches, tmp_path / "duckdb", executor="duckdb")
+    ref = process_batches(cfg, batches, tmp_path / "petl", executor="petl")
+    assert tables_bytes(tmp_path / "petl") == tables_bytes(tmp_path / "duckdb")
+    assert [b["datasets"] for b in ref["batches"]] == [b["datasets"] for b in duck["batches"]]
+    for path in sorted((tmp_path / "duckdb" / "rejected").rglob("*.csv")):
+        assert (tmp_path / "petl" / path.relative_to(tmp_path / "duckdb")).read_bytes() == path.read_bytes(), path
+    assert_oracle(batches, kpis_of(tmp_path / "duckdb"))
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_kpis_from_the_indexing_pass_equal_a_recompute_from_the_store(tmp_path: Path, cfg: PipelineConfig,
-                                                                      workers: int) -> None:
-    """The dates a batch brings alone get their KPIs while being indexed; every other touched date is
-    left to `recompute`. After each batch of a sequence with re-sent, moved and replaced rows (and
-    batches processed again after newer ones), those items are exactly what a recompute of the date
-    from the store gives, and both kinds of date occur."""
-    from kpipe.engine.transform import index_batch, recompute
+def test_batch_kpis_equal_a_recompute_from_the_store(tmp_path: Path, cfg: PipelineConfig) -> None:
+    """A batch's KPIs come from the partitions its merge just wrote (and, for dates another dataset
+    brought, the store's); after each batch of a sequence with re-sent, moved and replaced rows (and
+    batches processed again after newer ones), they are exactly a recompute of those dates from the store."""
+    from kpipe.engine.transform import recompute
     from kpipe.generate import generate_batches
 
     batches = generate_batches(tmp_path / "gen", 150, batches=3, invalid_fraction=0.05, seed=11, days=5)
     store = LocalStore(tmp_path / "store")
-    alone, left = 0, 0
     for n, batch in enumerate([*batches, batches[0], batches[2], batches[1]]):
         work = tmp_path / f"w{n}"
         validate_batch(cfg, batch, work, f"b-{n}")
-        indexed = index_batch(cfg, f"b-{n}", work / "validated", store, work / "index", workers, aggregate=True)
-        full = recompute(cfg, indexed.dates, store, work / "recompute")
-        from_index = {table: by_date for table, by_date in indexed.tables.items() if by_date}
-        assert from_index == {table: {d: full[table][d] for d in by_date} for table, by_date in from_index.items()}
-        assert set(indexed.recompute_dates) == set(indexed.dates) - {d for by_date in from_index.values() for d in by_date}
-        alone += len(indexed.dates) - len(indexed.recompute_dates)
-        left += len(indexed.recompute_dates)
-    assert alone and left
+        result = transform_batch(cfg, f"b-{n}", work / "validated", store, work / "transform")
+        assert result.dates
+        assert recompute(cfg, result.dates, store, work / "recompute") == result.tables
