@@ -193,6 +193,8 @@ def sql_literal(value: Any) -> str:
         return "TRUE" if value else "FALSE"
     if isinstance(value, Decimal):
         return f"CAST({sql_text(str(value))} AS DECIMAL(38, {max(0, -value.as_tuple().exponent)}))"  # type: ignore[operator]
+    if isinstance(value, datetime):  # before date: a datetime is a date too
+        return f"TIMESTAMPTZ {sql_text(value.isoformat())}"
     if isinstance(value, date):
         return f"DATE {sql_text(value.isoformat())}"
     return sql_text(str(value))
