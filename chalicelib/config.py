@@ -401,6 +401,13 @@ def _derived_problems(cfg: PipelineConfig, ds_name: str, spec: Derived, seen: li
         for i, f in enumerate(inputs):
             allowed = term.input_types[i] if i < len(term.input_types) else ()
             need(f, allowed or ("string", "int", "decimal", "datetime", "date", "bool"), f"{path}[{i}]" if len(inputs) > 1 else path)
+        if spec.op == "multiply" and not problems:  # a product's scale is the sum of its factors' (DECIMAL(38, s))
+            try:
+                scale = sum(cfg.field_scale(ds_name, f) for f in inputs)
+            except (KeyError, AssertionError):
+                scale = 0
+            if scale > 38:
+                problems.append(f"{path}: the product would keep {scale} fraction digits; allowed: factors whose scales add up to at most 38")
     elif spec.lookup:
         via = spec.lookup.via
         target = ds.columns[via].references if via in ds.columns else None

@@ -24,6 +24,8 @@ IMAGE_TAG ?= $(shell git describe --always --dirty 2>/dev/null || echo manual)
 OUTPUTS_FILE ?= build/infra/outputs-$(STAGE).json
 
 KPIPE_INFRA = $(BIN)/python -m kpipe.infra
+# First-party files beyond chalicelib/ the Lambda imports (tests/infra/test_infra_lambda_bundle.py keeps this true)
+LAMBDA_VENDOR = kpipe/__init__.py kpipe/engine/__init__.py kpipe/engine/vocabulary.py
 # Re-enter the same top-level makefile for each step (it includes this file).
 STEP = $(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) STAGE=$(STAGE)
 # $(call stack_output,Name): one output of the deployed stack, read at recipe time.
@@ -91,6 +93,8 @@ deploy-config:
 deploy-lambda:
 	$(KPIPE_INFRA) outputs --stack-name $(STACK_NAME) --outputs-file $(OUTPUTS_FILE) >/dev/null
 	$(BIN)/python infra/write_stage_config.py --stage $(STAGE) --outputs $(OUTPUTS_FILE)
+	@# chalice ships app.py, chalicelib/ and vendor/: the config model's vocabulary goes in vendor/
+	rm -rf vendor && for f in $(LAMBDA_VENDOR); do mkdir -p vendor/$$(dirname $$f) && cp $$f vendor/$$f; done
 	KPIPE_BUCKET=$(call stack_output,BucketName) $(BIN)/chalice deploy --stage $(STAGE)
 
 ## Remove the stage: the Lambda and its API (chalice delete), every object version, then the stack.

@@ -16,6 +16,7 @@ from kpipe.engine.vocabulary import (
     CHECKS,
     DERIVED,
     METRICS,
+    NUMERIC,
     TYPES,
     CheckTerm,
     DerivedTerm,
@@ -95,7 +96,7 @@ class DatasetPlan:
             out += [s.rule for s in c.checks]
             out += [f"{c.name}.unique"] if c.unique else []
             out += [f"{c.name}.references"] if c.references else []
-        out += [f"{d.name}.range" for d in self.derived if d.type == "decimal"]
+        out += [f"{d.name}.range" for d in self.derived if d.type in NUMERIC and d.via is None]
         return [*out, MALFORMED, ENCODING]
 
 

@@ -61,9 +61,12 @@ class LocalStore:
         path = self.root / name
         path.unlink(missing_ok=True)
         for parent in path.parents:  # a partition folder left empty goes too
-            if parent == self.root or not parent.is_relative_to(self.root) or any(parent.iterdir()):
+            if parent == self.root or not parent.is_relative_to(self.root):
                 break
-            parent.rmdir()
+            if parent.exists():
+                if any(parent.iterdir()):
+                    break
+                parent.rmdir()
 
 
 class S3Store:

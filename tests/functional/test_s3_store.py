@@ -67,63 +67,22 @@ def test_fetch_is_byte_exact_and_a_missing_name_leaves_nothing(tmp_path: Path) -
     assert sorted(p.name for p in (tmp_path / "got").iterdir()) == ["a.csv"]  # no partial or temporary file
 
 
-def test_prefetched_files_are_read_as_fetched_ones(tmp_path: Path) -> None:
-    """Files fetched ahead in threads are what `path` gives (a missing one is None), each fetched
-    once; an error of a background fetch reaches the reader."""
-    from kpipe.engine.transform import _Cache
-
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_publish_list_delete(tmp_path: Path, kind: str) -> None:
+    """The store seam the merge uses: published names are listed, a deleted one is gone (and a local
+    partition folder left empty with it), deleting a name that is not there is no error."""
+    src = tmp_path / "src.parquet"
+    src.write_bytes(b"PAR1")
+    names = [f"orders/order_date=2025-03-0{d}/data.parquet" for d in (1, 2)]
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket="kpipe-test")
-        for i in range(40):
-            s3.put_object(Bucket="kpipe-test", Key=f"processed/d/{i}.csv", Body=f"x\r\n{i}\r\n".encode())
-        store = S3Store(s3, "kpipe-test", "processed/")
-        fetched: list[str] = []
-        real_fetch = store.fetch
-
-        def counting_fetch(name: str, dest: Path) -> bool:
-            fetched.append(name)
-            return real_fetch(name, dest)
-
-        store.fetch = counting_fetch  # type: ignore[method-assign]
-        cache = _Cache(store, tmp_path / "cache")
-        names = [f"d/{i}.csv" for i in range(40)]
-        try:
-            cache.prefetch([*names, "d/missing.csv"])
-            cache.prefetch(names)  # already under way: not fetched twice
-            got = [cache.path(n) for n in names]
-            assert cache.path("d/missing.csv") is None
-        finally:
-            cache.close()
-        assert [p.read_bytes() if p else None for p in got] == [f"x\r\n{i}\r\n".encode() for i in range(40)]
-        assert sorted(fetched) == sorted([*names, "d/missing.csv"])
-
-        broken = _Cache(S3Store(s3, "no-such-bucket", "processed/"), tmp_path / "broken")
-        try:
-            broken.prefetch(["d/1.csv"])
-            with pytest.raises(Exception, match="NoSuchBucket"):
-                broken.path("d/1.csv")
-        finally:
-            broken.close()
-
-
-def test_publishing_many_files_puts_each_once_and_raises_a_failed_one(tmp_path: Path) -> None:
-    from kpipe.engine.transform import _Cache
-
-    names = [f"orders/order_date=2025-03-{day:02d}/00000001-b-x.csv" for day in range(1, 29)]
-    for i, name in enumerate(names):
-        (tmp_path / "out" / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "out" / name).write_bytes(b"order_id\r\n%d\r\n" % i)
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket="kpipe-test")
-        store = S3Store(s3, "kpipe-test", "processed/")
-        cache = _Cache(store, tmp_path / "cache")
-        cache.publish_moved(names, tmp_path / "out")
-        assert store.list("orders/") == sorted(names)
-        assert [s3.get_object(Bucket="kpipe-test", Key="processed/" + n)["Body"].read() for n in names] == [
-            b"order_id\r\n%d\r\n" % i for i in range(len(names))
-        ]
-        assert all((tmp_path / "cache" / n).is_file() for n in names)  # kept as the local copies
-        with pytest.raises(FileNotFoundError):
-            cache.publish_moved(["orders/order_date=2025-04-01/gone.csv"], tmp_path / "out")
+        store = LocalStore(tmp_path / "store") if kind == "local" else S3Store(s3, "kpipe-test", "processed/")
+        for name in names:
+            store.publish(name, src)
+        assert store.list("orders/") == names
+        store.delete(names[0])
+        store.delete("orders/order_date=2025-03-09/data.parquet")
+        assert store.list("orders/") == names[1:]
+    if kind == "local":
+        assert not (tmp_path / "store" / "orders" / "order_date=2025-03-01").exists()

@@ -94,7 +94,8 @@ def test_validate_then_transform_then_retries_converge(kpipe_env: Any, env: dict
     assert [o["key"] for o in snapshot["objects"]] == raw
     assert all(o["version_id"] for o in snapshot["objects"])  # the bucket is versioned: exact versions
     for name in cfg.datasets:
-        assert keys(kpipe_env, layout.validated_key(BID, name)) == [layout.validated_key(BID, name)]
+        valid = layout.validated_key(BID, f"{name}.parquet")
+        assert keys(kpipe_env, valid) == [valid]
         assert keys(kpipe_env, layout.rejected_key(BID, name)) == [layout.rejected_key(BID, name)]
     report = get_json(kpipe_env, layout.report_key(BID))
     assert report["status"] == "RUNNING" and report["stage"] == "validated"

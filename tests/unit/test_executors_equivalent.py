@@ -12,7 +12,10 @@ bytes and blank lines."""
 
 from __future__ import annotations
 
+import csv
+import io
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -268,11 +271,16 @@ def run(executor: Any, cfg: PipelineConfig, plan: Plan, batch: Path, files: dict
         for ds in plan.datasets:
             res = results[ds.name]
             valid = pq.read_table(out / f"{ds.name}.parquet")
+            rejected = (out / "rejected" / f"{ds.name}.csv").read_bytes()
+            listed = Counter(r for row in list(csv.DictReader(io.StringIO(rejected.decode("utf-8", "surrogateescape"))))
+                             for r in row["_reasons"].split(";"))
+            assert dict(listed) == res.reasons, f"{ds.name}: the result counts other reasons than the rejected rows give"
+            assert res.rows_in == sum(f["rows_in"] for f in res.files.values())
             got[ds.name] = {
                 "result": (res.rows_valid, res.rows_rejected, list(res.reasons.items()), res.files),
                 "schema": [(f.name, f.type) for f in valid.schema],
                 "valid": valid.to_pylist(),
-                "rejected": (out / "rejected" / f"{ds.name}.csv").read_bytes(),
+                "rejected": rejected,
             }
         for t in plan.tables:
             sources = {s: [out / f"{s}.parquet"] for s in t.sources}
