@@ -67,12 +67,12 @@ def test_out_holds_the_contract_files(first_call: tuple[Path, Any], batches: lis
 
 
 def test_the_same_batch_twice_in_one_call(batches: list[Path], tmp_path: Path) -> None:
-    """The second pass reuses the first one's scratch directory (same content, same id): the first
-    one's clean-up (a child process) is waited for before it starts."""
+    """The second pass is the same content under the same id: it changes nothing and says so."""
     result = kpipe("process", batches[0], batches[0], "--out", tmp_path, "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)["report"]["batches"]
-    assert [b["status"] for b in report] == ["SUCCEEDED", "SUCCEEDED"] and report[0]["seq"] == report[1]["seq"]
+    assert [b["status"] for b in report] == ["SUCCEEDED", "SKIPPED"] and report[0]["seq"] == report[1]["seq"]
+    assert report[1]["reason"] == f"already processed as seq {report[0]['seq']}: nothing changed"
     assert not any((tmp_path / "work").iterdir())
 
 
