@@ -191,11 +191,16 @@ class DuckDBExecutor:
         return f"SELECT t._f, t._line, t._rules, {names}{derived['select']} FROM ({checked}) t {derived['joins']}"
 
     @staticmethod
-    def _derived_sql(plan: Plan, ds: DatasetPlan) -> dict[str, str]:
-        """Derived fields in declaration order, each over the fields before it (a nested SELECT a step)."""
+    def _derived_sql(plan: Plan, ds: DatasetPlan, lookups: bool = True) -> dict[str, str]:
+        """Derived fields in declaration order, each over the fields before it (inlined). Without
+        `lookups`, a looked-up field is the value `t` already holds (stored rows keep theirs)."""
         exprs: dict[str, str] = {c.name: f"t.{q(c.name)}" for c in ds.columns}
         selects, joins = [], []
         for d in ds.derived:
+            if d.via is not None and not lookups:
+                exprs[d.name] = f"t.{q(d.name)}"
+                selects.append(f"{exprs[d.name]} AS {q(d.name)}")
+                continue
             expr = DuckDBExecutor._derive(plan, d, exprs, joins)
             if d.type in NUMERIC:  # a product past its type's range is NULL here, its own reason below
                 expr = f"TRY(CAST({expr} AS {field_sql_type(d.type, d.scale)}))"
@@ -337,6 +342,19 @@ class DuckDBExecutor:
             return 0
         cond = " OR ".join(f"{q(k)} IS NULL" for k in table.key)
         return int(self.con.execute(f"SELECT count(*) FROM {parquet_relation(paths, partition)} WHERE {cond}").fetchone()[0])  # type: ignore[index]
+
+
+def stored_rows_sql(plan: Plan, ds: DatasetPlan, relation: str, present: list[str]) -> str:
+    """Rows of the processed store under the config in force: read by column name (a column they lack
+    is null), derived fields computed again from their columns (a looked-up field keeps its value)."""
+    fields = [c.name for c in ds.columns] + [d.name for d in ds.derived]
+    base = [f"{q(c.name)}" if c.name in present else f"NULL::{c.sql_type} AS {q(c.name)}" for c in ds.columns]
+    base += [q(d.name) if d.name in present else f"NULL::{field_sql_type(d.type, d.scale)} AS {q(d.name)}" for d in ds.derived if d.via]
+    rest = [q(c) for c in present if c not in fields]  # _seq, the partition column, columns dropped from the config
+    derived = DuckDBExecutor._derived_sql(plan, ds, lookups=False)["select"]
+    columns = ", ".join(f"t.{q(c.name)}" for c in ds.columns)
+    others = "".join(f", t.{c}" for c in rest)
+    return f"SELECT {columns}{derived}{others} FROM (SELECT {', '.join(base + rest)} FROM {relation}) t"
 
 
 def plan_sql(plan: Plan) -> dict[str, str]:

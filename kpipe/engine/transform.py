@@ -34,7 +34,7 @@ import duckdb
 import pyarrow.parquet as pq
 
 from chalicelib.config import PipelineConfig
-from kpipe.engine.duckdb_executor import q
+from kpipe.engine.duckdb_executor import q, stored_rows_sql
 from kpipe.engine.executors import open_executor
 from kpipe.engine.plan import DatasetPlan, Plan, compile_plan
 from kpipe.engine.results import finish_items
@@ -133,10 +133,13 @@ def _connect(cfg: PipelineConfig, work_dir: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _files_sql(paths: list[Path], ds: DatasetPlan) -> str:
+def _files_sql(con: duckdb.DuckDBPyConnection, plan: Plan, paths: list[Path], ds: DatasetPlan) -> str:
+    """Stored rows as the config in force sees them (`stored_rows_sql`), as a subquery."""
     files = "[" + ", ".join(sql_text(str(p)) for p in paths) + "]"
     hive = f", hive_partitioning = true, hive_types = {{{sql_text(ds.partition_by)}: DATE}}" if ds.partition_by else ""
-    return f"read_parquet({files}, union_by_name = true{hive})"
+    relation = f"read_parquet({files}, union_by_name = true{hive})"
+    present = [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()]
+    return f"({stored_rows_sql(plan, ds, relation, present)})"
 
 
 def _parent(plan: Plan, ds: DatasetPlan) -> tuple[DatasetPlan, str] | None:
@@ -182,7 +185,7 @@ def index_batch(cfg: PipelineConfig, batch_id: str, validated_dir: Path, store: 
                 f" FROM read_parquet({sql_text(str(src))}, file_row_number = true){last}"
             )
             if not ds.partition_by:
-                written[ds.name] = _merge_whole(con, ds, files, staging, publish)
+                written[ds.name] = _merge_whole(con, plan, ds, files, staging, publish)
                 continue
             part = q(ds.partition_by)
             index_name = f"_index/{ds.name}.parquet"
@@ -206,7 +209,7 @@ def index_batch(cfg: PipelineConfig, batch_id: str, validated_dir: Path, store: 
                 dates |= {str(d) for (d,) in con.execute(f"SELECT DISTINCT p FROM old_{parent[0].name}").fetchall()}
             listed = files.partitions(ds)
             local = files.fetch([n for d in sorted(dates) for n in listed.get(d, [])])
-            stored = _files_sql(local, ds) if local else None
+            stored = _files_sql(con, plan, local, ds) if local else None
             carried = "SELECT * FROM b WHERE false"
             if parent is not None and stored is not None:
                 pds, via = parent
@@ -222,7 +225,7 @@ def index_batch(cfg: PipelineConfig, batch_id: str, validated_dir: Path, store: 
             arrivals = {str(d) for (d,) in con.execute(f"SELECT DISTINCT {part} FROM carried").fetchall() if d is not None} - dates
             if arrivals:  # the dates carried rows move to: their rows are rewritten too
                 local += files.fetch([n for d in sorted(arrivals) for n in listed.get(d, [])])
-                stored = _files_sql(local, ds) if local else None
+                stored = _files_sql(con, plan, local, ds) if local else None
                 dates |= arrivals
             if not dates:
                 continue
@@ -276,13 +279,13 @@ def index_batch(cfg: PipelineConfig, batch_id: str, validated_dir: Path, store: 
     return IndexResult(batch_id, seq, sorted(touched_all), written, carried_total, known, new_files)
 
 
-def _merge_whole(con: duckdb.DuckDBPyConnection, ds: DatasetPlan, files: _Files, staging: Path, publish: list[tuple[str, Path]]) -> int:
+def _merge_whole(con: duckdb.DuckDBPyConnection, plan: Plan, ds: DatasetPlan, files: _Files, staging: Path, publish: list[tuple[str, Path]]) -> int:
     """A dataset without partitions (the catalog): one file, each key in its newest version."""
     name = f"{ds.name}/{DATA}"
     stored = files.fetch([name])
     key = q(ds.key)
     if stored:
-        current = f"read_parquet({sql_text(str(stored[0]))})"
+        current = _files_sql(con, plan, stored, ds)
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE win AS SELECT b.* FROM b LEFT JOIN {current} s ON s.{key} = b.{key}"
             f" WHERE s.{key} IS NULL OR s._seq <= b._seq"
