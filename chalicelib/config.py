@@ -443,6 +443,10 @@ def _table_problems(cfg: PipelineConfig, t_name: str, table: KpiTable) -> list[s
                     problems.append(f"{mpath}.ratio[{i}]: unknown metric '{ref}'; allowed: {list(table.metrics)}")
                 elif ref == m_name or (METRICS[table.metrics[ref].kind].combines and ref not in defined):
                     problems.append(f"{mpath}.ratio[{i}]: '{ref}' must be a metric defined above; allowed: {defined}")
+                elif (other := table.metrics[ref]).kind in ("min", "max") and (
+                    found := _safe_type(cfg, other.from_, other.field)
+                ) not in (*NUMERIC_TYPES, None):  # min and max have the field's type
+                    problems.append(f"{mpath}.ratio[{i}]: '{ref}' is the {other.kind} of a {found} field, not a number; allowed: a numeric metric")
             defined.append(m_name)
             continue
         defined.append(m_name)

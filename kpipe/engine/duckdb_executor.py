@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import duckdb
 import pyarrow as pa
@@ -25,6 +28,13 @@ from kpipe.engine.results import DatasetResult, GroupValues, file_problems
 from kpipe.engine.vocabulary import FIELD_SQL_TYPES, NUMERIC, TYPES, WHITESPACE, sql_literal, sql_text
 
 _WS = sql_text(WHITESPACE)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _strip(x: str) -> str:
+    """`vocabulary.strip` in SQL: a text starting and ending with a printable character (nearly
+    every value) is left as it is, without trim()'s slower character-set scan."""
+    return f"CASE WHEN ascii({x}) > 32 AND ascii({x}[-1:]) > 32 THEN {x} ELSE NULLIF(trim({x}, {_WS}), '') END"
 
 
 def q(name: str) -> str:
@@ -34,6 +44,20 @@ def q(name: str) -> str:
 
 def field_sql_type(kind: str, scale: int) -> str:
     return TYPES[kind].sql_type(scale) if kind in TYPES else FIELD_SQL_TYPES[kind]
+
+
+@dataclass
+class _File:
+    number: int
+    rel: str
+    path: Path
+    names: list[str]
+    tag: str
+    reread: bool = False  # read by the reference reader: its table holds every field
+
+    @property
+    def table(self) -> str:
+        return f"reread_{self.tag}" if self.reread else f"file_{self.tag}"
 
 
 class DuckDBExecutor:
@@ -48,6 +72,7 @@ class DuckDBExecutor:
         self.con.execute(f"SET threads = {int(threads)}")
         self.con.execute(f"SET temp_directory = {sql_text(str(engine.temp_directory or self.work_dir / 'spill'))}")
         self.con.execute(f"SET TimeZone = {sql_text(timezone)}")
+        self.tz = ZoneInfo(timezone)
         self._files = 0
 
     def close(self) -> None:
@@ -62,62 +87,63 @@ class DuckDBExecutor:
             results[ds.name] = self._validate_dataset(plan, ds, batch_dir, files.get(ds.name, []), out_dir)
         return results
 
-    def _read_files(self, ds: DatasetPlan, batch_dir: Path, rels: list[str]) -> tuple[str, list[tuple[str, list[str]]], list[list[Any]]]:
-        """One temp table of every record of the dataset's files that DuckDB could split into fields:
-        `_f` (file number), `_line`, `_whole` (file-level reasons), then each declared column's raw
-        text (`c_<name>`) and every field of the record (`f<i>`, for the rejected file). Returns its
-        name, each file's (name, header), and the structurally rejected records."""
-        table = f"raw_{ds.name}"
+    def _read_files(self, ds: DatasetPlan, batch_dir: Path, rels: list[str]) -> tuple[str, list[_File], list[list[Any]]]:
+        """A view of every record of the dataset's files: `_f` (file number), `_line`, `_whole`
+        (file-level reasons), then each declared column's raw text (`c_<name>`). Each file is read
+        by DuckDB for its declared columns only; the rest of a record is read again only for the
+        rejected file. Returns the view's name, the files, and the records rejected before their
+        fields were read."""
         selects: list[str] = []
-        headers: list[tuple[str, list[str]]] = []
+        files: list[_File] = []
         structural: list[list[Any]] = []
-        width = max([len(header(batch_dir / r)) for r in rels] or [0])
         for fi, rel in enumerate(rels):
             path = batch_dir / rel
             names = header(path)
-            headers.append((rel, names))
+            self._files += 1
+            file = _File(fi, rel, path, names, f"{ds.name}_{self._files}")
+            files.append(file)
             if not names:
                 continue
             whole = file_problems(ds, names)
-            self._files += 1
-            tag = f"{ds.name}_{self._files}"
-            cols = ", ".join(f"{sql_text(f'f{i}')}: 'VARCHAR'" for i in range(len(names)))
+            declared = [f"{self._raw(c, names)} AS {q('c_' + c.name)}" for c in ds.columns]
             self.con.execute(
-                f"CREATE OR REPLACE TEMP TABLE file_{tag} AS SELECT * FROM read_csv({sql_text(str(path))}, header = true,"
-                f" auto_detect = false, columns = {{{cols}}}, delim = ',', quote = '\"', escape = '\"', strict_mode = true,"
-                f" store_rejects = true, rejects_table = 'rj_{tag}', rejects_scan = 'rs_{tag}')"
+                f"CREATE OR REPLACE TEMP TABLE file_{file.tag} AS SELECT {', '.join(declared)} FROM {self._csv(file, file.tag)} t"
             )
-            refused = {line for (line,) in self.con.execute(f"SELECT line FROM rj_{tag}").fetchall()}
-            source = f"file_{tag}"
+            refused = {line for (line,) in self.con.execute(f"SELECT line FROM rj_{file.tag}").fetchall()}
             line = "(t.rowid + 2)"
             # a one-column file: DuckDB reads a blank line as a row with a null field, csv as no row
             if refused or interior_blank(path) or len(names) == 1:
-                source, line = self._reread(tag, path, rel, names, refused, ds, structural), "t._line"
-            declared = [f"{self._raw(c, names)} AS {q('c_' + c.name)}" for c in ds.columns]
-            fields = [f"t.f{i} AS f{i}" if i < len(names) else f"NULL::VARCHAR AS f{i}" for i in range(width)]
-            more = "t._more" if source != f"file_{tag}" else "NULL::VARCHAR[]"
-            whole_sql = f"[{', '.join(sql_text(r) for r in whole)}]::VARCHAR[]" if whole else "[]::VARCHAR[]"
-            selects.append(
-                f"SELECT {fi} AS _f, {line} AS _line, {whole_sql} AS _whole, {', '.join(declared + fields)}, {more} AS _more FROM {source} t"
-            )
+                self._reread(file, ds, structural)
+                line = "t._line"
+            whole_sql = sql_text(";".join(whole)) if whole else "NULL::VARCHAR"
+            cols = ", ".join(f"t.{q('c_' + c.name)}" for c in ds.columns)
+            selects.append(f"SELECT {fi} AS _f, {line} AS _line, {whole_sql} AS _whole, {cols} FROM {file.table} t")
         if not selects:
-            cols = ", ".join(
-                [f"NULL::VARCHAR AS {q('c_' + c.name)}" for c in ds.columns] + [f"NULL::VARCHAR AS f{i}" for i in range(width)] + ["NULL::VARCHAR[] AS _more"]
-            )
-            selects.append(f"SELECT 0 AS _f, 0::BIGINT AS _line, []::VARCHAR[] AS _whole, {cols} WHERE false")
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS " + " UNION ALL ".join(selects))
-        return table, headers, structural
+            cols = ", ".join(f"NULL::VARCHAR AS {q('c_' + c.name)}" for c in ds.columns)
+            selects.append(f"SELECT 0 AS _f, 0::BIGINT AS _line, NULL::VARCHAR AS _whole, {cols} WHERE false")
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW raw_{ds.name} AS " + " UNION ALL ".join(selects))
+        return f"raw_{ds.name}", files, structural
 
-    def _reread(self, tag: str, path: Path, rel: str, names: list[str], refused: set[int], ds: DatasetPlan, structural: list[list[str]]) -> str:
+    @staticmethod
+    def _csv(file: _File, rejects: str) -> str:
+        """DuckDB's strict reader over one file, every field VARCHAR under the file's own header (no sniffing)."""
+        cols = ", ".join(f"{sql_text(f'f{i}')}: 'VARCHAR'" for i in range(len(file.names)))
+        return (
+            f"read_csv({sql_text(str(file.path))}, header = true, auto_detect = false, columns = {{{cols}}}, delim = ',',"
+            f" quote = '\"', escape = '\"', strict_mode = true, store_rejects = true, rejects_table = 'rj_{rejects}',"
+            f" rejects_scan = 'rs_{rejects}')"
+        )
+
+    def _reread(self, file: _File, ds: DatasetPlan, structural: list[list[str]]) -> None:
         """A file DuckDB's strict reader refused records of, or with blank lines inside (so its rows'
         order does not give their record numbers): the records as the reference reader reads them,
-        numbered, in a table of the same shape (`_more`: fields past the header's, for the rejected file).
-        Only such files take this slower way; the usual export never does."""
-        width = len(names)
+        numbered, every field kept (`_more`: fields past the header's). Only such files take this
+        slower way; the usual export never does."""
+        width = len(file.names)
         columns: dict[str, list[Any]] = {"_line": [], **{f"f{i}": [] for i in range(width)}, "_more": []}
-        for line, fields, problem in records(path):
+        for line, fields, problem in records(file.path):
             if problem is not None:
-                structural.append(rejected_row(rel, line, [problem], names, fields or [], ds))
+                structural.append(rejected_row(file.rel, line, [problem], file.names, fields or [], ds))
                 continue
             assert fields is not None
             columns["_line"].append(line)
@@ -128,10 +154,11 @@ class DuckDBExecutor:
             {name: pa.array(values, pa.int64() if name == "_line" else pa.list_(pa.string()) if name == "_more" else pa.string())
              for name, values in columns.items()}
         )
-        self.con.register(f"arrow_{tag}", table)
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE reread_{tag} AS SELECT * FROM arrow_{tag}")
-        self.con.unregister(f"arrow_{tag}")
-        return f"reread_{tag}"
+        self.con.register(f"arrow_{file.tag}", table)
+        declared = ", ".join(f"{self._raw(c, file.names)} AS {q('c_' + c.name)}" for c in ds.columns)
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE reread_{file.tag} AS SELECT t.*, {declared} FROM arrow_{file.tag} t")
+        self.con.unregister(f"arrow_{file.tag}")
+        file.reread = True
 
     @staticmethod
     def _raw(col: ColumnStep, names: list[str]) -> str:
@@ -139,99 +166,108 @@ class DuckDBExecutor:
 
     @staticmethod
     def dataset_sql(plan: Plan, ds: DatasetPlan, raw: str) -> str:
-        """The query giving every row of `raw` its typed values, `_reasons` and derived fields."""
-        typed: list[str] = []
+        """The query giving every row of `raw` its typed values, `_rules` (its reasons, `;`-joined in
+        rule order; '' when valid) and derived fields. Rows of a file with file-level reasons (`_whole`)
+        get only those, and claim no key."""
         reasons: list[str] = []
         joins: list[str] = []
+        looked: list[str] = []
         for c in ds.columns:
-            s = q(f"s_{c.name}")
-            term = c.type
-            default = sql_literal(c.default) if c.default is not None else "NULL"
-            # inside the subquery: the typed value and whether the text broke the grammar
-            if term.grammar is None:
-                typed.append(f"coalesce({s}, {default}) AS {q(c.name)}")
-            else:
-                grammar = f"regexp_full_match({s}, {sql_text(term.grammar)})"
-                typed.append(
-                    f"CASE WHEN {s} IS NULL THEN {default}::{c.sql_type} WHEN {grammar} THEN {term.sql_parse(s, c.scale)} END AS {q(c.name)}"
-                )
-                typed.append(f"({s} IS NOT NULL AND NOT {grammar}) AS {q('bad_' + c.name)}")
-            # outside: the reasons, over the subquery's columns (t) and the joined keys
-            s, v, bad = f"t.{s}", f"t.{q(c.name)}", f"t.{q('bad_' + c.name)}"
+            term, v, st = c.type, f"t.{q(c.name)}", f"t.{q('st_' + c.name)}"
             if c.required:
-                reasons.append(f"CASE WHEN {s} IS NULL THEN '{c.name}.required' END")
+                reasons.append(f"CASE WHEN {st} = 0 THEN '{c.name}.required' END")
             if term.grammar is not None:
-                present = f"{s} IS NOT NULL"
                 if term.sql_null_reason == "type":
-                    reasons.append(f"CASE WHEN {bad} OR ({present} AND {v} IS NULL) THEN '{c.name}.type' END")
+                    reasons.append(f"CASE WHEN {st} >= 2 THEN '{c.name}.type' END")
                 else:
-                    reasons.append(f"CASE WHEN {bad} THEN '{c.name}.type' END")
-                    reasons.append(f"CASE WHEN {present} AND NOT {bad} AND {v} IS NULL THEN '{c.name}.{term.sql_null_reason}' END")
+                    reasons.append(f"CASE WHEN {st} = 2 THEN '{c.name}.type' END")
+                    reasons.append(f"CASE WHEN {st} = 3 THEN '{c.name}.{term.sql_null_reason}' END")
             for step in c.checks:
                 cond = step.term.sql(v, step.operand, c.type.name, step.ignore_case)
                 reasons.append(f"CASE WHEN {v} IS NOT NULL AND NOT {cond} THEN '{step.rule}' END")
-            if c.unique:
+            if c.unique:  # a later row whose key an earlier row of the batch claimed: one aggregate, no sort
+                alias = f"dup_{c.name}"
+                joins.append(
+                    f"LEFT JOIN (SELECT {q(c.name)} AS k, min(_f * {1 << 40} + _line) AS first FROM typed_{ds.name}"
+                    f" WHERE {q(c.name)} IS NOT NULL AND _whole IS NULL GROUP BY 1 HAVING count(*) > 1) {alias} ON {alias}.k = {v}"
+                )
                 reasons.append(
-                    f"CASE WHEN {v} IS NOT NULL AND len(t._whole) = 0 AND row_number() OVER"
-                    f" (PARTITION BY {v}, len(t._whole) = 0 ORDER BY t._f, t._line) > 1 THEN '{c.name}.unique' END"
+                    f"CASE WHEN t._whole IS NULL AND {alias}.k IS NOT NULL AND t._f * {1 << 40} + t._line <> {alias}.first THEN '{c.name}.unique' END"
                 )
             if c.references:
                 target = plan.dataset(c.references)
                 alias = f"ref_{c.name}"
                 joins.append(f"LEFT JOIN keys_{target.name} {alias} ON {alias}.{q(target.key)} = {v}")
                 reasons.append(f"CASE WHEN {v} IS NOT NULL AND {alias}.{q(target.key)} IS NULL THEN '{c.name}.references' END")
-        stripped = ", ".join(f"NULLIF(trim({q('c_' + c.name)}, {_WS}), '') AS {q('s_' + c.name)}" for c in ds.columns)
-        names = ", ".join(f"t.{q(c.name)}" for c in ds.columns)
-        rule_list = "list_filter([" + ", ".join(reasons or ["NULL"]) + "]::VARCHAR[], lambda x: x IS NOT NULL)"
+                looked += [f"{alias}.{q(f)} AS {q(f'look_{c.name}_{f}')}" for f in plan.lookups.get(target.name, [])]
+        rules = f"concat_ws(';', {', '.join(reasons)})" if reasons else "''"
         checked = (
-            f"SELECT t.*, CASE WHEN len(t._whole) > 0 THEN t._whole ELSE {rule_list} END AS _rules"
-            f" FROM (SELECT *, {', '.join(typed)} FROM (SELECT *, {stripped} FROM {raw})) t {' '.join(joins)}"
+            f"SELECT t.*, CASE WHEN t._whole IS NOT NULL THEN t._whole ELSE {rules} END AS _rules{''.join(', ' + x for x in looked)}"
+            f" FROM typed_{ds.name} t {' '.join(joins)}"
         )
+        names = ", ".join(f"t.{q(c.name)}" for c in ds.columns)
         derived = DuckDBExecutor._derived_sql(plan, ds)
-        return f"SELECT t._f, t._line, t._rules, {names}{derived['select']} FROM ({checked}) t {derived['joins']}"
+        return f"SELECT t._f, t._line, t._rules, {names}{derived} FROM ({checked}) t"
 
     @staticmethod
-    def _derived_sql(plan: Plan, ds: DatasetPlan, lookups: bool = True) -> dict[str, str]:
-        """Derived fields in declaration order, each over the fields before it (inlined). Without
-        `lookups`, a looked-up field is the value `t` already holds (stored rows keep theirs)."""
+    def typed_sql(ds: DatasetPlan, raw: str) -> str:
+        """Each declared column parsed (`<col>`, the default for a null) with its state (`st_<col>`:
+        0 null after stripping, 1 a value, 2 the text breaks the type's grammar, 3 it matches but
+        gives no value: the type's `sql_null_reason`). Narrow on purpose: the raw texts are not kept."""
+        checked, cols = [], []
+        for c in ds.columns:
+            term, x = c.type, q("s_" + c.name)
+            default = f"{sql_literal(c.default)}::{c.sql_type}" if c.default is not None else f"NULL::{c.sql_type}"
+            g, p, value, st = (q(f"{k}_{c.name}") for k in ("g", "p", "", "st"))
+            value = q(c.name)
+            if term.grammar is None:
+                checked.append(x)
+                cols.append(f"coalesce({x}, {default}) AS {value}, CASE WHEN {x} IS NULL THEN 0 ELSE 1 END::TINYINT AS {st}")
+                continue
+            # each regular expression and cast once per value: the grammar, then the parse of what matched
+            checked.append(f"{x}, regexp_full_match({x}, {sql_text(term.grammar)}) AS {g}")
+            checked.append(f"CASE WHEN regexp_full_match({x}, {sql_text(term.grammar)}) THEN {term.sql_parse(x, c.scale)} END AS {p}")
+            cols.append(
+                f"CASE WHEN {x} IS NULL THEN {default} ELSE {p} END AS {value},"
+                f" CASE WHEN {x} IS NULL THEN 0 WHEN NOT {g} THEN 2 WHEN {p} IS NULL THEN 3 ELSE 1 END::TINYINT AS {st}"
+            )
+        stripped = ", ".join(f"{_strip(q('c_' + c.name))} AS {q('s_' + c.name)}" for c in ds.columns)
+        inner = f"SELECT _f, _line, _whole, {', '.join(checked)} FROM (SELECT _f, _line, _whole, {stripped} FROM {raw})"
+        return f"SELECT _f, _line, _whole, {', '.join(cols)} FROM ({inner})"
+
+    @staticmethod
+    def _derived_sql(plan: Plan, ds: DatasetPlan, lookups: bool = True) -> str:
+        """`, <expr> AS <field>` for each derived field in declaration order, each over the fields
+        before it (inlined). A looked-up field is the referenced row's value the reference join
+        brought (`look_<via>_<field>`); without `lookups`, the value `t` already holds (stored rows keep theirs)."""
         exprs: dict[str, str] = {c.name: f"t.{q(c.name)}" for c in ds.columns}
-        selects, joins = [], []
+        selects = []
         for d in ds.derived:
-            if d.via is not None and not lookups:
-                exprs[d.name] = f"t.{q(d.name)}"
+            if d.via is not None:
+                exprs[d.name] = f"t.{q(f'look_{d.via}_{d.target_field}' if lookups else d.name)}"
                 selects.append(f"{exprs[d.name]} AS {q(d.name)}")
                 continue
-            expr = DuckDBExecutor._derive(plan, d, exprs, joins)
-            if d.type in NUMERIC:  # a product past its type's range is NULL here, its own reason below
+            expr = d.term.sql(d.spec, [exprs[i] for i in d.inputs])
+            if d.type in NUMERIC:  # a product past its type's range is NULL here, its own reason later
                 expr = f"TRY(CAST({expr} AS {field_sql_type(d.type, d.scale)}))"
             exprs[d.name] = f"({expr})"
             selects.append(f"{exprs[d.name]} AS {q(d.name)}")
-        return {"select": "".join(f", {s}" for s in selects), "joins": " ".join(joins)}
-
-    @staticmethod
-    def _derive(plan: Plan, d: DerivedStep, exprs: dict[str, str], joins: list[str]) -> str:
-        if d.via is None:
-            return d.term.sql(d.spec, [exprs[i] for i in d.inputs])
-        assert d.target is not None and d.target_field is not None
-        target = plan.dataset(d.target)
-        alias = f"look_{d.name}"
-        joins.append(f"LEFT JOIN keys_{target.name} {alias} ON {alias}.{q(target.key)} = {exprs[d.via]}")
-        return f"{alias}.{q(d.target_field)}"
+        return "".join(f", {x}" for x in selects)
 
     def _validate_dataset(self, plan: Plan, ds: DatasetPlan, batch_dir: Path, rels: list[str], out_dir: Path) -> DatasetResult:
-        raw, headers, structural = self._read_files(ds, batch_dir, rels)
+        raw, files, structural = self._read_files(ds, batch_dir, rels)
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE typed_{ds.name} AS {self.typed_sql(ds, raw)}")
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE checked_{ds.name} AS {self.dataset_sql(plan, ds, raw)}")
         range_rules = [d for d in ds.derived if d.type in NUMERIC and d.via is None]
         if range_rules:  # a derived decimal that does not fit its type is its own reason
-            fix = " || ".join(
-                f"CASE WHEN {q(d.name)} IS NULL AND len(_rules) = 0 AND {self._inputs_present(d)} THEN ['{d.name}.range'] ELSE [] END"
-                for d in range_rules
-            )
-            self.con.execute(f"UPDATE checked_{ds.name} SET _rules = _rules || {fix}")
+            for d in range_rules:
+                self.con.execute(
+                    f"UPDATE checked_{ds.name} SET _rules = '{d.name}.range' WHERE _rules = '' AND {q(d.name)} IS NULL AND {self._inputs_present(d)}"
+                )
         fields = ds.fields
         self.con.execute(
             f"CREATE OR REPLACE TEMP TABLE valid_{ds.name} AS SELECT {', '.join(q(f) for f in fields)}"
-            f" FROM checked_{ds.name} WHERE len(_rules) = 0 ORDER BY _f, _line"
+            f" FROM checked_{ds.name} WHERE _rules = '' ORDER BY _f, _line"
         )
         if ds.name in plan.lookups or any(c.references for other in plan.datasets for c in other.columns if c.references == ds.name):
             # what later datasets join to: the first valid row of each key
@@ -244,22 +280,22 @@ class DuckDBExecutor:
         self.con.execute(f"COPY valid_{ds.name} TO {sql_text(str(path))} (FORMAT parquet)")
         counts = dict(
             self.con.execute(
-                f"SELECT r, count(*) FROM (SELECT unnest(_rules) AS r FROM checked_{ds.name}) GROUP BY r"
+                f"SELECT r, count(*) FROM (SELECT unnest(string_split(_rules, ';')) AS r FROM checked_{ds.name} WHERE _rules <> '') GROUP BY r"
             ).fetchall()
         )
         n_valid, n_rejected = self.con.execute(
-            f"SELECT count(*) FILTER (WHERE len(_rules) = 0), count(*) FILTER (WHERE len(_rules) > 0) FROM checked_{ds.name}"
+            f"SELECT count(*) FILTER (WHERE _rules = ''), count(*) FILTER (WHERE _rules <> '') FROM checked_{ds.name}"
         ).fetchone() or (0, 0)
-        per_file = {rel: {"rows_in": 0, "rows_valid": 0, "rows_rejected": 0} for rel, _ in headers}
+        per_file = {f.rel: {"rows_in": 0, "rows_valid": 0, "rows_rejected": 0} for f in files}
         for fi, valid, bad in self.con.execute(
-            f"SELECT _f, count(*) FILTER (WHERE len(_rules) = 0), count(*) FILTER (WHERE len(_rules) > 0) FROM checked_{ds.name} GROUP BY _f"
+            f"SELECT _f, count(*) FILTER (WHERE _rules = ''), count(*) FILTER (WHERE _rules <> '') FROM checked_{ds.name} GROUP BY _f"
         ).fetchall():
-            per_file[headers[fi][0]].update(rows_valid=int(valid), rows_rejected=int(bad))
+            per_file[files[fi].rel].update(rows_valid=int(valid), rows_rejected=int(bad))
         for row in structural:
             per_file[row[0]]["rows_rejected"] += 1
         for stats in per_file.values():
             stats["rows_in"] = stats["rows_valid"] + stats["rows_rejected"]
-        rejected = self._rejected(ds, headers, structural)
+        rejected = self._rejected(ds, files, structural)
         for row in structural:
             for reason in row[2].split(";"):
                 counts[reason] = counts.get(reason, 0) + 1
@@ -276,29 +312,39 @@ class DuckDBExecutor:
     def _inputs_present(d: DerivedStep) -> str:
         return " AND ".join(f"{q(i)} IS NOT NULL" for i in d.inputs) or "TRUE"
 
-    def _rejected(self, ds: DatasetPlan, headers: list[tuple[str, list[str]]], structural: list[list[str]]) -> Iterator[list[str]]:
-        """Rejected rows in file and line order: the rule-rejected ones from the query, merged with the
-        structurally broken ones the reference reader gave back."""
-        width = max([len(n) for _, n in headers] or [0])
-        fields = ", ".join(f"r.f{i}" for i in range(width))
-        cur = self.con.execute(
-            f"SELECT c._f, c._line, c._rules, r._more{', ' + fields if fields else ''} FROM checked_{ds.name} c"
-            f" JOIN raw_{ds.name} r ON r._f = c._f AND r._line = c._line WHERE len(c._rules) > 0 ORDER BY c._f, c._line"
-        )
-        order = {rel: fi for fi, (rel, _) in enumerate(headers)}
-        pending = sorted(structural, key=lambda row: (order[row[0]], int(row[1])))
+    def _rejected(self, ds: DatasetPlan, files: list[_File], structural: list[list[str]]) -> Iterator[list[str]]:
+        """Rejected rows in file and line order, each with every field of its record: the rule-rejected
+        ones' records read again (only files that have any), merged with those rejected before their
+        fields were read."""
+        by_file: dict[int, list[tuple[int, str]]] = {}
+        for fi, line, rules in self.con.execute(
+            f"SELECT _f, _line, _rules FROM checked_{ds.name} WHERE _rules <> '' ORDER BY _f, _line"
+        ).fetchall():
+            by_file.setdefault(fi, []).append((line, rules))
+        early: dict[str, list[list[str]]] = {}
+        for row in structural:
+            early.setdefault(row[0], []).append(row)
 
         def gen() -> Iterator[list[str]]:
-            i = 0
-            while batch := cur.fetchmany(10_000):
-                for fi, line, rules, more, *values in batch:
-                    while i < len(pending) and (order[pending[i][0]], int(pending[i][1])) < (fi, line):
-                        yield pending[i]
-                        i += 1
-                    rel, names = headers[fi]
-                    texts = [v if v is not None else "" for v in values[: len(names)]] + list(more or [])
-                    yield rejected_row(rel, line, rules, names, texts, ds)
-            yield from pending[i:]
+            for file in files:
+                rows = [(int(r[1]), r) for r in early.get(file.rel, [])]
+                wanted = by_file.get(file.number, [])
+                if wanted:
+                    fields = ", ".join(f"t.f{i}" for i in range(len(file.names)))
+                    if file.reread:
+                        source, line, more = f"reread_{file.tag} t", "t._line", "t._more"
+                    else:  # the whole record, read again: DuckDB numbers it as before
+                        self.con.execute(f"CREATE OR REPLACE TEMP TABLE full_{file.tag} AS SELECT * FROM {self._csv(file, f'again_{file.tag}')}")
+                        source, line, more = f"full_{file.tag} t", "(t.rowid + 2)", "NULL::VARCHAR[]"
+                    self.con.execute(f"CREATE OR REPLACE TEMP TABLE wanted_{file.tag} AS SELECT unnest(?::BIGINT[]) AS n", [[n for n, _ in wanted]])
+                    found = {
+                        n: [v if v is not None else "" for v in values] + list(extra or [])
+                        for n, extra, *values in self.con.execute(
+                            f"SELECT {line}, {more}, {fields} FROM {source} WHERE {line} IN (SELECT n FROM wanted_{file.tag})"
+                        ).fetchall()
+                    }
+                    rows += [(n, rejected_row(file.rel, n, rules.split(";"), file.names, found.get(n, []), ds)) for n, rules in wanted]
+                yield from (row for _, row in sorted(rows, key=lambda r: r[0]))
 
         return gen()
 
@@ -324,6 +370,10 @@ class DuckDBExecutor:
             if not paths:
                 continue
             relation = parquet_relation(paths, partition)
+            # DuckDB hands a TIMESTAMPTZ to Python only through pytz: a datetime key comes as microseconds
+            stamps = [k for k in table.key if plan.field_type(source, k) == "datetime"]
+            if stamps:
+                relation = f"(SELECT * REPLACE ({', '.join(f'epoch_us({q(k)}) AS {q(k)}' for k in stamps)}) FROM {relation})"
             cur = self.con.execute(self.table_sql(plan, table, source, relation))
             names = [d[0] for d in cur.description]
             n_keys = len(table.key)
@@ -332,7 +382,8 @@ class DuckDBExecutor:
                 parts: dict[str, list[Any]] = {}
                 for name, value in zip(names[n_keys:], row[n_keys:], strict=True):
                     parts.setdefault(name.rpartition("#")[0], []).append(value)
-                values = out.setdefault(tuple(_key_text(v) for v in row[:n_keys]), {})
+                key = [(_EPOCH + timedelta(microseconds=v)).astimezone(self.tz) if k in stamps else v for k, v in zip(table.key, row, strict=False)]
+                values = out.setdefault(tuple(_key_text(v) for v in key), {})
                 for metric, got in parts.items():
                     values[metric] = steps[metric].term.finish(got)
         return out
@@ -351,7 +402,7 @@ def stored_rows_sql(plan: Plan, ds: DatasetPlan, relation: str, present: list[st
     base = [f"{q(c.name)}" if c.name in present else f"NULL::{c.sql_type} AS {q(c.name)}" for c in ds.columns]
     base += [q(d.name) if d.name in present else f"NULL::{field_sql_type(d.type, d.scale)} AS {q(d.name)}" for d in ds.derived if d.via]
     rest = [q(c) for c in present if c not in fields]  # _seq, the partition column, columns dropped from the config
-    derived = DuckDBExecutor._derived_sql(plan, ds, lookups=False)["select"]
+    derived = DuckDBExecutor._derived_sql(plan, ds, lookups=False)
     columns = ", ".join(f"t.{q(c.name)}" for c in ds.columns)
     others = "".join(f", t.{c}" for c in rest)
     return f"SELECT {columns}{derived}{others} FROM (SELECT {', '.join(base + rest)} FROM {relation}) t"

@@ -104,11 +104,10 @@ DATETIME_GRAMMAR = rf"{_YEAR}-[0-9]{{2}}-[0-9]{{2}}[T ]{_TIME}(?:\.[0-9]+)?(?:Z|
 
 
 def _sql_decimal_fits(x: str, scale: int) -> str:
-    return (
-        f"CASE WHEN length(split_part(ltrim({x}, '+-'), '.', 2)) <= {scale}"
-        f" AND length(ltrim(split_part(ltrim({x}, '+-'), '.', 1), '0')) <= {38 - scale}"
-        f" THEN CAST({x} AS DECIMAL(38, {scale})) END"
-    )
+    """`_decimal_fits` in SQL (the text already matched the grammar): at most `scale` fraction digits
+    and 38 in all, leading zeros aside."""
+    fits = f"[+-]?0*[0-9]{{0,{38 - scale}}}(?:\\.[0-9]{{0,{scale}}})?"
+    return f"CASE WHEN regexp_full_match({x}, '{fits}') THEN CAST({x} AS DECIMAL(38, {scale})) END"
 
 
 TYPES: dict[str, TypeTerm] = {
@@ -200,8 +199,14 @@ def sql_literal(value: Any) -> str:
     return sql_text(str(value))
 
 
+def lower(text: str) -> str:
+    """Lower case as SQL's lower() gives it: character by character, Unicode's simple case mapping
+    (Python's str.lower() makes `İ` two characters and a word-final `Σ` a `ς`)."""
+    return "".join(ch.lower()[0] for ch in text)
+
+
 def _fold(value: Any, ignore_case: bool) -> Any:
-    return value.lower() if ignore_case and isinstance(value, str) else value
+    return lower(value) if ignore_case and isinstance(value, str) else value
 
 
 def _sql_fold(expr: str, ignore_case: bool, field_type: str) -> str:
@@ -341,7 +346,7 @@ DERIVED: dict[str, DerivedTerm] = {
             str,
             lambda spec: [spec],
             lambda _spec, _t: "string",
-            lambda _spec, v, _tz: v[0].lower() if v[0] is not None else None,
+            lambda _spec, v, _tz: lower(v[0]) if v[0] is not None else None,
             lambda _spec, x: f"lower({x[0]})",
             (("string",),),
         ),
