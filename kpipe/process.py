@@ -54,12 +54,13 @@ def process_batches(
         missing = missing_parts(cfg, batch_dir)
         if missing:
             raise BatchIncomplete(f"{batch_dir} is not a complete batch: missing {', '.join(missing)}")
-        batch_id = local_batch_id(cfg, batch_dir)
+        digest = content_digest(batch_dir, dataset_files(cfg, batch_dir))
+        batch_id = "b-" + digest[:20]
         work = out / "work" / batch_id
         shutil.rmtree(work, ignore_errors=True)
         started = time.perf_counter()
         say(f"{batch_id}: validating {batch_dir} ({executor or cfg.engine.executor})")
-        report = validate_batch(cfg, batch_dir, work, batch_id, executor)
+        report = validate_batch(cfg, batch_dir, work, batch_id, executor, digest)
         report["source"] = str(batch_dir)
         report["validate_seconds"] = round(time.perf_counter() - started, 3)
         _keep_rejected(out / "rejected" / batch_id, work / "rejected")

@@ -214,7 +214,7 @@ class DuckDBExecutor:
         """Each declared column parsed (`<col>`, the default for a null) with its state (`st_<col>`:
         0 null after stripping, 1 a value, 2 the text breaks the type's grammar, 3 it matches but
         gives no value: the type's `sql_null_reason`). Narrow on purpose: the raw texts are not kept."""
-        checked, cols = [], []
+        matched, checked, cols = [], [], []
         for c in ds.columns:
             term, x = c.type, q("s_" + c.name)
             default = f"{sql_literal(c.default)}::{c.sql_type}" if c.default is not None else f"NULL::{c.sql_type}"
@@ -222,17 +222,21 @@ class DuckDBExecutor:
             value = q(c.name)
             if term.grammar is None:
                 checked.append(x)
+                matched.append(x)
                 cols.append(f"coalesce({x}, {default}) AS {value}, CASE WHEN {x} IS NULL THEN 0 ELSE 1 END::TINYINT AS {st}")
                 continue
             # each regular expression and cast once per value: the grammar, then the parse of what matched
-            checked.append(f"{x}, regexp_full_match({x}, {sql_text(term.grammar)}) AS {g}")
-            checked.append(f"CASE WHEN regexp_full_match({x}, {sql_text(term.grammar)}) THEN {term.sql_parse(x, c.scale)} END AS {p}")
+            matched.append(f"{x}, regexp_full_match({x}, {sql_text(term.grammar)}) AS {g}")
+            checked.append(f"{x}, {g}, CASE WHEN {g} THEN {term.sql_parse(x, c.scale)} END AS {p}")
             cols.append(
                 f"CASE WHEN {x} IS NULL THEN {default} ELSE {p} END AS {value},"
                 f" CASE WHEN {x} IS NULL THEN 0 WHEN NOT {g} THEN 2 WHEN {p} IS NULL THEN 3 ELSE 1 END::TINYINT AS {st}"
             )
         stripped = ", ".join(f"{_strip(q('c_' + c.name))} AS {q('s_' + c.name)}" for c in ds.columns)
-        inner = f"SELECT _f, _line, _whole, {', '.join(checked)} FROM (SELECT _f, _line, _whole, {stripped} FROM {raw})"
+        inner = (
+            f"SELECT _f, _line, _whole, {', '.join(checked)} FROM (SELECT _f, _line, _whole, {', '.join(matched)}"
+            f" FROM (SELECT _f, _line, _whole, {stripped} FROM {raw}))"
+        )
         return f"SELECT _f, _line, _whole, {', '.join(cols)} FROM ({inner})"
 
     @staticmethod
@@ -264,33 +268,31 @@ class DuckDBExecutor:
                 self.con.execute(
                     f"UPDATE checked_{ds.name} SET _rules = '{d.name}.range' WHERE _rules = '' AND {q(d.name)} IS NULL AND {self._inputs_present(d)}"
                 )
-        fields = ds.fields
-        self.con.execute(
-            f"CREATE OR REPLACE TEMP TABLE valid_{ds.name} AS SELECT {', '.join(q(f) for f in fields)}"
-            f" FROM checked_{ds.name} WHERE _rules = '' ORDER BY _f, _line"
-        )
-        if ds.name in plan.lookups or any(c.references for other in plan.datasets for c in other.columns if c.references == ds.name):
+        fields = ", ".join(q(f) for f in ds.fields)
+        valid = f"SELECT {fields} FROM checked_{ds.name} WHERE _rules = '' ORDER BY _f, _line"
+        path = out_dir / f"{ds.name}.parquet"
+        if ds.name in plan.lookups or any(c.references == ds.name for other in plan.datasets for c in other.columns):
             # what later datasets join to: the first valid row of each key
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE valid_{ds.name} AS {valid}")
             keep = ", ".join(q(f) for f in dict.fromkeys([ds.key, *plan.lookups.get(ds.name, [])]))
             self.con.execute(
                 f"CREATE OR REPLACE TEMP TABLE keys_{ds.name} AS SELECT {keep} FROM valid_{ds.name}"
                 f" QUALIFY row_number() OVER (PARTITION BY {q(ds.key)} ORDER BY rowid) = 1"
             )
-        path = out_dir / f"{ds.name}.parquet"
-        self.con.execute(f"COPY valid_{ds.name} TO {sql_text(str(path))} (FORMAT parquet)")
+            valid = f"SELECT * FROM valid_{ds.name}"
+        self.con.execute(f"COPY ({valid}) TO {sql_text(str(path))} (FORMAT parquet)")
         counts = dict(
             self.con.execute(
                 f"SELECT r, count(*) FROM (SELECT unnest(string_split(_rules, ';')) AS r FROM checked_{ds.name} WHERE _rules <> '') GROUP BY r"
             ).fetchall()
         )
-        n_valid, n_rejected = self.con.execute(
-            f"SELECT count(*) FILTER (WHERE _rules = ''), count(*) FILTER (WHERE _rules <> '') FROM checked_{ds.name}"
-        ).fetchone() or (0, 0)
         per_file = {f.rel: {"rows_in": 0, "rows_valid": 0, "rows_rejected": 0} for f in files}
-        for fi, valid, bad in self.con.execute(
+        for fi, valid_rows, bad in self.con.execute(
             f"SELECT _f, count(*) FILTER (WHERE _rules = ''), count(*) FILTER (WHERE _rules <> '') FROM checked_{ds.name} GROUP BY _f"
         ).fetchall():
-            per_file[files[fi].rel].update(rows_valid=int(valid), rows_rejected=int(bad))
+            per_file[files[fi].rel].update(rows_valid=int(valid_rows), rows_rejected=int(bad))
+        n_valid = sum(f["rows_valid"] for f in per_file.values())
+        n_rejected = sum(f["rows_rejected"] for f in per_file.values())
         for row in structural:
             per_file[row[0]]["rows_rejected"] += 1
         for stats in per_file.values():
@@ -301,8 +303,8 @@ class DuckDBExecutor:
                 counts[reason] = counts.get(reason, 0) + 1
         write_rejected(out_dir / "rejected" / f"{ds.name}.csv", ds, rejected)
         return DatasetResult(
-            rows_valid=int(n_valid),
-            rows_rejected=int(n_rejected) + len(structural),
+            rows_valid=n_valid,
+            rows_rejected=n_rejected + len(structural),
             reasons={r: counts[r] for r in ds.rules() if r in counts},
             valid_path=path,
             files=per_file,

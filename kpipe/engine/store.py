@@ -22,8 +22,10 @@ class ProcessedStore(Protocol):
     def list(self, prefix: str) -> list[str]:
         """Names starting with `prefix`, sorted."""
 
-    def publish(self, name: str, src: Path) -> None:
-        """Store the local file `src` as `name`, replacing any earlier version atomically."""
+    def publish(self, name: str, src: Path, move: bool = False) -> Path:
+        """Store the local file `src` as `name`, replacing any earlier version atomically (`move`:
+        `src` is scratch its writer is done with, and may be taken). Returns where a local copy of
+        it now is."""
 
     def delete(self, name: str) -> None:
         """Remove `name` (nothing when it is not there)."""
@@ -50,12 +52,19 @@ class LocalStore:
         names = (p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
         return sorted(n for n in names if n.startswith(prefix) and not n.endswith(".tmp"))
 
-    def publish(self, name: str, src: Path) -> None:
+    def publish(self, name: str, src: Path, move: bool = False) -> Path:
         dest = self.root / name
         dest.parent.mkdir(parents=True, exist_ok=True)
+        if move:
+            try:
+                Path(src).replace(dest)  # same filesystem: a rename, no second copy of the rows
+                return dest
+            except OSError:
+                pass
         tmp = dest.with_name(dest.name + ".tmp")
         shutil.copyfile(src, tmp)
         tmp.replace(dest)
+        return dest
 
     def delete(self, name: str) -> None:
         path = self.root / name
@@ -102,8 +111,9 @@ class S3Store:
             names.extend(obj["Key"][len(self.prefix) :] for obj in page.get("Contents", []))
         return sorted(names)
 
-    def publish(self, name: str, src: Path) -> None:
+    def publish(self, name: str, src: Path, move: bool = False) -> Path:
         self.s3.upload_file(str(src), self.bucket, self.prefix + name)
+        return src
 
     def delete(self, name: str) -> None:
         self.s3.delete_object(Bucket=self.bucket, Key=self.prefix + name)

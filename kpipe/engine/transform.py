@@ -237,7 +237,7 @@ def index_batch(cfg: PipelineConfig, batch_id: str, validated_dir: Path, store: 
             )
             out = staging / ds.name
             con.execute(
-                f"COPY (SELECT * FROM new ORDER BY {part}, {key}) TO {sql_text(str(out))}"
+                f"COPY new TO {sql_text(str(out))}"
                 f" (FORMAT parquet, PARTITION_BY ({part}), OVERWRITE_OR_IGNORE, FILENAME_PATTERN 'data')"
             )
             now: dict[str, list[Path]] = {}
@@ -265,11 +265,13 @@ def index_batch(cfg: PipelineConfig, batch_id: str, validated_dir: Path, store: 
         con.close()
     # partitions first, the index after them, the state last: a crash in between is retried to the same end
     with ThreadPoolExecutor(TRANSFER_THREADS) as pool:
-        list(pool.map(lambda item: store.publish(*item), [p for p in publish if not p[0].startswith("_index/")]))
+        parts = [p for p in publish if not p[0].startswith("_index/")]
+        now_at = dict(zip((str(src) for _, src in parts), pool.map(lambda item: store.publish(*item, move=True), parts), strict=True))
         list(pool.map(store.delete, deletes))
+    new_files = {ds: {d: [now_at.get(str(p), p) for p in paths] for d, paths in by_date.items()} for ds, by_date in new_files.items()}
     for name, path in publish:
         if name.startswith("_index/"):
-            store.publish(name, path)
+            store.publish(name, path, move=True)
     state["batches"][batch_id] = seq
     state["contents"][digest] = seq
     state["next_seq"] = max(state["next_seq"], seq + 1)

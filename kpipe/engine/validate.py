@@ -44,7 +44,10 @@ def content_digest(raw_dir: Path, files: dict[str, list[str]]) -> str:
     return digest.hexdigest()
 
 
-def validate_batch(cfg: PipelineConfig, raw_dir: Path, out_dir: Path, batch_id: str, executor: str | None = None) -> dict[str, Any]:
+def validate_batch(
+    cfg: PipelineConfig, raw_dir: Path, out_dir: Path, batch_id: str, executor: str | None = None, digest: str | None = None
+) -> dict[str, Any]:
+    """`digest`: the batch's content digest when the caller has it already (`kpipe process` names the batch by it)."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     validated = out_dir / "validated"
     validated.mkdir(parents=True, exist_ok=True)
@@ -57,7 +60,7 @@ def validate_batch(cfg: PipelineConfig, raw_dir: Path, out_dir: Path, batch_id: 
     for path in (validated / "rejected").glob("*.csv"):
         path.replace(out_dir / "rejected" / path.name)
     (validated / "rejected").rmdir()
-    (validated / "batch.json").write_text(json.dumps({"batch_id": batch_id, "digest": content_digest(raw_dir, files)}) + "\n")
+    (validated / "batch.json").write_text(json.dumps({"batch_id": batch_id, "digest": digest or content_digest(raw_dir, files)}) + "\n")
     datasets = {name: results[name].report() for name in cfg.datasets}
     problems = threshold_problems(cfg, datasets)
     return {
