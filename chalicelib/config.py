@@ -224,7 +224,8 @@ class Trigger(_Strict):
 
 
 class Scale(_Strict):
-    validate_concurrency: Annotated[int, Field(ge=1, le=40)] = 4
+    """Map-state fan-out of the transform on AWS: a big batch's dates recomputed by that many tasks at once."""
+
     transform_concurrency: Annotated[int, Field(ge=1, le=40)] = 4
 
 

@@ -30,7 +30,7 @@ NOTES: dict[str, dict[str, str]] = {
         raw="input files", validated="the valid rows of each batch", rejected="the rejected rows of each batch, with their reasons",
         processed="the processed store, partitioned on `partition_by`", archived="raw files once their batch is processed",
         reports="manifests and batch reports", quarantine="raw files of a rejected batch", config="the pipeline.yaml in force"),
-    "Scale": dict(validate_concurrency="parallel validation tasks", transform_concurrency="parallel transform tasks"),
+    "Scale": dict(transform_concurrency="parallel transform tasks"),
     "Engine": dict(memory_limit="the DuckDB executor's memory limit"),
     "Dataset": dict(columns="the columns, found in each file by header name", derived="fields computed in order once a row's columns pass"),
     "Column": dict(
