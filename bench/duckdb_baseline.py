@@ -1,4 +1,4 @@
-"""Plain DuckDB SQL implementation of KPI_SEMANTICS.md for ONE batch: "how fast can plain DuckDB do it".
+"""Plain DuckDB SQL implementation of docs/semantics.md for ONE batch: "how fast can plain DuckDB do it".
 
 A query per step, as a data engineer would write it first: each file read with its own header's columns
 as VARCHAR (``read_csv(header=true, auto_detect=false, columns={...})``: the sniffer would dominate on

@@ -1,4 +1,4 @@
-"""Whole-batch pandas implementation of KPI_SEMANTICS.md for ONE batch: the benchmark's yardstick.
+"""Whole-batch pandas implementation of docs/semantics.md for ONE batch: the benchmark's yardstick.
 
 Why it exists: "is the streaming petl engine fast enough?" has no answer without the obvious alternative
 a data engineer would write first: read every CSV into DataFrames, apply the rules as vectorised string

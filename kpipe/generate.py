@@ -1,7 +1,7 @@
 """Synthetic TheLook-style input batches for demos, tests and the benchmark.
 
 The generator has two jobs that pull in different directions: the benchmark wants millions of rows
-fast and in constant memory, the tests want every rule of KPI_SEMANTICS.md exercised. So rows are
+fast and in constant memory, the tests want every rule of docs/semantics.md exercised. So rows are
 produced in one streaming pass with a single seeded ``random.Random`` (deterministic per seed), cheap
 integer arithmetic for prices and timestamps, and ``csv.writer``; dirt (invalid rows, CSV quirks) is
 injected only when ``invalid_fraction > 0`` so a clean batch is also a clean benchmark input.

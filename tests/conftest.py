@@ -80,7 +80,7 @@ def write_batch_files(
     """Write one batch directory: `products.csv`, `orders/*.csv`, `order_items/*.csv`.
 
     Each dataset is CSV text, bytes, or a list of rows (dicts keyed by header name: the standard columns
-    of KPI_SEMANTICS.md are the header, extra keys become extra columns). `orders`/`items` may also be
+    of docs/semantics.md are the header, extra keys become extra columns). `orders`/`items` may also be
     a mapping `{file name: content}` for several files. None or an empty list writes a header-only file."""
     batch_dir = Path(batch_dir)
     batch_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""An independent reference implementation of KPI_SEMANTICS.md, for tests only.
+"""An independent reference implementation of docs/semantics.md, for tests only.
 
 Why it exists: the engine is streaming petl driven by pipeline.yaml; a bug there and the same bug in a
 test's expected numbers would agree with each other. This module re-derives every number from the spec

@@ -1,6 +1,6 @@
 """The KPI read API through chalice's test client, on moto: 200s with JSON numbers, clear 400s and 404s.
 
-The seeded items are KPI_SEMANTICS.md's worked example, so the expected numbers are the specified ones.
+The seeded items are docs/semantics.md's worked example, so the expected numbers are the specified ones.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Every CSV quirk KPI_SEMANTICS.md allows, through validate_batch (and process_batches against the oracle)."""
+"""Every CSV quirk docs/semantics.md allows, through validate_batch (and process_batches against the oracle)."""
 
 from __future__ import annotations
 

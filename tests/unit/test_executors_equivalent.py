@@ -1,7 +1,7 @@
 """The two executors are one semantics: random pipelines drawn from the vocabulary, over random hostile
 batches, give through DuckDB and petl the same valid rows (values and Arrow types), byte-identical
 rejected files, the same counts and reasons, and the same KPI aggregates. Also the worked example of
-KPI_SEMANTICS.md, number for number, through both.
+docs/semantics.md, number for number, through both.
 
 A pipeline is YAML text over a small orders / order_items / products schema: column types, checks with
 random operands, defaults, derived fields, KPI tables with random keys, metric kinds, `where` filters,

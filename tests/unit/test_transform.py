@@ -1,4 +1,4 @@
-"""Across batches (KPI_SEMANTICS.md "Across batches"): later rows replace earlier ones, moved orders take
+"""Across batches (docs/semantics.md "Across batches"): later rows replace earlier ones, moved orders take
 their items along, categories come from the batch that brought the item, and re-processing changes nothing."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The worked example at the end of KPI_SEMANTICS.md, number for number, through the engine."""
+"""The worked example at the end of docs/semantics.md, number for number, through the engine."""
 
 from __future__ import annotations
 
