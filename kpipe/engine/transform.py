@@ -181,11 +181,11 @@ def index_batch(cfg: PipelineConfig, batch_id: str, validated_dir: Path, store: 
             # a key repeated within the batch (a key column not declared unique): its last row wins
             last = "" if ds.column(ds.key).unique else f" QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY file_row_number DESC) = 1"
             con.execute(
-                f"CREATE OR REPLACE TEMP TABLE b AS SELECT * EXCLUDE (file_row_number), {seq}::BIGINT AS _seq"
+                f"CREATE OR REPLACE TEMP TABLE b_{ds.name} AS SELECT * EXCLUDE (file_row_number), {seq}::BIGINT AS _seq"
                 f" FROM read_parquet({sql_text(str(src))}, file_row_number = true){last}"
             )
             if not ds.partition_by:
-                written[ds.name] = _merge_whole(con, plan, ds, files, staging, publish)
+                written[ds.name] = _merge_whole(con, plan, ds, f"b_{ds.name}", files, staging, publish)
                 continue
             part = q(ds.partition_by)
             index_name = f"_index/{ds.name}.parquet"
@@ -193,11 +193,15 @@ def index_batch(cfg: PipelineConfig, batch_id: str, validated_dir: Path, store: 
             if index_files:
                 con.execute(f"CREATE OR REPLACE TEMP TABLE idx AS SELECT * FROM read_parquet({sql_text(str(index_files[0]))})")
             else:
-                con.execute(f"CREATE OR REPLACE TEMP TABLE idx AS SELECT {key} AS k, {part} AS p, _seq FROM b WHERE false")
-            con.execute(
-                f"CREATE OR REPLACE TEMP TABLE win_{ds.name} AS SELECT b.* FROM b LEFT JOIN idx ON idx.k = b.{key}"
-                f" WHERE idx.k IS NULL OR idx._seq <= {seq}"
-            )
+                con.execute(f"CREATE OR REPLACE TEMP TABLE idx AS SELECT {key} AS k, {part} AS p, _seq FROM b_{ds.name} WHERE false")
+            if index_files:
+                con.execute(
+                    f"CREATE OR REPLACE TEMP TABLE win_{ds.name} AS SELECT b_{ds.name}.* FROM b_{ds.name} LEFT JOIN idx ON idx.k = b_{ds.name}.{key}"
+                    f" WHERE idx.k IS NULL OR idx._seq <= {seq}"
+                )
+            else:  # nothing stored yet: every row wins
+                con.execute(f"ALTER TABLE b_{ds.name} RENAME TO win_{ds.name}")
+                con.execute(f"CREATE OR REPLACE TEMP VIEW b_{ds.name} AS SELECT * FROM win_{ds.name}")
             con.execute(
                 f"CREATE OR REPLACE TEMP TABLE old_{ds.name} AS SELECT idx.k, idx.p FROM idx JOIN win_{ds.name} w ON w.{key} = idx.k"
             )
@@ -210,7 +214,7 @@ def index_batch(cfg: PipelineConfig, batch_id: str, validated_dir: Path, store: 
             listed = files.partitions(ds)
             local = files.fetch([n for d in sorted(dates) for n in listed.get(d, [])])
             stored = _files_sql(con, plan, local, ds) if local else None
-            carried = "SELECT * FROM b WHERE false"
+            carried = f"SELECT * FROM b_{ds.name} WHERE false"
             if parent is not None and stored is not None:
                 pds, via = parent
                 looked = [d for d in ds.derived if d.via == via]
@@ -230,14 +234,16 @@ def index_batch(cfg: PipelineConfig, batch_id: str, validated_dir: Path, store: 
             if not dates:
                 continue
             gone = f"SELECT {key} FROM win_{ds.name} UNION ALL SELECT {key} FROM carried"
-            kept = f"SELECT * FROM {stored} WHERE {key} NOT IN ({gone})" if stored else "SELECT * FROM b WHERE false"
-            con.execute(
-                f"CREATE OR REPLACE TEMP TABLE new AS {kept} UNION ALL BY NAME SELECT * FROM win_{ds.name}"
-                f" UNION ALL BY NAME SELECT * FROM carried"
-            )
+            if stored is None:  # only new dates: the partitions hold exactly the batch's rows
+                con.execute(f"CREATE OR REPLACE TEMP VIEW new_{ds.name} AS SELECT * FROM win_{ds.name}")
+            else:
+                con.execute(
+                    f"CREATE OR REPLACE TEMP TABLE new_{ds.name} AS SELECT * FROM {stored} WHERE {key} NOT IN ({gone})"
+                    f" UNION ALL BY NAME SELECT * FROM win_{ds.name} UNION ALL BY NAME SELECT * FROM carried"
+                )
             out = staging / ds.name
             con.execute(
-                f"COPY new TO {sql_text(str(out))}"
+                f"COPY new_{ds.name} TO {sql_text(str(out))}"
                 f" (FORMAT parquet, PARTITION_BY ({part}), OVERWRITE_OR_IGNORE, FILENAME_PATTERN 'data')"
             )
             now: dict[str, list[Path]] = {}
@@ -258,7 +264,7 @@ def index_batch(cfg: PipelineConfig, batch_id: str, validated_dir: Path, store: 
             index_out.parent.mkdir(parents=True, exist_ok=True)
             con.execute(
                 f"COPY (SELECT k, p, _seq FROM idx WHERE NOT list_contains({touched_list}, p)"
-                f" UNION ALL SELECT {key} AS k, {part} AS p, _seq FROM new ORDER BY k) TO {sql_text(str(index_out))} (FORMAT parquet)"
+                f" UNION ALL SELECT {key} AS k, {part} AS p, _seq FROM new_{ds.name} ORDER BY k) TO {sql_text(str(index_out))} (FORMAT parquet)"
             )
             publish.append((index_name, index_out))
     finally:
@@ -281,7 +287,9 @@ def index_batch(cfg: PipelineConfig, batch_id: str, validated_dir: Path, store: 
     return IndexResult(batch_id, seq, sorted(touched_all), written, carried_total, known, new_files)
 
 
-def _merge_whole(con: duckdb.DuckDBPyConnection, plan: Plan, ds: DatasetPlan, files: _Files, staging: Path, publish: list[tuple[str, Path]]) -> int:
+def _merge_whole(
+    con: duckdb.DuckDBPyConnection, plan: Plan, ds: DatasetPlan, batch: str, files: _Files, staging: Path, publish: list[tuple[str, Path]]
+) -> int:
     """A dataset without partitions (the catalog): one file, each key in its newest version."""
     name = f"{ds.name}/{DATA}"
     stored = files.fetch([name])
@@ -289,12 +297,12 @@ def _merge_whole(con: duckdb.DuckDBPyConnection, plan: Plan, ds: DatasetPlan, fi
     if stored:
         current = _files_sql(con, plan, stored, ds)
         con.execute(
-            f"CREATE OR REPLACE TEMP TABLE win AS SELECT b.* FROM b LEFT JOIN {current} s ON s.{key} = b.{key}"
+            f"CREATE OR REPLACE TEMP TABLE win AS SELECT b.* FROM {batch} b LEFT JOIN {current} s ON s.{key} = b.{key}"
             f" WHERE s.{key} IS NULL OR s._seq <= b._seq"
         )
         body = f"SELECT * FROM {current} WHERE {key} NOT IN (SELECT {key} FROM win) UNION ALL BY NAME SELECT * FROM win"
     else:
-        con.execute("CREATE OR REPLACE TEMP TABLE win AS SELECT * FROM b")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE win AS SELECT * FROM {batch}")
         body = "SELECT * FROM win"
     out = staging / ds.name / DATA
     out.parent.mkdir(parents=True, exist_ok=True)
