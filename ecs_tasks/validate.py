@@ -105,6 +105,7 @@ def _conclude(
     report.update(
         status="RUNNING",
         stage="validated",
+        executor=result["executor"],
         datasets=result["datasets"],
         threshold_exceeded=result["threshold_exceeded"],
         threshold_problems=result["threshold_problems"],

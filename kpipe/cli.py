@@ -13,17 +13,12 @@ from rich.console import Console
 from rich.table import Table
 
 from chalicelib.config import ConfigError, PipelineConfig, default_config_path, json_schema, load_config
+from kpipe.cli_options import ENGINE_OPTION
 from kpipe.tables import json_number, load_table, table_view
 
 err = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 160)
 
-ENGINE_OPTION = click.option(
-    "--engine",
-    type=click.Choice(["duckdb", "petl"]),
-    default=None,
-    help="the executor (default: engine.executor in pipeline.yaml): duckdb is fast, petl is the reference",
-)
 CONFIG_OPTION = click.option(
     "--config",
     "config_path",

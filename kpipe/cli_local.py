@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from chalicelib.config import ConfigError
+from kpipe.cli_options import ENGINE_OPTION
 
 
 def _err() -> Any:
@@ -47,8 +48,15 @@ def _settle_option(default: int) -> Any:
 @_config_option
 @_settle_option(1)
 @click.option("--timeout", "timeout_seconds", type=float, default=1800, show_default=True, help="seconds to wait for one batch")
+@ENGINE_OPTION
 def run_command(
-    batch_dirs: tuple[Path, ...], out_dir: Path, as_json: bool, config_path: Path | None, settle_seconds: int, timeout_seconds: float
+    batch_dirs: tuple[Path, ...],
+    out_dir: Path,
+    as_json: bool,
+    config_path: Path | None,
+    settle_seconds: int,
+    timeout_seconds: float,
+    engine: str | None,
 ) -> None:
     """The full event-driven pipeline on the embedded AWS emulator (no AWS account, no Docker).
 
@@ -64,7 +72,7 @@ def run_command(
     try:
         report = run_batches(
             list(batch_dirs), out_dir, config_path, settle_seconds=settle_seconds, progress=_progress,
-            timeout_seconds=timeout_seconds,
+            timeout_seconds=timeout_seconds, executor=engine,
         )
     except (BatchIncomplete, ConfigError) as exc:
         err.print(f"[red]{exc}[/red]", highlight=False)

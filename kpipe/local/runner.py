@@ -343,7 +343,7 @@ def _entry(bid: str, batch_dir: Path, execution: Mapping[str, Any], report: Mapp
         "execution": execution["name"],
         "seconds": round(seconds, 3),
     }
-    for field in ("seq", "dates", "rows_carried"):
+    for field in ("executor", "seq", "dates", "rows_carried"):
         if field in report:
             entry[field] = report[field]
     if status != "SUCCEEDED":
@@ -352,13 +352,17 @@ def _entry(bid: str, batch_dir: Path, execution: Mapping[str, Any], report: Mapp
     return entry
 
 
-def _config_text(config_path: Path, settle_seconds: int | None) -> tuple[str, PipelineConfig]:
-    """pipeline.yaml as uploaded: the user's file, with the settle wait shortened for the emulator."""
+def _config_text(config_path: Path, settle_seconds: int | None, executor: str | None = None) -> tuple[str, PipelineConfig]:
+    """pipeline.yaml as uploaded: the user's file, with the settle wait shortened for the emulator and
+    the executor `--engine` chose (the tasks read the config in the bucket, so that is where it goes)."""
     text = config_path.read_text(encoding="utf-8")
     load_config(config_path)  # refuse a bad file with its own path in the messages
-    if settle_seconds is not None:
+    if settle_seconds is not None or executor is not None:
         data = yaml.safe_load(text)
-        data.setdefault("trigger", {})["settle_seconds"] = int(settle_seconds)
+        if settle_seconds is not None:
+            data.setdefault("trigger", {})["settle_seconds"] = int(settle_seconds)
+        if executor is not None:
+            data.setdefault("engine", {})["executor"] = executor
         text = yaml.safe_dump(data, sort_keys=False)
     return text, parse_config(text, str(config_path))
 
@@ -373,6 +377,7 @@ def run_batches(
     timeout_seconds: float = 1800,
     in_process_tasks: bool = False,
     backend: str = "server",
+    executor: str | None = None,
 ) -> dict[str, Any]:
     """The full event-driven path on the embedded emulator; writes OUT and returns the report.
     (`backend="mock"`: moto in-process and tasks in threads, for tests; see `Emulator`.)"""
@@ -380,7 +385,7 @@ def run_batches(
 
     say = progress or (lambda _msg: None)
     config_path = Path(config_path) if config_path else default_config_path()
-    text, cfg = _config_text(config_path, settle_seconds)
+    text, cfg = _config_text(config_path, settle_seconds, executor)
     layout = Layout.from_config(cfg)
     batch_dirs = [Path(d) for d in batch_dirs]
     for batch_dir in batch_dirs:
