@@ -31,16 +31,24 @@ def test_explain_names_every_rule_derived_field_and_metric(config_text: str) -> 
 
 
 def test_the_printed_sql_is_what_the_executor_runs(config_text: str) -> None:
-    """Each statement parses as DuckDB SQL (EXPLAIN binds it against empty tables of the plan's shape)."""
+    """Each statement binds in DuckDB against empty tables of the shapes the executor gives them."""
+    from kpipe.engine.duckdb_executor import DuckDBExecutor, q
+
     plan = compile_plan(parse_config(config_text))
     statements = plan_sql(plan)
     assert set(statements) >= {f"validate {ds.name}" for ds in plan.datasets}
     con = duckdb.connect()
-    for sql in statements.values():
-        try:
-            con.execute(f"EXPLAIN {sql}")
-        except duckdb.CatalogException:  # the tables it reads exist only while a batch runs: it parsed
-            pass
+    for ds in plan.datasets:
+        raw = ", ".join(["_f BIGINT", "_line BIGINT", "_whole VARCHAR"] + [f"{q('c_' + c.name)} VARCHAR" for c in ds.columns])
+        con.execute(f"CREATE TABLE raw_{ds.name} ({raw})")
+        con.execute(f"CREATE TABLE typed_{ds.name} AS {DuckDBExecutor.typed_sql(ds, f'raw_{ds.name}')}")
+        con.execute(f"CREATE TABLE checked AS {statements[f'validate {ds.name}']}")
+        con.execute(f"CREATE TABLE keys_{ds.name} AS SELECT * FROM checked")
+        con.execute(f"CREATE TABLE processed_{ds.name} AS SELECT * FROM checked")
+        con.execute("DROP TABLE checked")
+    for name, sql in statements.items():
+        con.execute(f"EXPLAIN {sql}")  # binds: every table and column it names exists, with a type that fits
+        assert name
 
 
 def test_check_config_explain_prints_plan_and_sql() -> None:
