@@ -69,9 +69,24 @@ def main() -> None:
 @main.command("check-config")
 @click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--explain", is_flag=True, help="also print the plan: rules, derived fields, KPI groupings and the SQL")
-def check_config(path: Path | None, explain: bool) -> None:
+@click.option(
+    "--against",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="an OUT of `kpipe process`: say what the changes since its last batch mean for older dates",
+)
+def check_config(path: Path | None, explain: bool, against: Path | None) -> None:
     """Validate pipeline.yaml; exit 0 when valid, 2 with every problem listed."""
     cfg = _load(path)
+    if against is not None:
+        from kpipe.engine.changes import CONFIG, backfill_notes
+
+        summary = against / "processed" / CONFIG
+        if not summary.is_file():
+            err.print(f"{against} holds no processed batch (no {summary}); nothing to compare with")
+        else:
+            notes = backfill_notes(json.loads(summary.read_text(encoding="utf-8")), cfg)
+            for note in notes or ["no change since the last batch processed there"]:
+                out.print(f"  - {note}", highlight=False)
     if explain:
         from kpipe.engine.duckdb_executor import plan_sql
         from kpipe.engine.plan import compile_plan, explain_text

@@ -34,6 +34,7 @@ import duckdb
 import pyarrow.parquet as pq
 
 from chalicelib.config import PipelineConfig
+from kpipe.engine import changes
 from kpipe.engine.duckdb_executor import q, stored_rows_sql
 from kpipe.engine.executors import open_executor
 from kpipe.engine.plan import DatasetPlan, Plan, compile_plan
@@ -281,6 +282,9 @@ def index_batch(cfg: PipelineConfig, batch_id: str, validated_dir: Path, store: 
     state["batches"][batch_id] = seq
     state["contents"][digest] = seq
     state["next_seq"] = max(state["next_seq"], seq + 1)
+    config_path = work_dir / "config.json"  # the config the store's rows were last merged under
+    config_path.write_text(changes.dump(cfg), encoding="utf-8")
+    store.publish(changes.CONFIG, config_path)
     state_path = work_dir / "state.json"
     state_path.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     store.publish(STATE, state_path)

@@ -59,3 +59,21 @@ def test_a_column_removed_once_data_exists(tmp_path: Path, config_text: str) -> 
     assert report["batches"][0]["status"] == "SUCCEEDED"
     items = json.loads((out / "OrderKPI.json").read_text())
     assert items and all("returned_items" not in i for i in items if i["order_date"] in report["batches"][0]["dates"])
+
+
+def test_check_config_against_says_what_needs_a_backfill(tmp_path: Path, config_text: str) -> None:
+    from click.testing import CliRunner
+
+    from kpipe.cli import main
+
+    out = tmp_path / "out"
+    process_batches(parse_config(config_text), [SAMPLE / "batch-1"], out)
+    edited_path = tmp_path / "pipeline.yaml"
+    edited_path.write_text(edited(config_text))
+    result = CliRunner().invoke(main, ["check-config", str(edited_path), "--against", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "datasets.orders.columns.num_of_item: new column" in result.output
+    assert "datasets.order_items.derived.status_lc: new derived field" in result.output
+    assert "kpis.OrderKPI: changed table" in result.output
+    same = CliRunner().invoke(main, ["check-config", "--against", str(out)])
+    assert "no change since the last batch" in same.output
