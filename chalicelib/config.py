@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from kpipe.engine.vocabulary import CHECKS, DERIVED, METRICS, TYPES, Scalar, check_operand
+from kpipe.engine.vocabulary import CHECKS, DERIVED, EQUATABLE, METRICS, TYPES, Scalar, check_operand, operand_value
 from kpipe.engine.vocabulary import NUMERIC as NUMERIC_TYPES
 
 ColumnType = Literal[tuple(TYPES)]  # type: ignore[valid-type]
@@ -233,7 +233,9 @@ class Engine(_Strict):
     """Which executor runs the plan, and the DuckDB executor's bounds (sane for a 2 vCPU / 4 GiB task)."""
 
     executor: Literal["duckdb", "petl"] = Field("duckdb", description="duckdb: fast, the default; petl: the reference")
-    memory_limit: Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|KiB|MiB|GiB)$")] = "1GB"
+    memory_limit: Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|KiB|MiB|GiB)$")] = Field(
+        "300MB", description="what DuckDB may hold before it spills to temp_directory (the process stays within ~2x)"
+    )
     threads: Annotated[int, Field(ge=1, le=64)] | None = Field(None, description="default: the CPUs the task has")
     temp_directory: str | None = Field(None, description="where DuckDB spills; default: the work directory")
 
@@ -397,6 +399,14 @@ def _derived_problems(cfg: PipelineConfig, ds_name: str, spec: Derived, seen: li
     if spec.op == "equals":
         if spec.equals.field not in seen:
             problems.append(f"{path}.field: unknown field '{spec.equals.field}'; allowed: {seen}")
+        elif (found := _safe_type(cfg, ds_name, spec.equals.field)) is not None:
+            if found not in EQUATABLE:
+                problems.append(f"{path}.field: '{spec.equals.field}' has type {found}; allowed types: {list(EQUATABLE)}")
+            else:
+                try:
+                    operand_value(spec.equals.value, found)
+                except (ArithmeticError, ValueError):
+                    problems.append(f"{path}.value: {spec.equals.value!r} is not a {found}; allowed: a value of the field's type")
     elif spec.op != "lookup":
         inputs = term.inputs(spec.operand)
         for i, f in enumerate(inputs):
@@ -469,6 +479,8 @@ def _table_problems(cfg: PipelineConfig, t_name: str, table: KpiTable) -> list[s
             problems.append(f"{mpath}.{metric.kind}: unknown field '{field}' of {src}; allowed: {fields}")
         elif METRICS[metric.kind].types and (found := _safe_type(cfg, src, field)) not in (*METRICS[metric.kind].types, None):
             problems.append(f"{mpath}.{metric.kind}: '{field}' has type {found}; allowed: a field of type {', '.join(METRICS[metric.kind].types)}")
+        elif metric.round is not None and metric.kind in ("min", "max") and (found := _safe_type(cfg, src, field)) not in (*NUMERIC_TYPES, None):
+            problems.append(f"{mpath}.round: the {metric.kind} of a {found} field is not a number; allowed: round on numeric metrics")
         for i, cond in enumerate(metric.where):
             if cond.field not in fields:
                 problems.append(f"{mpath}.where[{i}].field: unknown field '{cond.field}' of {src}; allowed: {fields}")

@@ -11,12 +11,13 @@ refused, so both executors see the same rows.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
-import mmap
 import re
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +27,21 @@ from kpipe.engine.vocabulary import WHITESPACE
 BOM = b"\xef\xbb\xbf"
 csv.field_size_limit(sys.maxsize)  # a field is as long as the file says (DuckDB has no such limit either)
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
+_PADDED = re.compile(rb'[,\n] +"|" +(?:[,\r\n]|\Z)')
 
 
 def _lines(path: Path, start: int = 0) -> Iterator[tuple[int, str]]:
-    """(byte offset, decoded line) of each physical line; bad bytes kept as lone surrogates."""
+    """(byte offset, decoded line) of each physical line, ended by LF, CRLF or a lone CR (as the csv
+    module reads a file opened with newline=''); bad bytes kept as lone surrogates."""
     with open(path, "rb") as fh:
         fh.seek(start)
         offset = start
         for raw in fh:
             if offset == 0 and raw.startswith(BOM):
                 raw, offset = raw[len(BOM) :], len(BOM)
-            yield offset, raw.decode("utf-8", errors="surrogateescape")
-            offset += len(raw)
+            for line in raw.splitlines(keepends=True) if b"\r" in raw else (raw,):
+                yield offset, line.decode("utf-8", errors="surrogateescape")
+                offset += len(line)
 
 
 def header(path: Path) -> list[str]:
@@ -101,16 +105,50 @@ def write_rejected(path: Path, ds: DatasetPlan, rows: Iterator[list[str]] | list
         out.writerows(rows)
 
 
-def interior_blank(path: Path) -> bool:
-    """Might a blank line sit between records? (DuckDB skips blank lines yet counts them in record
-    numbers, so only then are its kept rows not numbered by their order.) A quoted field holding one
-    also says yes: the answer only chooses the exact slow way of numbering."""
+@dataclass(frozen=True)
+class Survey:
+    utf8: bool  # every byte decodes (DuckDB checks only the columns it reads)
+    newlines: int  # line ends (LF, CRLF, a lone CR; an unended last line counts too): as many as header +
+    # rows means no blank line and no quoted line break
+    padded_quote: bool  # a space between a quote and a field's edge: DuckDB drops it, csv keeps it
+
+
+def survey(path: Path, piece: int = 1 << 24) -> Survey:
+    """One pass over a file's bytes, a piece at a time (memory stays flat), with one-byte scans
+    (memchr speed) deciding whether slower ones are needed at all."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    utf8, padded, edge, newlines, last = True, False, b"", 0, b""
     with open(path, "rb") as fh:
-        size = fh.seek(0, 2)
-        if size == 0:
-            return False
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            end = size
-            while end > 0 and data[end - 1] in b"\r\n":
-                end -= 1
-            return data.find(b"\n\n", 0, end) >= 0 or data.find(b"\n\r\n", 0, end) >= 0
+        while chunk := fh.read(piece):
+            if utf8 and not chunk.isascii():  # the usual export is ASCII
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError:
+                    utf8 = False
+            newlines += chunk.count(b"\n") + chunk.count(b"\r") - chunk.count(b"\r\n")  # (a CRLF split between pieces counts twice: the slower way)
+            last = chunk[-1:]
+            if not padded and b'"' in chunk:  # (a space run longer than the overlap at a piece's edge is past caring)
+                near = edge + chunk
+                padded = (b' "' in near or b'" ' in near) and _PADDED.search(near) is not None
+            edge = chunk[-4096:]
+    if utf8:
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            utf8 = False
+    return Survey(utf8, newlines + (last not in (b"", b"\n", b"\r")), padded)
+
+
+def blank_line_inside(path: Path, piece: int = 1 << 24) -> bool:
+    """Might a blank line sit between records? (DuckDB skips blank lines yet counts them in record
+    numbers, so only then are its rows not numbered by their order.) A quoted field holding one also
+    says yes: the answer only chooses the exact, slower way. Asked only of a file whose line breaks
+    are not one a record."""
+    tail = b""
+    with open(path, "rb") as fh:
+        while chunk := fh.read(piece):
+            body = (tail + chunk).rstrip(b"\r\n") if len(chunk) < piece else tail + chunk
+            if b"\n\n" in body or b"\n\r" in body or b"\r\r" in body:  # a lone CR ends a line too
+                return True
+            tail = chunk[-2:]
+    return False

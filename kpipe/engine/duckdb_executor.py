@@ -10,7 +10,6 @@ derived fields; valid rows go to Parquet, rejected ones (usually few) through th
 
 from __future__ import annotations
 
-import codecs
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import duckdb
 import pyarrow as pa
 
 from chalicelib.config import Engine
-from kpipe.engine.csvfiles import header, interior_blank, records, rejected_row, write_rejected
+from kpipe.engine.csvfiles import blank_line_inside, header, records, rejected_row, survey, write_rejected
 from kpipe.engine.plan import ColumnStep, DatasetPlan, DerivedStep, Plan, TablePlan
 from kpipe.engine.results import DatasetResult, GroupValues, file_problems
 from kpipe.engine.vocabulary import FIELD_SQL_TYPES, NUMERIC, TYPES, WHITESPACE, sql_literal, sql_text
@@ -107,14 +106,21 @@ class DuckDBExecutor:
                 continue
             whole = file_problems(ds, names)
             declared = [f"{self._raw(c, names)} AS {q('c_' + c.name)}" for c in ds.columns]
-            self.con.execute(
-                f"CREATE OR REPLACE TEMP TABLE file_{file.tag} AS SELECT {', '.join(declared)} FROM {self._csv(file, file.tag)} t"
-            )
-            refused = {line for (line,) in self.con.execute(f"SELECT line FROM rj_{file.tag}").fetchall()}
+            try:
+                self.con.execute(
+                    f"CREATE OR REPLACE TEMP TABLE file_{file.tag} AS SELECT {', '.join(declared)} FROM {self._csv(file, file.tag)} t"
+                )
+                refused = {line for (line,) in self.con.execute(f"SELECT line FROM rj_{file.tag}").fetchall()}
+            except duckdb.InvalidInputException:  # a record its state machine cannot read at all (a bare CR)
+                refused = {0}
             line = "(t.rowid + 2)"
             # a one-column file: DuckDB reads a blank line as a row with a null field, csv as no row; and
             # DuckDB does not check the bytes of the columns it does not read
-            if refused or interior_blank(path) or len(names) == 1 or not _utf8(path):
+            surveyed = survey(path)
+            slow = refused or len(names) == 1 or not surveyed.utf8 or surveyed.padded_quote
+            if not slow and surveyed.newlines > int(self.con.execute(f"SELECT count(*) FROM file_{file.tag}").fetchall()[0][0]) + 1:
+                slow = blank_line_inside(path)  # more line breaks than records: quoted ones, or blank lines
+            if slow:
                 self._reread(file, ds, structural)
                 line = "t._line"
             whole_sql = sql_text(";".join(whole)) if whole else "NULL::VARCHAR"
@@ -199,7 +205,13 @@ class DuckDBExecutor:
             if c.references:
                 target = plan.dataset(c.references)
                 alias = f"ref_{c.name}"
-                joins.append(f"LEFT JOIN keys_{target.name} {alias} ON {alias}.{q(target.key)} = {v}")
+                key, kc = f"{alias}.{q(target.key)}", target.column(target.key)
+                if (kc.type.name, kc.scale) != (c.type.name, c.scale) and {kc.type.name, c.type.name} <= set(NUMERIC):
+                    # numbers of other scales compare exactly at the larger one (the implicit cast may overflow)
+                    wide = f"DECIMAL(38, {max(kc.scale if kc.type.name == 'decimal' else 0, c.scale if c.type.name == 'decimal' else 0)})"
+                    joins.append(f"LEFT JOIN keys_{target.name} {alias} ON TRY_CAST({key} AS {wide}) = TRY_CAST({v} AS {wide})")
+                else:
+                    joins.append(f"LEFT JOIN keys_{target.name} {alias} ON {key} = {v}")
                 reasons.append(f"CASE WHEN {v} IS NOT NULL AND {alias}.{q(target.key)} IS NULL THEN '{c.name}.references' END")
                 looked += [f"{alias}.{q(f)} AS {q(f'look_{c.name}_{f}')}" for f in plan.lookups.get(target.name, [])]
         rules = f"concat_ws(';', {', '.join(reasons)})" if reasons else "''"
@@ -264,12 +276,16 @@ class DuckDBExecutor:
         raw, files, structural = self._read_files(ds, batch_dir, rels)
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE typed_{ds.name} AS {self.typed_sql(ds, raw)}")
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE checked_{ds.name} AS {self.dataset_sql(plan, ds, raw)}")
+        # what is done with goes at once: DuckDB holds temp tables in memory up to memory_limit, then spills
+        self.con.execute(f"DROP VIEW raw_{ds.name}; DROP TABLE typed_{ds.name}")
+        for file in files:
+            if file.names and not file.reread:
+                self.con.execute(f"DROP TABLE file_{file.tag}")
         range_rules = [d for d in ds.derived if d.type in NUMERIC and d.via is None]
-        if range_rules:  # a derived decimal that does not fit its type is its own reason
-            for d in range_rules:
-                self.con.execute(
-                    f"UPDATE checked_{ds.name} SET _rules = '{d.name}.range' WHERE _rules = '' AND {q(d.name)} IS NULL AND {self._inputs_present(d)}"
-                )
+        if range_rules:  # a derived number that does not fit its type is its own reason (each such field one)
+            broken = [f"({q(d.name)} IS NULL AND {self._inputs_present(d)})" for d in range_rules]
+            listed = ", ".join(f"CASE WHEN {b} THEN '{d.name}.range' END" for b, d in zip(broken, range_rules, strict=True))
+            self.con.execute(f"UPDATE checked_{ds.name} SET _rules = concat_ws(';', {listed}) WHERE _rules = '' AND ({' OR '.join(broken)})")
         fields = ", ".join(q(f) for f in ds.fields)
         valid = f"SELECT {fields} FROM checked_{ds.name} WHERE _rules = '' ORDER BY _f, _line"
         path = out_dir / f"{ds.name}.parquet"
@@ -283,6 +299,7 @@ class DuckDBExecutor:
             )
             valid = f"SELECT * FROM valid_{ds.name}"
         self.con.execute(f"COPY ({valid}) TO {sql_text(str(path))} (FORMAT parquet)")
+        self.con.execute(f"DROP TABLE IF EXISTS valid_{ds.name}")  # later datasets need its keys_ only
         counts = dict(
             self.con.execute(
                 f"SELECT r, count(*) FROM (SELECT unnest(string_split(_rules, ';')) AS r FROM checked_{ds.name} WHERE _rules <> '') GROUP BY r"
@@ -304,6 +321,9 @@ class DuckDBExecutor:
             for reason in row[2].split(";"):
                 counts[reason] = counts.get(reason, 0) + 1
         write_rejected(out_dir / "rejected" / f"{ds.name}.csv", ds, rejected)
+        self.con.execute(f"DROP TABLE checked_{ds.name}")
+        for file in files:
+            self.con.execute(f"DROP TABLE IF EXISTS reread_{file.tag}; DROP TABLE IF EXISTS full_{file.tag}")
         return DatasetResult(
             rows_valid=n_valid,
             rows_rejected=n_rejected + len(structural),
@@ -429,19 +449,6 @@ def parquet_relation(paths: list[Path], partition: str | None) -> str:
     if partition:
         return f"read_parquet({files}, hive_partitioning = true, hive_types = {{{sql_text(partition)}: DATE}}, union_by_name = true)"
     return f"read_parquet({files}, union_by_name = true)"
-
-
-def _utf8(path: Path) -> bool:
-    """Is the whole file UTF-8? (Read in pieces: memory stays flat.)"""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    try:
-        with open(path, "rb") as fh:
-            while piece := fh.read(1 << 24):
-                decoder.decode(piece)
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _key_text(value: Any) -> str:

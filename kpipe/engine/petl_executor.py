@@ -1,4 +1,4 @@
-"""The petl executor: the plan read row by row, as KPI_SEMANTICS.md says it, the reference.
+"""The petl executor: the plan read row by row, as docs/semantics.md says it, the reference.
 
 A dataset's records are a lazy petl table (file then line order). Each row gets its typed values,
 then its reasons in the plan's order, then its derived fields; valid rows go to Parquet, rejected ones
@@ -124,9 +124,10 @@ class PetlExecutor:
                 yield rejected_row(r[FILE], r[POS][1], r[REASONS], r[NAMES], r[FIELDS], ds)
 
         write_rejected(out_dir / "rejected" / f"{ds.name}.csv", ds, rejected())
-        # what later datasets reference and look up: the first valid row of each key
-        keep = list(dict.fromkeys([ds.key, *plan.lookups.get(ds.name, [])]))
-        firsts[ds.name] = petl.dictlookupone(valid.cut(*keep), ds.key)
+        if any(c.references == ds.name for other in plan.datasets for c in other.columns):
+            # what later datasets reference and look up: the first valid row of each key
+            keep = list(dict.fromkeys([ds.key, *plan.lookups.get(ds.name, [])]))
+            firsts[ds.name] = petl.dictlookupone(valid.cut(*keep), ds.key)
         files = {rel: {"rows_in": tally[rel, "rows_valid"] + tally[rel, "rows_rejected"], "rows_valid": tally[rel, "rows_valid"],
                        "rows_rejected": tally[rel, "rows_rejected"]} for rel in rels}  # fmt: skip
         reasons = {r: tally[r] for r in ds.rules() if r in tally}

@@ -23,6 +23,7 @@ from kpipe.engine.vocabulary import (
     MetricTerm,
     TypeTerm,
     check_operand,
+    operand_value,
 )
 
 # reasons a row gets before its fields are read
@@ -191,7 +192,10 @@ def compile_plan(cfg: PipelineConfig) -> Plan:
                     lookups[target].append(spec.lookup.field)
                 step = DerivedStep(d_name, term, spec.lookup, (spec.lookup.via,), kind, scale, spec.lookup.via, target, spec.lookup.field)
             else:
-                step = DerivedStep(d_name, term, spec.operand, tuple(term.inputs(spec.operand)), kind, scale)
+                operand = spec.operand
+                if spec.op == "equals":  # its value read the way its field is, as a check's operand is
+                    operand = operand.model_copy(update={"value": operand_value(operand.value, cfg.field_type(name, operand.field))})
+                step = DerivedStep(d_name, term, operand, tuple(term.inputs(operand)), kind, scale)
             derived.append(step)
         datasets.append(DatasetPlan(name, ds.files, ds.key, ds.partition_by, tuple(columns), tuple(derived), ds.reject_threshold))
     tables = []

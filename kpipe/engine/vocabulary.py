@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal, localcontext
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -86,16 +86,42 @@ _DT = re.compile(
 
 
 def _parse_datetime(text: str, tz: ZoneInfo, _scale: int) -> datetime | None:
-    """An aware datetime in the pipeline's zone; raises ValueError for a day that does not exist."""
+    """The instant a text names, as an aware datetime in UTC (so that instants compare as instants,
+    whatever their wall time); raises ValueError for a day that does not exist, or an instant outside
+    the years 1-9999 in UTC or in the pipeline's zone. A naive text is a wall time in that zone; one
+    it repeats (clocks turned back) is the later instant, one it skips is read with the offset before
+    the change, as DuckDB (ICU) reads them."""
     m = _DT.fullmatch(text)
     assert m is not None  # the grammar matched
     y, mo, d, h, mi, s, frac, off = m.groups()
     naive = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), int((frac or "0")[:6].ljust(6, "0")))
-    if off is None:
-        return naive.replace(tzinfo=tz)
-    sign = -1 if off[0] == "-" else 1
-    offset = timedelta(0) if off == "Z" else sign * timedelta(hours=int(off[1:3]), minutes=int(off[4:6]))
-    return naive.replace(tzinfo=timezone(offset)).astimezone(tz)
+    try:
+        if off is None:
+            early, late = naive.replace(tzinfo=tz), naive.replace(tzinfo=tz, fold=1)
+            repeated = early.utcoffset() != late.utcoffset() and late.astimezone(UTC).astimezone(tz).replace(tzinfo=None) == naive
+            aware = late if repeated else early
+        else:
+            sign = -1 if off[0] == "-" else 1
+            offset = timedelta(0) if off == "Z" else sign * timedelta(hours=int(off[1:3]), minutes=int(off[4:6]))
+            aware = naive.replace(tzinfo=timezone(offset))
+        instant = aware.astimezone(UTC)
+        instant.astimezone(tz)  # its wall time in the pipeline's zone exists too
+    except OverflowError as exc:
+        raise ValueError(f"{text} is outside the years 1-9999") from exc
+    return instant
+
+
+def _sql_datetime(x: str, _scale: int) -> str:
+    """`_parse_datetime` in SQL: the fraction cut to microseconds first, as Python reads it (DuckDB
+    would round); a text in the first or last year is also checked to name an instant within the
+    years 1-9999 in UTC and in the session's zone (any other year is, whatever its offset)."""
+    cut = f"CASE WHEN length({x}) > 26 THEN regexp_replace({x}, '(\\.[0-9]{{6}})[0-9]+', '\\1') ELSE {x} END"
+    ts = f"TRY_CAST({cut} AS TIMESTAMPTZ)"
+    edge = (
+        f"CASE WHEN {ts} BETWEEN TIMESTAMPTZ '0001-01-01 00:00:00+00' AND TIMESTAMPTZ '9999-12-31 23:59:59.999999+00'"
+        f" AND CAST({ts} AS DATE) BETWEEN DATE '0001-01-01' AND DATE '9999-12-31' THEN {ts} END"
+    )
+    return f"CASE WHEN starts_with({x}, '0001') OR starts_with({x}, '9999') THEN {edge} ELSE {ts} END"
 
 
 _YEAR = "(?:[1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])"
@@ -145,8 +171,7 @@ TYPES: dict[str, TypeTerm] = {
             DATETIME_GRAMMAR,
             lambda _s: "TIMESTAMPTZ",
             _parse_datetime,
-            # fraction cut to microseconds first, as Python reads it (DuckDB would round)
-            lambda x, _s: f"TRY_CAST(regexp_replace({x}, '(\\.[0-9]{{6}})[0-9]+', '\\1') AS TIMESTAMPTZ)",
+            _sql_datetime,
             "type",
         ),
     )
