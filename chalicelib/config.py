@@ -333,6 +333,13 @@ def _semantic_problems(cfg: PipelineConfig) -> list[str]:
                     problems.append(f"{cpath}.references: unknown dataset '{col.references}'; allowed: {names}")
                 elif col.references == ds_name:
                     problems.append(f"{cpath}.references: a dataset cannot reference itself; allowed: {names}")
+                elif (key := cfg.datasets[col.references].columns.get(cfg.datasets[col.references].key)) is not None and (
+                    key.type != col.type and not {key.type, col.type} <= set(NUMERIC_TYPES)
+                ):  # values compare as values: a text never equals a number
+                    problems.append(
+                        f"{cpath}.references: {col.references} is keyed by a {key.type}, this column is a {col.type};"
+                        f" allowed: a {key.type} column{' (or another numeric type)' if key.type in NUMERIC_TYPES else ''}"
+                    )
             for i, check in enumerate(col.checks):
                 problems.extend(_check_problems(check, col.type, f"{cpath}.checks[{i}]"))
             if col.default is not None and col.required:

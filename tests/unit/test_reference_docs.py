@@ -10,7 +10,7 @@ import pytest
 
 from chalicelib.config import Column, Dataset, KpiTable, PipelineConfig
 from kpipe.engine import vocabulary
-from kpipe.engine.reference import COMMAND, reference_markdown
+from kpipe.reference import COMMAND, reference_markdown
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE = REPO / "docs" / "pipeline-reference.md"
@@ -22,7 +22,7 @@ def test_published_reference_equals_the_generated_one() -> None:
 
 def test_the_command_prints_the_page_without_loading_petl_or_duckdb() -> None:
     script = (
-        "import runpy, sys; runpy.run_module('kpipe.engine.reference', run_name='__main__');"
+        "import runpy, sys; runpy.run_module('kpipe.reference', run_name='__main__');"
         "sys.stdout.flush(); loaded = {'petl', 'duckdb'} & set(sys.modules); assert not loaded, loaded"
     )
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=False)

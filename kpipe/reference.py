@@ -1,6 +1,6 @@
 """The reference of pipeline.yaml, `docs/pipeline-reference.md`, generated from the vocabulary and the config model.
 
-`python -m kpipe.engine.reference > docs/pipeline-reference.md` regenerates the page; a unit test fails when it
+`python -m kpipe.reference > docs/pipeline-reference.md` regenerates the page; a unit test fails when it
 is stale. Imports neither petl nor DuckDB.
 """
 
@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from chalicelib import config as M
 from kpipe.engine import plan, vocabulary
 
-COMMAND = "python -m kpipe.engine.reference > docs/pipeline-reference.md"
+COMMAND = "python -m kpipe.reference > docs/pipeline-reference.md"
 
 # What a key means where its model field has no `description` (a note naming no field fails the generation).
 NOTES: dict[str, dict[str, str]] = {
@@ -105,7 +105,7 @@ def _table(header: str, rows: list[tuple[str, ...]]) -> list[str]:
 def _keys(model: type[BaseModel], skip: Container[str]) -> list[str]:
     notes = NOTES.get(model.__name__, {})
     unknown = set(notes) - set(model.model_fields)
-    assert not unknown, f"NOTES names {model.__name__}.{unknown}, no longer keys: update kpipe/engine/reference.py"
+    assert not unknown, f"NOTES names {model.__name__}.{unknown}, no longer keys: update kpipe/reference.py"
     return _table("key,type,default,meaning", [
         (f"`{f.alias or n}`", _type(f.annotation, list(f.metadata)),
          "required" if f.is_required() else _literal(f.get_default(call_default_factory=True)), f.description or notes.get(n, ""))
