@@ -9,12 +9,20 @@ from typing import Any
 
 import pytest
 
-from chalicelib.config import PipelineConfig
+from chalicelib.config import PipelineConfig, parse_config
 from kpipe.engine import validate as validate_module
 from kpipe.engine.validate import validate_batch
 from kpipe.process import process_batches
 from tests.oracle import oracle
 from tests.support import read_valid
+
+
+@pytest.fixture(params=["duckdb", "petl"])
+def cfg(request: pytest.FixtureRequest, config_text: str) -> PipelineConfig:
+    """Every test here runs on both executors: the default config with `engine.executor` set."""
+    base = parse_config(config_text)
+    return base.model_copy(update={"engine": base.engine.model_copy(update={"executor": request.param})})
+
 
 PRODUCTS = "id,sku,cost,category,name,brand,retail_price,department\n1,S1,5,Books,Book,X,10.00,D\n2,S2,9,Toys,Toy,Y,20.00,D\n"
 ORDERS_HEADER = "order_id,user_id,status,created_at,returned_at,shipped_at,delivered_at,num_of_item\n"

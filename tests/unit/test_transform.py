@@ -9,12 +9,20 @@ from typing import Any
 
 import pytest
 
-from chalicelib.config import PipelineConfig
+from chalicelib.config import PipelineConfig, parse_config
 from kpipe.engine.store import LocalStore
 from kpipe.engine.transform import TransformResult, transform_batch
 from kpipe.engine.validate import validate_batch
 from kpipe.process import local_batch_id, process_batches
 from tests.oracle import oracle
+
+
+@pytest.fixture(params=["duckdb", "petl"])
+def cfg(request: pytest.FixtureRequest, config_text: str) -> PipelineConfig:
+    """Every test here runs on both executors: the default config with `engine.executor` set."""
+    base = parse_config(config_text)
+    return base.model_copy(update={"engine": base.engine.model_copy(update={"executor": request.param})})
+
 
 D = Decimal
 BOOKS = {"id": 1, "category": "Books", "retail_price": "10.00"}

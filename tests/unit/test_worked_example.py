@@ -9,12 +9,20 @@ from typing import Any
 
 import pytest
 
-from chalicelib.config import PipelineConfig
+from chalicelib.config import PipelineConfig, parse_config
 from kpipe.engine.store import LocalStore
 from kpipe.engine.transform import transform_batch
 from kpipe.engine.validate import validate_batch
 from kpipe.process import process_batches
 from tests.oracle import oracle
+
+
+@pytest.fixture(params=["duckdb", "petl"])
+def cfg(request: pytest.FixtureRequest, config_text: str) -> PipelineConfig:
+    """Every test here runs on both executors: the default config with `engine.executor` set."""
+    base = parse_config(config_text)
+    return base.model_copy(update={"engine": base.engine.model_copy(update={"executor": request.param})})
+
 
 PRODUCTS = [
     {"id": 1, "sku": "S1", "cost": "5", "category": "Books", "name": "A book, \"annotated\"", "retail_price": "10.00"},
