@@ -106,19 +106,19 @@ class DuckDBExecutor:
                 continue
             whole = file_problems(ds, names)
             declared = [f"{self._raw(c, names)} AS {q('c_' + c.name)}" for c in ds.columns]
-            try:
-                self.con.execute(
+            try:  # the table's creation answers with its row count; the refused records' numbers, one query
+                rows = int(self.con.execute(
                     f"CREATE OR REPLACE TEMP TABLE file_{file.tag} AS SELECT {', '.join(declared)} FROM {self._csv(file, file.tag)} t"
-                )
-                refused = {line for (line,) in self.con.execute(f"SELECT line FROM rj_{file.tag}").fetchall()}
+                ).fetchall()[0][0])
+                refused = set(self.con.execute(f"SELECT coalesce(list(line), []) FROM rj_{file.tag}").fetchall()[0][0])
             except duckdb.InvalidInputException:  # a record its state machine cannot read at all (a bare CR)
-                refused = {0}
+                rows, refused = 0, {0}
             line = "(t.rowid + 2)"
             # a one-column file: DuckDB reads a blank line as a row with a null field, csv as no row; and
             # DuckDB does not check the bytes of the columns it does not read
             surveyed = survey(path)
             slow = refused or len(names) == 1 or not surveyed.utf8 or surveyed.padded_quote
-            if not slow and surveyed.newlines > int(self.con.execute(f"SELECT count(*) FROM file_{file.tag}").fetchall()[0][0]) + 1:
+            if not slow and surveyed.newlines > rows + 1:
                 slow = blank_line_inside(path)  # more line breaks than records: quoted ones, or blank lines
             if slow:
                 self._reread(file, ds, structural)
