@@ -19,7 +19,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import duckdb
-import pyarrow as pa
 
 from chalicelib.config import Engine
 from kpipe.engine.csvfiles import blank_line_inside, header, records, rejected_row, survey, write_rejected
@@ -158,6 +157,8 @@ class DuckDBExecutor:
             for i in range(width):
                 columns[f"f{i}"].append(fields[i] if i < len(fields) and fields[i] != "" else None)
             columns["_more"].append(fields[width:] or None)
+        import pyarrow as pa  # only on this slower way: the usual run never loads it
+
         table = pa.table(
             {name: pa.array(values, pa.int64() if name == "_line" else pa.list_(pa.string()) if name == "_more" else pa.string())
              for name, values in columns.items()}
