@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,6 +34,7 @@ from kpipe.engine.duckdb_executor import DuckDBExecutor
 from kpipe.engine.petl_executor import PetlExecutor
 from kpipe.engine.plan import Plan, compile_plan
 from kpipe.engine.results import finish_items
+from kpipe.engine.vocabulary import CHECKS, METRICS
 
 EXECUTORS = (DuckDBExecutor, PetlExecutor)
 ZONES = ["UTC", "UTC", "Europe/Berlin", "Asia/Kolkata", "America/St_Johns"]
@@ -69,25 +70,32 @@ DATES = ["2025-03-01", "2025-03-02", "2025-02-28"]
 
 
 def checks_for(kind: str) -> st.SearchStrategy[dict[str, Any]]:
-    """A check (also a `where` filter, with `field` added) valid on a field of `kind`."""
+    """A check (also a `where` filter, with `field` added) valid on a field of `kind`: any term of the
+    registry that applies to it, its operand drawn from the term's YAML shape (a new term is drawn too)."""
+    value = {
+        "int": st.sampled_from(NUMBERS), "decimal": st.sampled_from(NUMBERS), "string": st.sampled_from(WORDS),
+        "date": st.sampled_from(DATES), "bool": st.booleans(),
+    }.get(kind)
+    if value is None:
+        return st.nothing()
     number = st.sampled_from(NUMBERS)
-    if kind in ("int", "decimal"):
-        return st.one_of(
-            st.builds(lambda op, n: {op: n}, st.sampled_from(["gt", "ge", "lt", "le", "eq", "ne"]), number),
-            st.builds(lambda a, b: {"between": [a, b]}, number, number),
-            st.builds(lambda v: {"one_of": v}, st.lists(number, min_size=1, max_size=3)),
-        )
-    if kind == "string":
-        return st.builds(
-            lambda op, v, ic: {op: v if op != "one_of" else [v, "Toys"], **({"ignore_case": True} if ic else {})},
-            st.sampled_from(["eq", "ne", "one_of"]), st.sampled_from(WORDS), st.booleans(),
-        )
-    if kind == "date":
-        return st.builds(lambda op, d: {op: d if op != "one_of" else [d, DATES[1]]}, st.sampled_from(["eq", "ne", "one_of"]),
-                         st.sampled_from(DATES))
-    if kind == "bool":
-        return st.builds(lambda op, b: {op: b}, st.sampled_from(["eq", "ne"]), st.booleans())
-    return st.nothing()
+
+    def operand(shape: Any) -> st.SearchStrategy[Any]:
+        origin = get_origin(shape)
+        if shape is Decimal:
+            return number
+        if origin is tuple:
+            return st.tuples(*(number if a is Decimal else value for a in get_args(shape))).map(list)
+        if origin is list:
+            return st.lists(value, min_size=1, max_size=3)
+        return value
+
+    terms = [t for t in CHECKS.values() if kind in t.types]
+    return st.one_of(*(
+        st.builds(lambda name, v, ic: {name: v, **({"ignore_case": True} if ic else {})},
+                  st.just(t.name), operand(t.shape), st.booleans() if kind == "string" else st.just(False))
+        for t in terms
+    ))
 
 
 EQUALS = {"int": [1, 2, -3, "+3", "2", "2.0"], "decimal": ["2.50", 20, "9.5", 0, "2"],
@@ -177,8 +185,7 @@ def pipelines(draw: Any) -> str:
     return yaml.safe_dump(cfg, sort_keys=False)
 
 
-AGGREGATES = {"sum": ("int", "decimal"), "avg": ("int", "decimal"), "min": ("int", "decimal", "date", "string"),
-              "max": ("int", "decimal", "date", "string"), "count": (), "count_distinct": ()}
+AGGREGATES = {name: term.types for name, term in METRICS.items() if not term.combines}  # every aggregate kind of the registry
 
 
 @st.composite
