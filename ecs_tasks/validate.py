@@ -10,8 +10,7 @@ Runs under the pipeline lease, so nothing else consumes `raw-data/` meanwhile. S
    A skipped run touches nothing and returns `{"status": "skipped"}`.
 3. Keys under the raw prefix that match no dataset are moved to `quarantine/<batch_id>/`.
 4. Download the snapshot's versions into a directory mirroring the keys below the raw prefix, run the
-   engine's `validate_batch`, upload `validated/<batch_id>/<dataset>.csv` (with its `.groups.json` when the
-   dataset is partitioned), `rejected/<batch_id>/<dataset>.csv` and the report (status RUNNING, with the per-dataset counts).
+   engine's `validate_batch`, upload `validated/<batch_id>/<dataset>.parquet` and `batch.json` (the content digest), `rejected/<batch_id>/<dataset>.csv` and the report (status RUNNING, with the per-dataset counts).
 
 Output to the state machine (small): status, counts, `threshold_exceeded` and its problems.
 """

@@ -47,7 +47,7 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("Top level", M.PipelineConfig, "The keys of `pipeline.yaml`."),
     ("`trigger`", M.Trigger, "When an execution starts."),
     ("`storage`", M.Storage, "The prefixes of the pipeline bucket, each ending in `/`."),
-    ("`scale`", M.Scale, "Map-state fan-out on AWS (and worker processes on a laptop)."),
+    ("`scale`", M.Scale, "Map-state fan-out of the transform on AWS."),
     ("`engine`", M.Engine, M.Engine.__doc__ or ""),
     ("A dataset", M.Dataset, "One entry of `datasets`: the files of one input and the rules its rows must pass."),
     ("A column", M.Column, M.Column.__doc__ or ""),
