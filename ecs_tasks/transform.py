@@ -65,7 +65,7 @@ def transform(ctx: common.TaskContext, log: Any) -> dict[str, Any]:
         rows = partitioned_rows(cfg, validated_dir)
         fan_out = cfg.scale.transform_concurrency > 1 and rows >= int(ctx.env.get("KPIPE_FANOUT_MIN_ROWS") or DEFAULT_FANOUT_MIN_ROWS)
         indexed = index_batch(cfg, ctx.batch_id, validated_dir, store, Path(tmp) / "index")
-        rest = indexed.recompute_dates
+        rest = indexed.dates  # every touched date is computed again from its partitions
         groups = min(cfg.scale.transform_concurrency, len(rest))
         plan = {
             "batch_id": ctx.batch_id,

@@ -22,9 +22,10 @@ from kpipe.tables import load_table, replace_dates, save_table
 Progress = Callable[[str], None]
 
 
-def local_batch_id(cfg: PipelineConfig, batch_dir: Path) -> str:
-    """Content-addressed: the same files give the same id, so re-processing is recognised."""
-    return "b-" + content_digest(batch_dir, dataset_files(cfg, batch_dir))[:20]
+def local_batch_id(cfg: PipelineConfig, batch_dir: Path, digest: str | None = None) -> str:
+    """Content-addressed: the same files give the same id, so re-processing is recognised
+    (`digest`: the batch's `content_digest`, when the caller has it already)."""
+    return "b-" + (digest or content_digest(batch_dir, dataset_files(cfg, batch_dir)))[:20]
 
 
 def partition_field(cfg: PipelineConfig) -> str:
@@ -55,7 +56,7 @@ def process_batches(
         if missing:
             raise BatchIncomplete(f"{batch_dir} is not a complete batch: missing {', '.join(missing)}")
         digest = content_digest(batch_dir, dataset_files(cfg, batch_dir))
-        batch_id = "b-" + digest[:20]
+        batch_id = local_batch_id(cfg, batch_dir, digest)
         work = out / "work" / batch_id
         shutil.rmtree(work, ignore_errors=True)
         started = time.perf_counter()

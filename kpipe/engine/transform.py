@@ -66,10 +66,6 @@ class IndexResult:
     replay_of: int | None = None
     files: dict[str, dict[str, list[Path]]] = field(default_factory=dict)  # dataset -> date -> local files, as now
 
-    @property
-    def recompute_dates(self) -> list[str]:
-        return self.dates
-
 
 def partition_dir(ds: DatasetPlan, date: str) -> str:
     return f"{ds.name}/{ds.partition_by}={date}"
