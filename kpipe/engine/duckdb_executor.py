@@ -52,11 +52,12 @@ class _File:
     path: Path
     names: list[str]
     tag: str
-    reread: bool = False  # read by the reference reader: its table holds every field
+    reread: bool = False  # read by the reference reader (`reread_<tag>` holds its every field)
 
     @property
     def table(self) -> str:
-        return f"reread_{self.tag}" if self.reread else f"file_{self.tag}"
+        """The file's parsed rows."""
+        return f"typed_{self.tag}"
 
 
 class DuckDBExecutor:
@@ -87,11 +88,11 @@ class DuckDBExecutor:
         return results
 
     def _read_files(self, ds: DatasetPlan, batch_dir: Path, rels: list[str]) -> tuple[str, list[_File], list[list[Any]]]:
-        """A view of every record of the dataset's files: `_f` (file number), `_line`, `_whole`
-        (file-level reasons), then each declared column's raw text (`c_<name>`). Each file is read
-        by DuckDB for its declared columns only; the rest of a record is read again only for the
-        rejected file. Returns the view's name, the files, and the records rejected before their
-        fields were read."""
+        """A view of every record of the dataset's files, parsed (`typed_sql`): `_f` (file number),
+        `_line`, `_whole` (file-level reasons), each declared column's value and state. Each file is
+        read and parsed by one statement, its declared columns only (the raw texts are never
+        materialised); a file the strict reader refused records of is read again by the reference
+        reader. Returns the view's name, the files, and the records rejected before their fields were read."""
         selects: list[str] = []
         files: list[_File] = []
         structural: list[list[Any]] = []
@@ -104,15 +105,14 @@ class DuckDBExecutor:
             if not names:
                 continue
             whole = file_problems(ds, names)
-            declared = [f"{self._raw(c, names)} AS {q('c_' + c.name)}" for c in ds.columns]
+            whole_sql = sql_text(";".join(whole)) if whole else "NULL::VARCHAR"
+            declared = ", ".join(f"{self._raw(c, names)} AS {q('c_' + c.name)}" for c in ds.columns)
+            raw = f"(SELECT {fi} AS _f, 0::BIGINT AS _line, {whole_sql} AS _whole, {declared} FROM {self._csv(file, file.tag)} t)"
             try:  # the table's creation answers with its row count; the refused records' numbers, one query
-                rows = int(self.con.execute(
-                    f"CREATE OR REPLACE TEMP TABLE file_{file.tag} AS SELECT {', '.join(declared)} FROM {self._csv(file, file.tag)} t"
-                ).fetchall()[0][0])
+                rows = int(self.con.execute(f"CREATE OR REPLACE TEMP TABLE {file.table} AS {self.typed_sql(ds, raw)}").fetchall()[0][0])
                 refused = set(self.con.execute(f"SELECT coalesce(list(line), []) FROM rj_{file.tag}").fetchall()[0][0])
             except duckdb.InvalidInputException:  # a record its state machine cannot read at all (a bare CR)
                 rows, refused = 0, {0}
-            line = "(t.rowid + 2)"
             # a one-column file: DuckDB reads a blank line as a row with a null field, csv as no row; and
             # DuckDB does not check the bytes of the columns it does not read
             surveyed = survey(path)
@@ -120,16 +120,16 @@ class DuckDBExecutor:
             if not slow and surveyed.newlines > rows + 1:
                 slow = blank_line_inside(path)  # more line breaks than records: quoted ones, or blank lines
             if slow:
-                self._reread(file, ds, structural)
-                line = "t._line"
-            whole_sql = sql_text(";".join(whole)) if whole else "NULL::VARCHAR"
-            cols = ", ".join(f"t.{q('c_' + c.name)}" for c in ds.columns)
-            selects.append(f"SELECT {fi} AS _f, {line} AS _line, {whole_sql} AS _whole, {cols} FROM {file.table} t")
+                self.con.execute(f"DROP TABLE IF EXISTS {file.table}")
+                self._reread(file, ds, structural, whole_sql)
+                selects.append(f"SELECT * FROM {file.table}")
+            else:  # DuckDB numbers the records in file order: the header is 1
+                selects.append(f"SELECT * REPLACE (rowid + 2 AS _line) FROM {file.table}")
         if not selects:
             cols = ", ".join(f"NULL::VARCHAR AS {q('c_' + c.name)}" for c in ds.columns)
-            selects.append(f"SELECT 0 AS _f, 0::BIGINT AS _line, NULL::VARCHAR AS _whole, {cols} WHERE false")
-        self.con.execute(f"CREATE OR REPLACE TEMP VIEW raw_{ds.name} AS " + " UNION ALL ".join(selects))
-        return f"raw_{ds.name}", files, structural
+            selects.append(self.typed_sql(ds, f"(SELECT 0 AS _f, 0::BIGINT AS _line, NULL::VARCHAR AS _whole, {cols} WHERE false)"))
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW typed_{ds.name} AS " + " UNION ALL ".join(selects))
+        return f"typed_{ds.name}", files, structural
 
     @staticmethod
     def _csv(file: _File, rejects: str) -> str:
@@ -141,7 +141,7 @@ class DuckDBExecutor:
             f" rejects_scan = 'rs_{rejects}')"
         )
 
-    def _reread(self, file: _File, ds: DatasetPlan, structural: list[list[str]]) -> None:
+    def _reread(self, file: _File, ds: DatasetPlan, structural: list[list[str]], whole_sql: str) -> None:
         """A file DuckDB's strict reader refused records of, or with blank lines inside (so its rows'
         order does not give their record numbers): the records as the reference reader reads them,
         numbered, every field kept (`_more`: fields past the header's). Only such files take this
@@ -164,9 +164,11 @@ class DuckDBExecutor:
              for name, values in columns.items()}
         )
         self.con.register(f"arrow_{file.tag}", table)
-        declared = ", ".join(f"{self._raw(c, file.names)} AS {q('c_' + c.name)}" for c in ds.columns)
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE reread_{file.tag} AS SELECT t.*, {declared} FROM arrow_{file.tag} t")
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE reread_{file.tag} AS SELECT * FROM arrow_{file.tag}")
         self.con.unregister(f"arrow_{file.tag}")
+        declared = ", ".join(f"{self._raw(c, file.names)} AS {q('c_' + c.name)}" for c in ds.columns)
+        raw = f"(SELECT {file.number} AS _f, t._line, {whole_sql} AS _whole, {declared} FROM reread_{file.tag} t)"
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {file.table} AS {self.typed_sql(ds, raw)}")
         file.reread = True
 
     @staticmethod
@@ -174,9 +176,9 @@ class DuckDBExecutor:
         return f"t.f{names.index(col.header)}" if col.header in names else "NULL::VARCHAR"
 
     @staticmethod
-    def dataset_sql(plan: Plan, ds: DatasetPlan, raw: str) -> str:
-        """The query giving every row of `raw` its typed values, `_rules` (its reasons, `;`-joined in
-        rule order; '' when valid) and derived fields. Rows of a file with file-level reasons (`_whole`)
+    def dataset_sql(plan: Plan, ds: DatasetPlan, typed: str) -> str:
+        """The query giving every row of `typed` (`typed_sql`'s rows of every file) `_rules` (its
+        reasons, `;`-joined in rule order; '' when valid) and derived fields. Rows of a file with file-level reasons (`_whole`)
         get only those, and claim no key."""
         reasons: list[str] = []
         joins: list[str] = []
@@ -197,7 +199,7 @@ class DuckDBExecutor:
             if c.unique:  # a later row whose key an earlier row of the batch claimed: one aggregate, no sort
                 alias = f"dup_{c.name}"
                 joins.append(
-                    f"LEFT JOIN (SELECT {q(c.name)} AS k, min(_f * {1 << 40} + _line) AS first FROM typed_{ds.name}"
+                    f"LEFT JOIN (SELECT {q(c.name)} AS k, min(_f * {1 << 40} + _line) AS first FROM {typed}"
                     f" WHERE {q(c.name)} IS NOT NULL AND _whole IS NULL GROUP BY 1 HAVING count(*) > 1) {alias} ON {alias}.k = {v}"
                 )
                 reasons.append(
@@ -218,7 +220,7 @@ class DuckDBExecutor:
         rules = f"concat_ws(';', {', '.join(reasons)})" if reasons else "''"
         checked = (
             f"SELECT t.*, CASE WHEN t._whole IS NOT NULL THEN t._whole ELSE {rules} END AS _rules{''.join(', ' + x for x in looked)}"
-            f" FROM typed_{ds.name} t {' '.join(joins)}"
+            f" FROM {typed} t {' '.join(joins)}"
         )
         names = ", ".join(f"t.{q(c.name)}" for c in ds.columns)
         derived = DuckDBExecutor._derived_sql(plan, ds)
@@ -274,14 +276,12 @@ class DuckDBExecutor:
         return "".join(f", {x}" for x in selects)
 
     def _validate_dataset(self, plan: Plan, ds: DatasetPlan, batch_dir: Path, rels: list[str], out_dir: Path) -> DatasetResult:
-        raw, files, structural = self._read_files(ds, batch_dir, rels)
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE typed_{ds.name} AS {self.typed_sql(ds, raw)}")
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE checked_{ds.name} AS {self.dataset_sql(plan, ds, raw)}")
+        typed, files, structural = self._read_files(ds, batch_dir, rels)
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE checked_{ds.name} AS {self.dataset_sql(plan, ds, typed)}")
         # what is done with goes at once: DuckDB holds temp tables in memory up to memory_limit, then spills
-        self.con.execute(f"DROP VIEW raw_{ds.name}; DROP TABLE typed_{ds.name}")
+        self.con.execute(f"DROP VIEW {typed}")
         for file in files:
-            if file.names and not file.reread:
-                self.con.execute(f"DROP TABLE file_{file.tag}")
+            self.con.execute(f"DROP TABLE IF EXISTS {file.table}")
         range_rules = [d for d in ds.derived if d.type in NUMERIC and d.via is None]
         if range_rules:  # a derived number that does not fit its type is its own reason (each such field one)
             broken = [f"({q(d.name)} IS NULL AND {self._inputs_present(d)})" for d in range_rules]
@@ -437,8 +437,8 @@ def plan_sql(plan: Plan) -> dict[str, str]:
     """The statements the executor runs for a plan (`kpipe check-config --explain`)."""
     out: dict[str, str] = {}
     for ds in plan.datasets:
-        out[f"parse {ds.name} (typed_{ds.name})"] = DuckDBExecutor.typed_sql(ds, f"raw_{ds.name}")
-        out[f"validate {ds.name}"] = DuckDBExecutor.dataset_sql(plan, ds, f"raw_{ds.name}")
+        out[f"parse {ds.name} (each file: raw_{ds.name})"] = DuckDBExecutor.typed_sql(ds, f"raw_{ds.name}")
+        out[f"validate {ds.name}"] = DuckDBExecutor.dataset_sql(plan, ds, f"typed_{ds.name}")
     for table in plan.tables:
         for source in table.sources:
             out[f"{table.name} from {source}"] = DuckDBExecutor.table_sql(plan, table, source, f"processed_{source}")
