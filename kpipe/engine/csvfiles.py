@@ -125,7 +125,9 @@ def survey(path: Path, piece: int = 1 << 24) -> Survey:
                     decoder.decode(chunk)
                 except UnicodeDecodeError:
                     utf8 = False
-            newlines += chunk.count(b"\n") + chunk.count(b"\r") - chunk.count(b"\r\n")  # (a CRLF split between pieces counts twice: the slower way)
+            newlines += chunk.count(b"\n")
+            if b"\r" in chunk:  # (a CRLF split between pieces counts twice: the slower way)
+                newlines += chunk.count(b"\r") - chunk.count(b"\r\n")
             last = chunk[-1:]
             if not padded and b'"' in chunk:  # (a space run longer than the overlap at a piece's edge is past caring)
                 near = edge + chunk

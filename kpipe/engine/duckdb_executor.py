@@ -52,12 +52,8 @@ class _File:
     path: Path
     names: list[str]
     tag: str
+    table: str = ""  # the table holding its parsed rows (with other files of its header, unless reread)
     reread: bool = False  # read by the reference reader (`reread_<tag>` holds its every field)
-
-    @property
-    def table(self) -> str:
-        """The file's parsed rows."""
-        return f"typed_{self.tag}"
 
 
 class DuckDBExecutor:
@@ -74,6 +70,7 @@ class DuckDBExecutor:
         self.con.execute(f"SET TimeZone = {sql_text(timezone)}")
         self.tz = ZoneInfo(timezone)
         self._files = 0
+        self._parsed: list[str] = []  # the tables of parsed rows of the dataset being validated
 
     def close(self) -> None:
         self.con.close()
@@ -89,59 +86,116 @@ class DuckDBExecutor:
 
     def _read_files(self, ds: DatasetPlan, batch_dir: Path, rels: list[str]) -> tuple[str, list[_File], list[list[Any]]]:
         """A view of every record of the dataset's files, parsed (`typed_sql`): `_f` (file number),
-        `_line`, `_whole` (file-level reasons), each declared column's value and state. Each file is
-        read and parsed by one statement, its declared columns only (the raw texts are never
-        materialised); a file the strict reader refused records of is read again by the reference
-        reader. Returns the view's name, the files, and the records rejected before their fields were read."""
-        selects: list[str] = []
-        files: list[_File] = []
-        structural: list[list[Any]] = []
+        `_line`, `_whole` (file-level reasons), each declared column's value and state. Files with the
+        same header are read and parsed by one statement, their declared columns only (the raw texts
+        are never materialised); a file the strict reader refused records of is read again by the
+        reference reader. Returns the view's name, the files, and the records rejected before their
+        fields were read."""
+        files = []
         for fi, rel in enumerate(rels):
-            path = batch_dir / rel
-            names = header(path)
             self._files += 1
-            file = _File(fi, rel, path, names, f"{ds.name}_{self._files}")
-            files.append(file)
-            if not names:
-                continue
-            whole = file_problems(ds, names)
-            whole_sql = sql_text(";".join(whole)) if whole else "NULL::VARCHAR"
-            declared = ", ".join(f"{self._raw(c, names)} AS {q('c_' + c.name)}" for c in ds.columns)
-            raw = f"(SELECT {fi} AS _f, 0::BIGINT AS _line, {whole_sql} AS _whole, {declared} FROM {self._csv(file, file.tag)} t)"
-            try:  # the table's creation answers with its row count; the refused records' numbers, one query
-                rows = int(self.con.execute(f"CREATE OR REPLACE TEMP TABLE {file.table} AS {self.typed_sql(ds, raw)}").fetchall()[0][0])
-                refused = set(self.con.execute(f"SELECT coalesce(list(line), []) FROM rj_{file.tag}").fetchall()[0][0])
+            files.append(_File(fi, rel, batch_dir / rel, header(batch_dir / rel), f"{ds.name}_{self._files}"))
+        groups: dict[tuple[str, ...], list[_File]] = {}
+        for file in files:
+            if file.names:
+                groups.setdefault(tuple(file.names), []).append(file)
+        selects: list[str] = []
+        structural: list[list[Any]] = []
+        for group in groups.values():
+            try:
+                counted = self._read_group(ds, group)
             except duckdb.InvalidInputException:  # a record its state machine cannot read at all (a bare CR)
-                rows, refused = 0, {0}
-            # a one-column file: DuckDB reads a blank line as a row with a null field, csv as no row; and
-            # DuckDB does not check the bytes of the columns it does not read
-            surveyed = survey(path)
-            slow = refused or len(names) == 1 or not surveyed.utf8 or surveyed.padded_quote
-            if not slow and surveyed.newlines > rows + 1:
-                slow = blank_line_inside(path)  # more line breaks than records: quoted ones, or blank lines
-            if slow:
-                self.con.execute(f"DROP TABLE IF EXISTS {file.table}")
-                self._reread(file, ds, structural, whole_sql)
-                selects.append(f"SELECT * FROM {file.table}")
-            else:  # DuckDB numbers the records in file order: the header is 1
-                selects.append(f"SELECT * REPLACE (rowid + 2 AS _line) FROM {file.table}")
+                if len(group) > 1:  # each file alone, to know which
+                    selects += [self._read_alone(ds, file, structural) for file in group]
+                    continue
+                counted = {group[0].number: (0, 0, {0})}
+            fast, table = [], group[0].table
+            for file in group:
+                first, rows, refused = counted.get(file.number, (0, 0, set()))
+                if self._needs_reread(file, rows, refused):
+                    self._reread(file, ds, structural)
+                    selects.append(f"SELECT * FROM {file.table}")
+                else:
+                    fast.append((file, first))
+            if fast:  # DuckDB numbers the records in file order: the header is 1
+                offsets = " ".join(f"WHEN {f.number} THEN {first - 2}" for f, first in fast)
+                keep = ", ".join(str(f.number) for f, _ in fast)
+                selects.append(f"SELECT * REPLACE (rowid - CASE _f {offsets} END AS _line) FROM {table} WHERE _f IN ({keep})")
         if not selects:
             cols = ", ".join(f"NULL::VARCHAR AS {q('c_' + c.name)}" for c in ds.columns)
             selects.append(self.typed_sql(ds, f"(SELECT 0 AS _f, 0::BIGINT AS _line, NULL::VARCHAR AS _whole, {cols} WHERE false)"))
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW typed_{ds.name} AS " + " UNION ALL ".join(selects))
         return f"typed_{ds.name}", files, structural
 
+    def _read_group(self, ds: DatasetPlan, group: list[_File]) -> dict[int, tuple[int, int, set[int]]]:
+        """Files of one header into one table (`typed_<tag>`, named for the first file); per file number,
+        its first rowid, its row count and the record numbers the strict reader refused."""
+        tag = group[0].tag
+        for file in group:
+            file.table = f"typed_{tag}"
+        names = group[0].names
+        paths = "[" + ", ".join(sql_text(str(f.path)) for f in group) + "]"
+        numbers = "[" + ", ".join(str(f.number) for f in group) + "]"
+        declared = ", ".join(f"{self._raw(c, names)} AS {q('c_' + c.name)}" for c in ds.columns)
+        # the file name is one constant a chunk: its position costs one look-up a chunk, not a row
+        raw = f"(SELECT {numbers}[list_position({paths}, t.filename)] AS _f, 0::BIGINT AS _line, {self._whole_sql(ds, names)} AS _whole, {declared} FROM {self._csv(group, tag)} t)"
+        self._parsed.append(f"typed_{tag}")
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE typed_{tag} AS {self.typed_sql(ds, raw)}")
+        counted = {
+            int(fi): (int(first), int(rows), set())
+            for fi, first, rows in self.con.execute(f"SELECT _f, min(rowid), count(*) FROM typed_{tag} GROUP BY _f").fetchall()
+        }
+        by_path = {str(f.path): f.number for f in group}
+        for path, lines in self.con.execute(
+            f"SELECT s.file_path, list(r.line) FROM rj_{tag} r JOIN rs_{tag} s USING (scan_id, file_id) GROUP BY ALL"
+        ).fetchall():
+            fi = by_path[path]
+            counted[fi] = (*counted.get(fi, (0, 0))[:2], set(lines))
+        return counted
+
+    def _read_alone(self, ds: DatasetPlan, file: _File, structural: list[list[Any]]) -> str:
+        """One file of a group whose reading failed: the select of its rows."""
+        try:
+            first, rows, refused = self._read_group(ds, [file]).get(file.number, (0, 0, set()))
+        except duckdb.InvalidInputException:
+            first, rows, refused = 0, 0, {0}
+        if self._needs_reread(file, rows, refused):
+            self._reread(file, ds, structural)
+            return f"SELECT * FROM {file.table}"
+        return f"SELECT * REPLACE (rowid - {first - 2} AS _line) FROM {file.table}"
+
     @staticmethod
-    def _csv(file: _File, rejects: str) -> str:
-        """DuckDB's strict reader over one file, every field VARCHAR under the file's own header (no sniffing)."""
-        cols = ", ".join(f"{sql_text(f'f{i}')}: 'VARCHAR'" for i in range(len(file.names)))
+    def _whole_sql(ds: DatasetPlan, names: list[str]) -> str:
+        """The file-level reasons of a file with this header, a SQL text (NULL: none)."""
+        whole = file_problems(ds, names)
+        return sql_text(";".join(whole)) if whole else "NULL::VARCHAR"
+
+    @staticmethod
+    def _needs_reread(file: _File, rows: int, refused: set[int]) -> bool:
+        """Must the reference reader read this file? When DuckDB refused records, or might number or
+        read them otherwise: a one-column file (DuckDB reads a blank line as a row with a null field,
+        csv as no row), bytes that are not UTF-8 (DuckDB checks only the columns it reads), a space
+        beside a quote, or blank lines between records."""
+        if refused or len(file.names) == 1:
+            return True
+        surveyed = survey(file.path)
+        if not surveyed.utf8 or surveyed.padded_quote:
+            return True
+        return surveyed.newlines > rows + 1 and blank_line_inside(file.path)  # more line breaks than records
+
+    @staticmethod
+    def _csv(files: list[_File], rejects: str) -> str:
+        """DuckDB's strict reader over files of one header, every field VARCHAR under that header (no
+        sniffing), with each record's file name (`filename`)."""
+        cols = ", ".join(f"{sql_text(f'f{i}')}: 'VARCHAR'" for i in range(len(files[0].names)))
+        paths = "[" + ", ".join(sql_text(str(f.path)) for f in files) + "]"
         return (
-            f"read_csv({sql_text(str(file.path))}, header = true, auto_detect = false, columns = {{{cols}}}, delim = ',',"
+            f"read_csv({paths}, header = true, auto_detect = false, columns = {{{cols}}}, delim = ',', filename = true,"
             f" quote = '\"', escape = '\"', strict_mode = true, store_rejects = true, rejects_table = 'rj_{rejects}',"
             f" rejects_scan = 'rs_{rejects}')"
         )
 
-    def _reread(self, file: _File, ds: DatasetPlan, structural: list[list[str]], whole_sql: str) -> None:
+    def _reread(self, file: _File, ds: DatasetPlan, structural: list[list[str]]) -> None:
         """A file DuckDB's strict reader refused records of, or with blank lines inside (so its rows'
         order does not give their record numbers): the records as the reference reader reads them,
         numbered, every field kept (`_more`: fields past the header's). Only such files take this
@@ -167,9 +221,10 @@ class DuckDBExecutor:
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE reread_{file.tag} AS SELECT * FROM arrow_{file.tag}")
         self.con.unregister(f"arrow_{file.tag}")
         declared = ", ".join(f"{self._raw(c, file.names)} AS {q('c_' + c.name)}" for c in ds.columns)
-        raw = f"(SELECT {file.number} AS _f, t._line, {whole_sql} AS _whole, {declared} FROM reread_{file.tag} t)"
+        raw = f"(SELECT {file.number} AS _f, t._line, {self._whole_sql(ds, file.names)} AS _whole, {declared} FROM reread_{file.tag} t)"
+        file.table, file.reread = f"parsed_{file.tag}", True
+        self._parsed.append(file.table)
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE {file.table} AS {self.typed_sql(ds, raw)}")
-        file.reread = True
 
     @staticmethod
     def _raw(col: ColumnStep, names: list[str]) -> str:
@@ -230,31 +285,37 @@ class DuckDBExecutor:
     def typed_sql(ds: DatasetPlan, raw: str) -> str:
         """Each declared column parsed (`<col>`, the default for a null) with its state (`st_<col>`:
         0 null after stripping, 1 a value, 2 the text breaks the type's grammar, 3 it matches but
-        gives no value: the type's `sql_null_reason`). Narrow on purpose: the raw texts are not kept."""
-        matched, checked, cols = [], [], []
+        gives no value: the type's `sql_null_reason`). Narrow on purpose: the raw texts are not kept.
+        The grammar is tried on the text as it is first: no grammar allows whitespace at the edges,
+        so only a text that fails it (few) is stripped and tried again."""
+        matched, stripped, parsed, cols = [], [], [], []
         for c in ds.columns:
-            term, x = c.type, q("s_" + c.name)
-            default = f"{sql_literal(c.default)}::{c.sql_type}" if c.default is not None else f"NULL::{c.sql_type}"
-            g, p, value, st = (q(f"{k}_{c.name}") for k in ("g", "p", "", "st"))
+            term, raw_x = c.type, q("c_" + c.name)
+            x, m, g, p, st, value = (q(f"{k}_{c.name}") for k in ("s", "m", "g", "p", "st", ""))
             value = q(c.name)
+            default = f"{sql_literal(c.default)}::{c.sql_type}" if c.default is not None else f"NULL::{c.sql_type}"
             if term.grammar is None:
-                checked.append(x)
-                matched.append(x)
+                matched.append(f"{_strip(raw_x)} AS {x}")
+                stripped.append(x)
+                parsed.append(x)
                 cols.append(f"coalesce({x}, {default}) AS {value}, CASE WHEN {x} IS NULL THEN 0 ELSE 1 END::TINYINT AS {st}")
                 continue
-            # each regular expression and cast once per value: the grammar, then the parse of what matched
-            matched.append(f"{x}, regexp_full_match({x}, {sql_text(term.grammar)}) AS {g}")
-            checked.append(f"{x}, {g}, CASE WHEN {g} THEN {term.sql_parse(x, c.scale)} END AS {p}")
+            grammar = sql_text(term.grammar)
+            matched.append(f"{raw_x}, regexp_full_match({raw_x}, {grammar}) AS {m}")
+            stripped.append(
+                f"CASE WHEN {m} THEN {raw_x} ELSE {_strip(raw_x)} END AS {x},"
+                f" CASE WHEN {m} THEN true ELSE regexp_full_match({_strip(raw_x)}, {grammar}) END AS {g}"
+            )
+            parsed.append(f"{x}, {g}, CASE WHEN {g} THEN {term.sql_parse(x, c.scale)} END AS {p}")
             cols.append(
                 f"CASE WHEN {x} IS NULL THEN {default} ELSE {p} END AS {value},"
                 f" CASE WHEN {x} IS NULL THEN 0 WHEN NOT {g} THEN 2 WHEN {p} IS NULL THEN 3 ELSE 1 END::TINYINT AS {st}"
             )
-        stripped = ", ".join(f"{_strip(q('c_' + c.name))} AS {q('s_' + c.name)}" for c in ds.columns)
-        inner = (
-            f"SELECT _f, _line, _whole, {', '.join(checked)} FROM (SELECT _f, _line, _whole, {', '.join(matched)}"
-            f" FROM (SELECT _f, _line, _whole, {stripped} FROM {raw}))"
-        )
-        return f"SELECT _f, _line, _whole, {', '.join(cols)} FROM ({inner})"
+        head = "SELECT _f, _line, _whole, "
+        inner = f"{head}{', '.join(matched)} FROM {raw}"
+        for layer in (stripped, parsed, cols):
+            inner = f"{head}{', '.join(layer)} FROM ({inner})"
+        return inner
 
     @staticmethod
     def _derived_sql(plan: Plan, ds: DatasetPlan, lookups: bool = True) -> str:
@@ -280,8 +341,8 @@ class DuckDBExecutor:
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE checked_{ds.name} AS {self.dataset_sql(plan, ds, typed)}")
         # what is done with goes at once: DuckDB holds temp tables in memory up to memory_limit, then spills
         self.con.execute(f"DROP VIEW {typed}")
-        for file in files:
-            self.con.execute(f"DROP TABLE IF EXISTS {file.table}")
+        while self._parsed:
+            self.con.execute(f"DROP TABLE IF EXISTS {self._parsed.pop()}")
         range_rules = [d for d in ds.derived if d.type in NUMERIC and d.via is None]
         if range_rules:  # a derived number that does not fit its type is its own reason (each such field one)
             broken = [f"({q(d.name)} IS NULL AND {self._inputs_present(d)})" for d in range_rules]
@@ -359,7 +420,7 @@ class DuckDBExecutor:
                     if file.reread:
                         source, line, more = f"reread_{file.tag} t", "t._line", "t._more"
                     else:  # the whole record, read again: DuckDB numbers it as before
-                        self.con.execute(f"CREATE OR REPLACE TEMP TABLE full_{file.tag} AS SELECT * FROM {self._csv(file, f'again_{file.tag}')}")
+                        self.con.execute(f"CREATE OR REPLACE TEMP TABLE full_{file.tag} AS SELECT * FROM {self._csv([file], f'again_{file.tag}')}")
                         source, line, more = f"full_{file.tag} t", "(t.rowid + 2)", "NULL::VARCHAR[]"
                     self.con.execute(f"CREATE OR REPLACE TEMP TABLE wanted_{file.tag} AS SELECT unnest(?::BIGINT[]) AS n", [[n for n, _ in wanted]])
                     found = {

@@ -133,7 +133,10 @@ def _sql_decimal_fits(x: str, scale: int) -> str:
     """`_decimal_fits` in SQL (the text already matched the grammar): at most `scale` fraction digits
     and 38 in all, leading zeros aside."""
     fits = f"[+-]?0*[0-9]{{0,{38 - scale}}}(?:\\.[0-9]{{0,{scale}}})?"
-    return f"CASE WHEN regexp_full_match({x}, '{fits}') THEN CAST({x} AS DECIMAL(38, {scale})) END"
+    cast = f"CAST({x} AS DECIMAL(38, {scale}))"
+    short = f"length({x}) <= {38 - scale}"  # (the usual value: too short to hold too many digits)
+    fraction = f"(strpos({x}, '.') = 0 OR length({x}) - strpos({x}, '.') <= {scale})"
+    return f"CASE WHEN {short} THEN CASE WHEN {fraction} THEN {cast} END WHEN regexp_full_match({x}, '{fits}') THEN {cast} END"
 
 
 TYPES: dict[str, TypeTerm] = {
