@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+
+def examples(dev: int) -> int:
+    """How many examples an engine-driven property draws: `dev` on a laptop, half in CI (the `ci`
+    hypothesis profile is derandomised, so its examples are the same every run; the suite must stay
+    within its time budget on two cores)."""
+    return dev // 2 if os.environ.get("HYPOTHESIS_PROFILE") == "ci" else dev
 
 
 def read_kpis(out: Path) -> tuple[dict[str, dict[str, Decimal]], dict[tuple[str, str], dict[str, Decimal]]]:

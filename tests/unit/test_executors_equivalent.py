@@ -35,6 +35,7 @@ from kpipe.engine.petl_executor import PetlExecutor
 from kpipe.engine.plan import Plan, compile_plan
 from kpipe.engine.results import finish_items
 from kpipe.engine.vocabulary import CHECKS, METRICS
+from tests.support import examples
 
 EXECUTORS = (DuckDBExecutor, PetlExecutor)
 ZONES = ["UTC", "UTC", "Europe/Berlin", "Asia/Kolkata", "America/St_Johns"]
@@ -335,7 +336,7 @@ def assert_same(duck: dict[str, Any], ref: dict[str, Any]) -> None:
 
 # No shrinking: a failing example is reported as found (a few small files and the pipeline's YAML, both
 # printed), so a failure costs no more time than a pass; the pinned cases below hold the minimal ones.
-@settings(max_examples=120, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+@settings(max_examples=examples(120), deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 @given(st.data())
 def test_duckdb_and_petl_agree(data: st.DataObject) -> None:

@@ -27,13 +27,13 @@ from chalicelib.config import default_config_path, load_config, parse_config
 from kpipe.engine.validate import validate_batch
 from kpipe.process import process_batches
 from tests.oracle import oracle
+from tests.support import examples, read_valid
 from tests.support import read_kpis as kpis
-from tests.support import read_valid
 
 # Deterministic (same examples every run) and no shrinking: a failure is reported as found, so a failing
 # property costs no more time than a passing one (the unit tests hold the minimal cases).
 CFG = load_config(default_config_path())  # module-level, so a failing example does not print the whole config
-SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, database=None,
+SETTINGS = settings(max_examples=examples(40), deadline=None, derandomize=True, database=None,
                     phases=[Phase.explicit, Phase.generate],
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
