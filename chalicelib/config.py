@@ -203,7 +203,9 @@ class IndexSpec(_Strict):
 
 
 class KpiTable(_Strict):
-    key: list[Identifier] = Field(min_length=1, max_length=2)
+    key: list[Identifier] = Field(
+        min_length=1, max_length=3, description="one to three fields every dataset the metrics read has; the first is the DynamoDB partition key"
+    )
     index: IndexSpec | None = None
     metrics: dict[Identifier, Metric] = Field(min_length=1)
 
@@ -311,6 +313,49 @@ class PipelineConfig(_Strict):
             assert target is not None
             return self.field_scale(target, spec.lookup.field)
         return sum(self.field_scale(dataset, f) for f in DERIVED[spec.op].inputs(spec.operand)) if spec.op == "multiply" else 0
+
+    def date_source(self, dataset: str, field: str) -> tuple[str, str, str] | None:
+        """(dataset, datetime column, grain) when the field is a `date_of` of that column, directly or
+        through lookups; None for any other field."""
+        ds = self.datasets.get(dataset)
+        if ds is None or field not in ds.derived:
+            return None
+        spec = ds.derived[field]
+        if spec.op == "lookup":
+            target = ds.columns[spec.lookup.via].references if spec.lookup.via in ds.columns else None
+            return self.date_source(target, spec.lookup.field) if target else None
+        if spec.op != "date_of":
+            return None
+        operand = spec.operand
+        column = operand if isinstance(operand, str) else operand.field
+        return dataset, column, str(getattr(operand, "grain", None) or "day")
+
+    def sources_of(self, table_name: str) -> list[str]:
+        """The datasets a KPI table's aggregates read, in declaration order."""
+        metrics = self.kpis[table_name].metrics.values()
+        return list(dict.fromkeys(m.from_ for m in metrics if not METRICS[m.kind].combines and m.from_ in self.datasets))
+
+    def period_of(self, table_name: str) -> tuple[str, str] | None:
+        """(key field, grain) of the first key field that is a calendar period of the store's partition
+        date in every dataset the table reads: its items are replaced a period at a time, and a batch
+        recomputes just the periods of the dates it touched. None: the table's items span every date
+        (a per-brand all-time table), so each batch recomputes the whole table."""
+        sources = self.sources_of(table_name)
+        for field in self.kpis[table_name].key:
+            grains = set()
+            for name in sources:
+                ds = self.datasets[name]
+                if field == ds.partition_by:
+                    grains.add("day")
+                    continue
+                mine, day = self.date_source(name, field), self.date_source(name, ds.partition_by or "")
+                if mine is None or day is None or mine[:2] != day[:2] or day[2] != "day":
+                    break
+                grains.add(mine[2])
+            else:
+                if sources and len(grains) == 1:
+                    return field, grains.pop()
+        return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -450,8 +495,8 @@ def _table_problems(cfg: PipelineConfig, t_name: str, table: KpiTable) -> list[s
         problems.append(
             f"datasets: all partitioned datasets must share one partition field; found {sorted(partition_fields)}"
         )
-    if partition_fields and not partition_fields & set(table.key):
-        problems.append(f"{base}.key: must include the partition field; allowed: a list containing {sorted(partition_fields)}")
+    if len(set(table.key)) != len(table.key):
+        problems.append(f"{base}.key: a field is named twice; allowed: distinct fields")
     defined: list[str] = []
     for m_name, metric in table.metrics.items():
         mpath = f"{base}.metrics.{m_name}"

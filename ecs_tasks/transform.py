@@ -33,7 +33,7 @@ from chalicelib.layout import Layout
 from chalicelib.obs import emit_metrics
 from ecs_tasks import common
 from kpipe.engine.store import S3Store
-from kpipe.engine.transform import batch_kpis, date_groups, index_batch, partitioned_rows, recompute
+from kpipe.engine.transform import batch_kpis, date_groups, index_batch, null_key_rows, partitioned_rows, recompute
 
 STEPS = ("auto", "recompute", "finish")
 DEFAULT_FANOUT_MIN_ROWS = 500_000
@@ -75,6 +75,7 @@ def transform(ctx: common.TaskContext, log: Any) -> dict[str, Any]:
             "groups": groups,
             "rows_written": indexed.rows_written,
             "rows_carried": indexed.rows_carried,
+            "null_key_rows": null_key_rows(cfg, validated_dir),
             "index_seconds": round(time.perf_counter() - started, 3),
         }
         common.put_json(ctx.s3, ctx.bucket, layout.transform_plan_key(ctx.batch_id), plan)
@@ -107,7 +108,7 @@ def _recompute_group(ctx: common.TaskContext, cfg: PipelineConfig, layout: Layou
     group, groups = int(ctx.env["KPIPE_DATE_GROUP"]), int(ctx.env.get("KPIPE_DATE_GROUPS") or plan["groups"])
     dates = date_groups(plan.get("recompute_dates", plan["dates"]), groups)[group]
     with common.work_dir("recompute") as tmp:
-        tables = recompute(cfg, dates, store, Path(tmp))
+        tables = recompute(cfg, dates, store, Path(tmp), whole=group == 0)  # a table spanning every date: one task
     written = write_kpis(ctx, cfg, tables)
     seconds = round(time.perf_counter() - started, 3)
     emit_metrics(common.METRIC_NAMESPACE, {"Task": "transform.recompute"}, {"RecomputeSeconds": (seconds, "Seconds"),
@@ -138,6 +139,7 @@ def _finish(
         dates=plan["dates"],
         rows_written=plan.get("rows_written", {}),
         rows_carried=plan.get("rows_carried", 0),
+        null_key_rows=plan.get("null_key_rows", {}),
         archived=archived,
         timings=timings,
     )

@@ -17,7 +17,7 @@ from chalicelib.config import PipelineConfig
 from kpipe.engine.store import LocalStore
 from kpipe.engine.transform import transform_batch
 from kpipe.engine.validate import content_digest, dataset_files, validate_batch
-from kpipe.tables import load_table, replace_dates, save_table
+from kpipe.tables import load_table, replace_periods, save_table
 
 Progress = Callable[[str], None]
 
@@ -26,11 +26,6 @@ def local_batch_id(cfg: PipelineConfig, batch_dir: Path, digest: str | None = No
     """Content-addressed: the same files give the same id, so re-processing is recognised
     (`digest`: the batch's `content_digest`, when the caller has it already)."""
     return "b-" + (digest or content_digest(batch_dir, dataset_files(cfg, batch_dir)))[:20]
-
-
-def partition_field(cfg: PipelineConfig) -> str:
-    fields = {ds.partition_by for ds in cfg.datasets.values() if ds.partition_by}
-    return next(iter(fields)) if fields else "order_date"
 
 
 def missing_parts(cfg: PipelineConfig, batch_dir: Path) -> list[str]:
@@ -49,7 +44,6 @@ def process_batches(
     out.mkdir(parents=True, exist_ok=True)
     store = LocalStore(out / "processed")
     reports = []
-    date_field = partition_field(cfg)
     for batch_dir in batch_dirs:
         batch_dir = Path(batch_dir)
         missing = missing_parts(cfg, batch_dir)
@@ -71,15 +65,17 @@ def process_batches(
         else:
             say(f"{batch_id}: transforming")
             result = transform_batch(cfg, batch_id, work / "validated", store, work / "transform", executor)
-            for table_name, by_date in result.tables.items():
+            for table_name, by_period in result.tables.items():
                 path = out / f"{table_name}.json"
-                items = replace_dates(load_table(path), by_date, date_field)
+                period = cfg.period_of(table_name)
+                items = replace_periods(load_table(path), by_period, period[0] if period else None)
                 save_table(path, items, cfg.kpis[table_name].key)
             report.update(
                 status="SUCCEEDED",
                 seq=result.seq,
                 dates=result.dates,
                 rows_carried=result.rows_carried,
+                null_key_rows=result.null_keys,
                 transform_seconds=round(time.perf_counter() - started - report["validate_seconds"], 3),
             )
             if result.replay_of is not None:

@@ -38,7 +38,7 @@ NOTES: dict[str, dict[str, str]] = {
         required="a null (empty) value rejects the row", unique="a later row of the batch with the same value is rejected",
         default="the value when the column is absent or the value is null", checks="checks on the non-null value",
         references="a dataset whose valid rows' key must hold the value"),
-    "KpiTable": dict(key="the fields an item is keyed by (partition, then sort key); must include the partition field",
+    "KpiTable": dict(key="the fields an item is keyed by (the first is the DynamoDB partition key; a date field among them is the period items are replaced by, else the table spans every date)",
                      index="a secondary index on one of the key fields", metrics="the item's attributes, in order (a ratio reads those above it)"),
     "Metric": dict(from_="the dataset an aggregate reads (a combining kind reads none)", where="filters a row must all pass: a check plus `field`",
                    round="decimal places, rounded half-up once when stored; default: the exact value"),

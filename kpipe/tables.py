@@ -134,11 +134,14 @@ def _dump_item(item: dict[str, Any]) -> str:
     return " {\n" + ",\n".join(fields) + "\n }"
 
 
-def replace_dates(
-    items: list[dict[str, Any]], new_by_date: dict[str, list[dict[str, Any]]], date_field: str
+def replace_periods(
+    items: list[dict[str, Any]], new_by_period: dict[str, list[dict[str, Any]]], period_field: str | None
 ) -> list[dict[str, Any]]:
-    """The table with every item of the given dates replaced by the new set (possibly empty)."""
-    kept = [i for i in items if i.get(date_field) not in new_by_date]
-    for new_items in new_by_date.values():
+    """The table with every item of the given periods replaced by the new set (possibly empty); a
+    table without a period field (`{"*": items}`) is replaced whole."""
+    if period_field is None:
+        return list(new_by_period.get("*", items))
+    kept = [i for i in items if str(i.get(period_field)) not in new_by_period]
+    for new_items in new_by_period.values():
         kept.extend(new_items)
     return kept

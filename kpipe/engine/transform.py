@@ -22,9 +22,11 @@ The merge is idempotent: a retry after a crash at any point rewrites the same pa
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +56,7 @@ class TransformResult:
     rows_written: dict[str, int] = field(default_factory=dict)
     rows_carried: int = 0
     replay_of: int | None = None  # the seq the same rows were processed as before, if they were
+    null_keys: dict[str, int] = field(default_factory=dict)  # per table, the batch's rows with a null key field
 
 
 @dataclass
@@ -84,9 +87,11 @@ def partitioned_rows(cfg: PipelineConfig, validated_dir: Path) -> int:
 
 
 def date_groups(dates: list[str], groups: int) -> list[list[str]]:
-    """Dates dealt into `groups` groups: any split gives the same KPIs (each date is computed alone)."""
-    groups = max(1, groups)
-    return [dates[i::groups] for i in range(groups)]
+    """Sorted dates cut into `groups` runs of consecutive dates: any split gives the same KPIs (each
+    task computes whole periods from the store), and consecutive ones keep a week or a month in
+    one task (mostly), so few periods are computed twice."""
+    ordered, groups = sorted(dates), max(1, groups)
+    return [ordered[len(ordered) * i // groups : len(ordered) * (i + 1) // groups] for i in range(groups)]
 
 
 class _Files:
@@ -312,51 +317,98 @@ def _merge_whole(
     return int(con.execute("SELECT count(*) FROM win").fetchone()[0])  # type: ignore[index]
 
 
-def kpi_tables(cfg: PipelineConfig, dates: list[str], files: dict[str, dict[str, list[Path]]], work_dir: Path, executor: str | None = None) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """Every KPI table's complete items of each of `dates`, from those dates' partition files (an empty
-    list: the date has no item any more)."""
+def period_value(date: str, grain: str) -> str:
+    """The period a partition date falls in, as `date_of` of that grain gives it: the date itself,
+    its ISO week's Monday, or `YYYY-MM`."""
+    if grain == "week":
+        day = dt.date.fromisoformat(date)
+        return (day - dt.timedelta(days=day.weekday())).isoformat()
+    return date[:7] if grain == "month" else date
+
+
+FileSource = Callable[[str, list[str]], dict[str, list[Path]]]  # (dataset, dates) -> date -> local files
+
+
+def kpi_tables(
+    cfg: PipelineConfig,
+    dates: list[str],
+    available: dict[str, list[str]],
+    files: FileSource,
+    work_dir: Path,
+    executor: str | None = None,
+    whole: bool = True,
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Every KPI table's complete items of each period `dates` fall in, from every partition of those
+    periods (`available`: each dataset's dates in the store). Per table: period value -> its items (an
+    empty list: the period has no item any more); a table spanning every date (no period key,
+    `PipelineConfig.period_of`) is computed from all partitions as `{"*": items}`, only when `whole`."""
     plan = compile_plan(cfg)
     partition = plan.partition_field()
-    wanted = set(dates)
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
     with open_executor(cfg, Path(work_dir) / "kpis", executor) as ex:
         for table in plan.tables:
-            sources = {s: [p for d in sorted(wanted) for p in files.get(s, {}).get(d, [])] for s in table.sources}
+            period = cfg.period_of(table.name)
+            if period is None and not whole:
+                continue
+            periods = sorted({period_value(d, period[1]) for d in dates}) if period else ["*"]
+            sources: dict[str, list[Path]] = {}
+            for source in table.sources:
+                have = available.get(source, [])
+                needed = [d for d in have if period_value(d, period[1]) in periods] if period else have
+                local = files(source, needed)
+                sources[source] = [p for d in needed for p in local.get(d, [])]
             items = finish_items(table, ex.aggregate(plan, table, sources, partition))
-            by_date: dict[str, list[dict[str, Any]]] = {d: [] for d in sorted(wanted)}
+            by_period: dict[str, list[dict[str, Any]]] = {p: [] for p in periods}
             for item in items:
-                by_date.setdefault(str(item.get(partition)), []).append(item)
-            out[table.name] = by_date
+                by_period.setdefault(str(item.get(period[0])) if period else "*", []).append(item)
+            out[table.name] = by_period
     return out
 
 
-def recompute(cfg: PipelineConfig, dates: list[str], store: ProcessedStore, work_dir: Path, executor: str | None = None) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """The KPI items of `dates` from the store as it is (the fan-out's recompute tasks)."""
+def null_key_rows(cfg: PipelineConfig, validated_dir: Path, executor: str | None = None) -> dict[str, int]:
+    """Per KPI table, the batch's valid rows that fall in no item because a key field is null (an
+    item whose product has no brand, for a table keyed by brand)."""
     plan = compile_plan(cfg)
-    work_dir = Path(work_dir)
-    mirror = _Files(store, work_dir / "store")
-    files: dict[str, dict[str, list[Path]]] = {}
+    counts: dict[str, int] = {}
+    with open_executor(cfg, Path(validated_dir).parent / "null-keys", executor) as ex:
+        for table in plan.tables:
+            paths = {s: Path(validated_dir) / f"{s}.parquet" for s in table.sources}
+            counts[table.name] = sum(ex.null_keys(table, s, [p], None) for s, p in paths.items() if p.exists())
+    return counts
+
+
+def _store_files(store: ProcessedStore, work_dir: Path, plan: Plan, local: dict[str, dict[str, list[Path]]] | None = None) -> tuple[dict[str, list[str]], FileSource]:
+    """Each partitioned dataset's dates in the store (one LIST each), and a source of their files:
+    those in `local` (what a merge just wrote) as they are, the rest fetched once into a mirror."""
+    mirror = _Files(store, work_dir)
+    local = local or {}
+    available = {}
     for ds in plan.datasets:
         if ds.partition_by:
-            listed = mirror.partitions(ds)
-            files[ds.name] = {d: mirror.fetch(listed.get(d, [])) for d in dates}
-    return kpi_tables(cfg, dates, files, work_dir, executor)
+            available[ds.name] = sorted(set(mirror.partitions(ds)) | set(local.get(ds.name, {})))
+
+    def files(name: str, dates: list[str]) -> dict[str, list[Path]]:
+        here = local.get(name, {})
+        listed = mirror.partitions(plan.dataset(name))
+        return {d: here[d] if d in here else mirror.fetch(listed.get(d, [])) for d in dates}
+
+    return available, files
+
+
+def recompute(
+    cfg: PipelineConfig, dates: list[str], store: ProcessedStore, work_dir: Path, executor: str | None = None, whole: bool = True
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """The KPI items of the periods of `dates` from the store as it is (the fan-out's recompute tasks;
+    `whole`: also the tables spanning every date, which one task of a fan-out computes)."""
+    available, files = _store_files(store, Path(work_dir) / "store", compile_plan(cfg))
+    return kpi_tables(cfg, dates, available, files, work_dir, executor, whole)
 
 
 def batch_kpis(cfg: PipelineConfig, indexed: IndexResult, store: ProcessedStore, work_dir: Path, executor: str | None = None) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """The KPIs of every date a merge touched, from the partitions as it left them (already local:
-    only the partitions of those dates that another dataset brought are read from the store)."""
-    plan = compile_plan(cfg)
-    mirror = _Files(store, Path(work_dir) / "unchanged")
-    files: dict[str, dict[str, list[Path]]] = {}
-    for ds in plan.datasets:
-        if not ds.partition_by:
-            continue
-        now = indexed.files.get(ds.name, {})
-        untouched = [d for d in indexed.dates if d not in now]
-        listed = mirror.partitions(ds) if untouched else {}
-        files[ds.name] = {**now, **{d: mirror.fetch(listed.get(d, [])) for d in untouched}}
-    return kpi_tables(cfg, indexed.dates, files, work_dir, executor)
+    """The KPIs of every period a merge touched, from the partitions as it left them (those it wrote
+    are local already: only the other partitions of those periods are read from the store)."""
+    available, files = _store_files(store, Path(work_dir) / "unchanged", compile_plan(cfg), indexed.files)
+    return kpi_tables(cfg, indexed.dates, available, files, work_dir, executor)
 
 
 def transform_batch(
@@ -365,4 +417,5 @@ def transform_batch(
     """Merge the batch into the store, then the KPIs of every date it touched."""
     indexed = index_batch(cfg, batch_id, validated_dir, store, work_dir)
     tables = batch_kpis(cfg, indexed, store, work_dir, executor)
-    return TransformResult(batch_id, indexed.seq, indexed.dates, tables, indexed.rows_written, indexed.rows_carried, indexed.replay_of)
+    null_keys = null_key_rows(cfg, validated_dir, executor)
+    return TransformResult(batch_id, indexed.seq, indexed.dates, tables, indexed.rows_written, indexed.rows_carried, indexed.replay_of, null_keys)
