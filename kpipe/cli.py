@@ -14,7 +14,7 @@ from rich.table import Table
 
 from chalicelib.config import ConfigError, PipelineConfig, default_config_path, json_schema, load_config
 from kpipe.cli_options import ENGINE_OPTION
-from kpipe.tables import json_number, load_table, table_view
+from kpipe.tables import dumps, load_table, table_view
 
 err = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -128,7 +128,7 @@ def show_results(cfg: PipelineConfig, out_dir: Path, report: dict[str, Any], as_
     """Print the validation summary and the KPI tables (shared by `process` and `run`)."""
     if as_json:
         tables = {name: load_table(out_dir / f"{name}.json") for name in cfg.kpis}
-        click.echo(json.dumps({"report": report, "tables": json_number(tables)}, indent=1, default=str))
+        click.echo(dumps({"report": report, "tables": tables}))
         return
     out.print(validation_table(report))
     for name in cfg.kpis:

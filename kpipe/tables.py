@@ -2,21 +2,24 @@
 
 Both `kpipe process` and `kpipe run` end here, so they must write numbers the same way: DynamoDB
 normalises `40.00` to `40`, so a Decimal is written as a JSON integer when it is integral and as
-a JSON number with its decimals otherwise - identical text from either path.
+a JSON number with its decimals otherwise - identical text from either path. Numbers are written
+exactly as their decimal text (`json` would go through a binary float: a 25-digit revenue became
+`1.2345678901234568e+24`); read them back with `parse_float=Decimal`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from decimal import Decimal
+from decimal import Context, Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
 
 def json_number(value: Any) -> Any:
+    """Integral Decimals as ints, the others kept exact (written by `dumps`)."""
     if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
+        return int(value) if value.is_finite() and value == value.to_integral_value() else value
     if isinstance(value, dict):
         return {k: json_number(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -75,9 +78,39 @@ def save_table(path: Path, items: list[dict[str, Any]], key_fields: list[str]) -
         except _NotFlat:
             fh.seek(0)
             fh.truncate()
-            fh.write(json.dumps([json_number(i) for i in rows], indent=1, sort_keys=True))
+            fh.write(dumps(rows))
         fh.write("\n")
     tmp.replace(path)
+
+
+_WIDE = Context(prec=1000)  # normalising must not round: a value may have up to 38 digits and more
+
+
+def decimal_text(value: Decimal) -> str:
+    """The exact text of a number, trailing zeros dropped as DynamoDB drops them (`0.10` -> `0.1`)."""
+    return f"{value.normalize(_WIDE):f}"
+
+
+def dumps(value: Any, indent: int | None = 1, level: int = 0) -> str:
+    """`json.dumps(value, indent=indent, sort_keys=True)` with Decimals written exactly (integral
+    ones as integers): every JSON kpipe writes that may hold a KPI number goes through here."""
+    value = json_number(value)
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError(f"{value} is not a JSON number")
+        return decimal_text(value)
+    if isinstance(value, dict | list | tuple) and value:
+        pairs = (
+            [f"{json.dumps(str(k))}: {dumps(v, indent, level + 1)}" for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))]
+            if isinstance(value, dict)
+            else [dumps(v, indent, level + 1) for v in value]
+        )
+        start, end = "{}" if isinstance(value, dict) else "[]"
+        if indent is None:
+            return start + ", ".join(pairs) + end
+        inner, outer = "\n" + " " * (indent * (level + 1)), "\n" + " " * (indent * level)
+        return start + inner + ("," + inner).join(pairs) + outer + end
+    return json.dumps(value, default=str)
 
 
 def _write_items(fh: TextIO, rows: list[dict[str, Any]]) -> None:
@@ -86,7 +119,7 @@ def _write_items(fh: TextIO, rows: list[dict[str, Any]]) -> None:
 
     Why: with an indent, `json` leaves its C encoder for a generator per level and value; a table of
     a batch spanning years (~50k items) took ~0.4 s that way, serially at the end of the run. Items
-    holding anything but str keys and str, int, finite float, bool or None values go to `json`."""
+    holding anything but str keys and str, int, Decimal, finite float, bool or None values go to `dumps`."""
     if not rows:
         fh.write("[]")
         return
@@ -122,6 +155,8 @@ def _dump_item(item: dict[str, Any]) -> str:
             text = _ENCODE_STR(value)
         elif kind is int:
             text = int.__repr__(value)
+        elif kind is Decimal and value.is_finite():
+            text = decimal_text(value)
         elif kind is float and math.isfinite(value):
             text = float.__repr__(value)
         elif kind is bool:

@@ -63,3 +63,20 @@ def test_table_view_counts_every_item_and_keeps_the_first(rows: list[dict[str, A
         save_table(path, rows, ["d"])
         whole = load_table(path)
         assert table_view(path, limit) == (len(whole), whole[:limit], {k for item in whole for k in item})
+
+
+def test_numbers_are_written_exactly_never_through_a_float(tmp_path: Path) -> None:
+    """A 32-digit revenue is legal (DECIMAL(38)); its JSON text is its decimal text, trailing zeros
+    dropped as DynamoDB drops them, in the fast writer and the nested one alike."""
+    big = Decimal("123456789012345678901234567890.12")
+    rows = [{"order_date": "2025-03-01", "total_revenue": big, "return_rate": Decimal("0.10"), "total_orders": Decimal("40.00")}]
+    text = _saved(rows)
+    assert '"total_revenue": 123456789012345678901234567890.12' in text and '"return_rate": 0.1,' in text
+    assert '"total_orders": 40,' in text
+    assert load_table_text(text) == [{**rows[0], "return_rate": Decimal("0.1"), "total_orders": 40}]
+    nested = [{"k": "x", "parts": [big, {"v": Decimal("1E+2")}]}]
+    assert json.loads(_saved(nested), parse_float=Decimal) == [{"k": "x", "parts": [big, {"v": 100}]}]
+
+
+def load_table_text(text: str) -> list[dict[str, Any]]:
+    return json.loads(text, parse_float=Decimal)
