@@ -76,6 +76,9 @@ def transform(ctx: common.TaskContext, log: Any) -> dict[str, Any]:
             "rows_written": indexed.rows_written,
             "rows_carried": indexed.rows_carried,
             "null_key_rows": null_key_rows(cfg, validated_dir),
+            # a retry of this very batch is not a replay (on AWS a batch id names an upload, not its contents)
+            "replay_of": indexed.replay_of if indexed.first_batch != ctx.batch_id else None,
+            "replay_batch": indexed.first_batch,
             "index_seconds": round(time.perf_counter() - started, 3),
         }
         common.put_json(ctx.s3, ctx.bucket, layout.transform_plan_key(ctx.batch_id), plan)
@@ -149,8 +152,13 @@ def _finish(
         report["fanout"] = {"date_groups": plan.get("groups")}
     for stale in ("failure", "reason", "error"):
         report.pop(stale, None)
+    status, extra = "SUCCEEDED", {}
+    if plan.get("replay_of") is not None:  # the same rows as an earlier batch: the store and KPIs are as they were
+        reason = f"already processed as seq {plan['replay_of']} (batch {plan.get('replay_batch')}): nothing changed"
+        status, extra = "SKIPPED", {"reason": reason}
+    report.update(status=status, **extra)
     common.save_report(ctx, layout, report)
-    ctx.control.mark_batch(ctx.batch_id, "SUCCEEDED", seq=plan["seq"], report_key=layout.report_key(ctx.batch_id), dates=len(plan["dates"]))
+    ctx.control.mark_batch(ctx.batch_id, status, seq=plan["seq"], report_key=layout.report_key(ctx.batch_id), dates=len(plan["dates"]), **extra)
 
     emit_metrics(
         common.METRIC_NAMESPACE,

@@ -68,6 +68,7 @@ class IndexResult:
     rows_carried: int
     replay_of: int | None = None
     files: dict[str, dict[str, list[Path]]] = field(default_factory=dict)  # dataset -> date -> local files, as now
+    first_batch: str = ""  # the batch id that first brought these rows: another one means a replay, this one a retry
 
 
 def partition_dir(ds: DatasetPlan, date: str) -> str:
@@ -167,6 +168,8 @@ def index_batch(cfg: PipelineConfig, batch_id: str, validated_dir: Path, store: 
     meta = json.loads((validated_dir / "batch.json").read_text()) if (validated_dir / "batch.json").exists() else {}
     digest = meta.get("digest") or batch_id
     known = state["contents"].get(digest)
+    origins = state.setdefault("origins", {})  # content digest -> the batch id that first brought those rows
+    first = origins.get(digest) if known else None
     seq = known or state["batches"].get(batch_id) or state["next_seq"]
     con = _connect(cfg, work_dir)
     written: dict[str, int] = {}
@@ -283,6 +286,7 @@ def index_batch(cfg: PipelineConfig, batch_id: str, validated_dir: Path, store: 
             store.publish(name, path, move=True)
     state["batches"][batch_id] = seq
     state["contents"][digest] = seq
+    origins.setdefault(digest, first or batch_id)
     state["next_seq"] = max(state["next_seq"], seq + 1)
     config_path = work_dir / "config.json"  # the config the store's rows were last merged under
     config_path.write_text(changes.dump(cfg), encoding="utf-8")
@@ -290,7 +294,7 @@ def index_batch(cfg: PipelineConfig, batch_id: str, validated_dir: Path, store: 
     state_path = work_dir / "state.json"
     state_path.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     store.publish(STATE, state_path)
-    return IndexResult(batch_id, seq, sorted(touched_all), written, carried_total, known, new_files)
+    return IndexResult(batch_id, seq, sorted(touched_all), written, carried_total, known, new_files, first or batch_id)
 
 
 def _merge_whole(

@@ -54,11 +54,11 @@ def upload(kpipe_env: Any, batch: Path, layout: Layout) -> list[str]:
     return sorted(keys)
 
 
-def write_manifest(kpipe_env: Any, layout: Layout) -> None:
+def write_manifest(kpipe_env: Any, layout: Layout, bid: str = BID) -> None:
     """What the Lambda writes before it starts the execution."""
     by_dataset, excluded = group_by_dataset(list_raw_objects(kpipe_env.s3, kpipe_env.bucket, layout.raw_prefix), layout)
-    document = manifest_document(BID, build_manifest(by_dataset, layout), bucket=kpipe_env.bucket, layout=layout, excluded=excluded)
-    kpipe_env.s3.put_object(Bucket=kpipe_env.bucket, Key=layout.manifest_key(BID), Body=json.dumps(document))
+    document = manifest_document(bid, build_manifest(by_dataset, layout), bucket=kpipe_env.bucket, layout=layout, excluded=excluded)
+    kpipe_env.s3.put_object(Bucket=kpipe_env.bucket, Key=layout.manifest_key(bid), Body=json.dumps(document))
 
 
 def load_config_default() -> Any:
@@ -121,6 +121,30 @@ def test_validate_then_transform_then_retries_converge(kpipe_env: Any, env: dict
     assert validate.main(env) == common.EXIT_SUCCEEDED
     assert get_json(kpipe_env, layout.report_key(BID))["status"] == "SUCCEEDED"
     assert kpipe_env.tables["KpipeControl"].get_item(Key={"pk": f"batch#{BID}"})["Item"]["status"] == "SKIPPED"
+
+
+def test_the_same_files_uploaded_again_are_reported_skipped(kpipe_env: Any, env: dict[str, str], batch: Path, tmp_path: Path) -> None:
+    """A re-sent batch changes nothing (its rows lose to themselves) and says so: SKIPPED, naming the
+    batch that first brought them, in the report and the control table; its KPIs stay as they were."""
+    cfg = load_config_default()
+    layout = Layout.from_config(cfg)
+    upload(kpipe_env, batch, layout)
+    write_manifest(kpipe_env, layout)
+    assert validate.main(env) == common.EXIT_SUCCEEDED and transform.main(env) == common.EXIT_SUCCEEDED
+    before = tables_text(kpipe_env, cfg, tmp_path / "first")
+
+    again = "b-ffffffffffffffff0000"
+    upload(kpipe_env, batch, layout)
+    write_manifest(kpipe_env, layout, again)
+    env2 = {**env, "KPIPE_BATCH_ID": again, "KPIPE_MANIFEST_KEY": layout.manifest_key(again)}
+    assert validate.main(env2) == common.EXIT_SUCCEEDED and transform.main(env2) == common.EXIT_SUCCEEDED
+    report = get_json(kpipe_env, layout.report_key(again))
+    assert report["status"] == "SKIPPED"
+    assert report["reason"] == f"already processed as seq 1 (batch {BID}): nothing changed"
+    control = kpipe_env.tables["KpipeControl"].get_item(Key={"pk": f"batch#{again}"})["Item"]
+    assert control["status"] == "SKIPPED" and control["reason"] == report["reason"]
+    assert tables_text(kpipe_env, cfg, tmp_path / "again") == before
+    assert get_json(kpipe_env, layout.report_key(BID))["status"] == "SUCCEEDED"
 
 
 def test_validate_quarantines_keys_of_no_dataset_and_leaves_them_out(kpipe_env: Any, env: dict[str, str], batch: Path) -> None:
