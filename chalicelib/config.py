@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -28,13 +29,25 @@ from pydantic import (
     model_validator,
 )
 
+from chalicelib import yaml_strict
 from kpipe.engine.vocabulary import CHECKS, DERIVED, EQUATABLE, METRICS, TYPES, Scalar, check_operand, operand_value
 from kpipe.engine.vocabulary import NUMERIC as NUMERIC_TYPES
 
 ColumnType = Literal[tuple(TYPES)]  # type: ignore[valid-type]
 FieldType = Literal[(*TYPES, "date", "bool")]  # type: ignore[valid-type]
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
-Prefix = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-/]+/$")]
+
+
+def _below(value: str) -> str:
+    """A key path that stays below where it is put: not absolute, no `.` or `..` step (a prefix
+    `../../x/` or a glob `../outside/*.csv` would reach out of the bucket's layout)."""
+    if value.startswith("/") or any(part in (".", "..") for part in value.split("/")):
+        raise ValueError(f"{value!r} climbs out or is absolute; allowed: a relative path with no '.' or '..' part")
+    return value
+
+
+Prefix = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-/]+/$"), AfterValidator(_below)]
+Glob = Annotated[str, StringConstraints(min_length=1), AfterValidator(_below)]
 
 COMPARISONS = ("gt", "ge", "lt", "le", "eq", "ne")
 
@@ -139,7 +152,7 @@ class Column(_Strict):
 
 
 class Dataset(_Strict):
-    files: str = Field(description="glob below the raw prefix, e.g. orders/*.csv")
+    files: Glob = Field(description="glob below the raw prefix, e.g. orders/*.csv")
     key: Identifier = Field(description="the column identifying a row; a later batch's row replaces it")
     columns: dict[Identifier, Column]
     derived: dict[Identifier, Derived] = Field(default_factory=dict)
@@ -633,9 +646,11 @@ def _loc_part(part: int | str) -> str:
 def parse_config(text: str, source: str = "pipeline.yaml") -> PipelineConfig:
     """Parse and fully validate YAML text; raise ConfigError listing every problem."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml_strict.load(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"<yaml>: not valid YAML: {exc}"], source) from exc
+    except yaml_strict.StrictYamlError as exc:
+        raise ConfigError(exc.problems, source) from exc
     if not isinstance(data, dict):
         raise ConfigError(["<root>: must be a mapping; allowed: version, timezone, trigger, storage, scale, datasets, kpis"], source)
     try:
@@ -682,9 +697,11 @@ def _prune_to_valid(data: dict[str, Any], exc: ValidationError, rounds: int = 20
 def load_config(path: str | Path) -> PipelineConfig:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = yaml_strict.decode(path.read_bytes())
     except OSError as exc:
         raise ConfigError([f"<file>: cannot read {path}: {exc.strerror}"], str(path)) from exc
+    except yaml_strict.StrictYamlError as exc:
+        raise ConfigError(exc.problems, str(path)) from exc
     return parse_config(text, str(path))
 
 
