@@ -122,6 +122,18 @@ def process(batch_dirs: tuple[Path, ...], out_dir: Path, as_json: bool, engine: 
         err.print(f"[red]{exc}[/red]")
         sys.exit(2)
     show_results(cfg, out_dir, report, as_json)
+    exit_if_rejected(report)
+
+
+EXIT_REJECTED = 3  # a batch over its reject_threshold: nothing of it applied (FAILED is 1, a refused input 2)
+
+
+def exit_if_rejected(report: dict[str, Any]) -> None:
+    """Scripts must not take a REJECTED batch for a good one: exit 3 naming it."""
+    rejected = [b["batch_id"] for b in report["batches"] if b.get("status") == "REJECTED"]
+    if rejected:
+        err.print(f"[red]rejected (over reject_threshold, nothing applied): {', '.join(rejected)}[/red]", highlight=False)
+        sys.exit(EXIT_REJECTED)
 
 
 def show_results(cfg: PipelineConfig, out_dir: Path, report: dict[str, Any], as_json: bool) -> None:

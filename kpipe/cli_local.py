@@ -63,7 +63,7 @@ def run_command(
     Starts moto, deploys infra/template.yaml into it, uploads each BATCH_DIR to raw-data/ one file at a
     time; S3 events reach the Chalice handler, which starts the state machine, whose ECS tasks run as local
     processes. Batches go in the order given; OUT keeps state across calls (as with `kpipe process`)."""
-    from kpipe.cli import _load, show_results
+    from kpipe.cli import _load, exit_if_rejected, show_results
     from kpipe.local.runner import RunError, run_batches
     from kpipe.process import BatchIncomplete
 
@@ -84,6 +84,7 @@ def run_command(
     if any(b.get("status") == "FAILED" for b in report["batches"]):
         err.print(f"[red]a batch failed; see its failure above and the task logs in {out_dir / 'logs'}[/red]")
         sys.exit(1)
+    exit_if_rejected(report)
 
 
 @click.command("serve")
