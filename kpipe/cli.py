@@ -46,6 +46,7 @@ class _LazyGroup(click.Group):
 
     LAZY = {
         "generate": ("kpipe.generate", "generate_command"),
+        "plan": ("kpipe.cli_plan", "plan_command"),
         "run": ("kpipe.cli_local", "run_command"),
         "serve": ("kpipe.cli_local", "serve_command"),
     }
