@@ -22,7 +22,7 @@ run: install
 ## The whole test suite (unit, functional on moto, end to end).
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/pytest -n 2 -q
+	$(BIN)/pytest -n 2 --dist worksteal -q
 
 test-fast: install
 	$(BIN)/pytest -q tests/unit
