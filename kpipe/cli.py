@@ -47,6 +47,7 @@ class _LazyGroup(click.Group):
     LAZY = {
         "generate": ("kpipe.generate", "generate_command"),
         "plan": ("kpipe.cli_plan", "plan_command"),
+        "history": ("kpipe.cli_history", "history_command"),
         "run": ("kpipe.cli_local", "run_command"),
         "serve": ("kpipe.cli_local", "serve_command"),
     }

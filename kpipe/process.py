@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.config import PipelineConfig
+from kpipe import history
 from kpipe.engine.store import LocalStore
 from kpipe.engine.transform import transform_batch
 from kpipe.engine.validate import content_digest, dataset_files, validate_batch
@@ -86,6 +87,7 @@ def process_batches(
                 save_table(path, [], table.key)
         report["seconds"] = round(time.perf_counter() - started, 3)
         shutil.rmtree(work, ignore_errors=True)
+        history.append(out, report)
         reports.append(report)
         say(f"{batch_id}: {report['status'].lower()} in {report['seconds']} s")
     result_report = {"batches": reports}
