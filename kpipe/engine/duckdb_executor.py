@@ -101,12 +101,14 @@ class DuckDBExecutor:
                 groups.setdefault(tuple(file.names), []).append(file)
         selects: list[str] = []
         structural: list[list[Any]] = []
-        for group in groups.values():
+        todo = list(groups.values())
+        while todo:
+            group = todo.pop(0)
             try:
                 counted = self._read_group(ds, group)
             except duckdb.InvalidInputException:  # a record its state machine cannot read at all (a bare CR)
                 if len(group) > 1:  # each file alone, to know which
-                    selects += [self._read_alone(ds, file, structural) for file in group]
+                    todo[:0] = [[file] for file in group]
                     continue
                 counted = {group[0].number: (0, 0, {0})}
             fast, table = [], group[0].table
@@ -152,17 +154,6 @@ class DuckDBExecutor:
             fi = by_path[path]
             counted[fi] = (*counted.get(fi, (0, 0))[:2], set(lines))
         return counted
-
-    def _read_alone(self, ds: DatasetPlan, file: _File, structural: list[list[Any]]) -> str:
-        """One file of a group whose reading failed: the select of its rows."""
-        try:
-            first, rows, refused = self._read_group(ds, [file]).get(file.number, (0, 0, set()))
-        except duckdb.InvalidInputException:
-            first, rows, refused = 0, 0, {0}
-        if self._needs_reread(file, rows, refused):
-            self._reread(file, ds, structural)
-            return f"SELECT * FROM {file.table}"
-        return f"SELECT * REPLACE (rowid - {first - 2} AS _line) FROM {file.table}"
 
     @staticmethod
     def _whole_sql(ds: DatasetPlan, names: list[str]) -> str:

@@ -281,3 +281,22 @@ def test_a_batch_with_no_rows_at_all(tmp_path: Path, cfg: PipelineConfig, write_
     assert {ds: s["rows_in"] for ds, s in report["datasets"].items()} == {"products": 0, "orders": 0,
                                                                           "order_items": 0}
     assert kpis_of(tmp_path / "out") == ({}, {})
+
+
+def test_several_files_of_one_header_with_one_broken_and_one_refused(validate: Any) -> None:
+    """DuckDB reads files of one header together; a file its reader cannot read at all (a line ended by
+    a lone CR among LF ones) or refuses records of is read alone or by the reference reader, and every other
+    file keeps its own line numbers."""
+    orders = {
+        "a.csv": ORDERS,
+        "b.csv": ORDERS_HEADER + "3,9,Complete,2025-03-03T10:00:00,,,,1\r4,9,Complete,2025-03-04T10:00:00,,,,1\n",
+        "c.csv": ORDERS_HEADER + "5,9,Complete,2025-03-05T10:00:00,,,,1,extra\n6,9,Complete,2025-03-06T10:00:00,,,,1\n",
+        "d.csv": ORDERS_HEADER + "7,9,Complete,2025-03-07T10:00:00,,,,1\n8,x,Complete,2025-03-08T10:00:00,,,,1\n",
+        "e.csv": ORDERS_HEADER + "9,y,Complete,2025-03-09T10:00:00,,,,1\n",
+    }
+    report, valid, rejected = validate(orders=orders)
+    assert sorted(int(r["order_id"]) for r in valid["orders"]) == [1, 2, 3, 4, 5, 6, 7]  # 5: its surplus field is dropped
+    assert [(r["_file"].rsplit("/", 1)[-1], r["_line"], r["_reasons"]) for r in rejected["orders"]] == [
+        ("d.csv", "3", "user_id.type"), ("e.csv", "2", "user_id.type")]
+    assert {f.rsplit("/", 1)[-1]: s["rows_in"] for f, s in report["files"].items() if "/orders/" in f or f.startswith("orders")} == {
+        "a.csv": 2, "b.csv": 2, "c.csv": 2, "d.csv": 2, "e.csv": 1}
