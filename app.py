@@ -17,6 +17,7 @@ from chalice.app import S3Event
 from chalicelib import api, aws, trigger
 from chalicelib.config import PipelineConfig
 from chalicelib.kpi_store import KpiStore
+from chalicelib.kpi_tables import table_names_from_env
 from chalicelib.layout import Layout
 
 app = Chalice(app_name="kpipe")
@@ -31,8 +32,7 @@ class Settings:
 
     bucket: str
     state_machine_arn: str
-    order_table: str
-    category_table: str
+    kpi_tables: dict[str, str]  # logical -> deployed name (KPIPE_KPI_TABLES, or the older per-table variables)
     config_key: str
 
     @classmethod
@@ -41,8 +41,7 @@ class Settings:
         return cls(
             bucket=env.get("KPIPE_BUCKET", BUCKET),
             state_machine_arn=env.get("KPIPE_STATE_MACHINE_ARN", ""),
-            order_table=env.get("KPIPE_ORDER_TABLE", "OrderKPI"),
-            category_table=env.get("KPIPE_CATEGORY_TABLE", "CategoryKPI"),
+            kpi_tables=table_names_from_env(env),
             config_key=env.get("KPIPE_CONFIG_KEY", "config/pipeline.yaml"),
         )
 
@@ -57,7 +56,8 @@ def _config(settings: Settings) -> PipelineConfig:
 
 
 def _store(settings: Settings) -> KpiStore:
-    return KpiStore(aws.resource("dynamodb"), settings.order_table, settings.category_table)
+    """Every KPI table of the pipeline.yaml in force (its shapes come from the config)."""
+    return KpiStore(aws.resource("dynamodb"), _config(settings), settings.kpi_tables)
 
 
 @app.on_s3_event(bucket=BUCKET, events=["s3:ObjectCreated:*"], prefix=RAW_PREFIX)
@@ -98,6 +98,11 @@ def list_category_kpis(category: str) -> dict[str, Any]:
 @app.route("/kpis/dates/{date}/categories", methods=["GET"])
 def list_date_categories(date: str) -> dict[str, Any]:
     return api.date_categories(_store(Settings.from_env()), date)
+
+
+@app.route("/kpis/{table}", methods=["GET"])
+def list_kpi_items(table: str) -> dict[str, Any]:
+    return api.kpi_items(_store(Settings.from_env()), table, _query())
 
 
 @app.route("/batches/{batch_id}", methods=["GET"])

@@ -21,8 +21,10 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StringConstraints,
+    Tag,
     ValidationError,
     create_model,
     field_validator,
@@ -30,7 +32,19 @@ from pydantic import (
 )
 
 from chalicelib import yaml_strict
-from kpipe.engine.vocabulary import CHECKS, DERIVED, EQUATABLE, METRICS, TYPES, Scalar, check_operand, operand_value
+from kpipe.engine.vocabulary import (
+    CHECKS,
+    DERIVED,
+    EQUATABLE,
+    GRAINS,
+    METRICS,
+    ROW_CHECKS,
+    TYPES,
+    Operator,
+    Scalar,
+    check_operand,
+    operand_value,
+)
 from kpipe.engine.vocabulary import NUMERIC as NUMERIC_TYPES
 
 ColumnType = Literal[tuple(TYPES)]  # type: ignore[valid-type]
@@ -90,9 +104,11 @@ class _OneOf(_Strict):
         return getattr(self, self.op)
 
 
-def _terms_model(name: str, base: type[_OneOf], terms: dict[str, Any], what: str, **extra: Any) -> Any:
-    """A model with one optional field per registry term (the registry's YAML shape), plus `extra`."""
-    fields: dict[str, Any] = {t: (term.shape | None, Field(None, description=term.meaning)) for t, term in terms.items()}
+def _terms_model(name: str, base: type[_OneOf], terms: dict[str, Any], what: str, specs: dict[str, Any] | None = None, **extra: Any) -> Any:
+    """A model with one optional field per registry term (the registry's YAML shape, or its model in
+    `specs`), plus `extra`."""
+    specs = specs or {}
+    fields: dict[str, Any] = {t: (specs.get(t, term.shape) | None, Field(None, description=term.meaning)) for t, term in terms.items()}
     model = create_model(name, __base__=base, **fields, **extra)  # type: ignore[call-overload]
     model._terms = tuple(terms)
     model._what = what
@@ -110,9 +126,34 @@ class LookupSpec(_Strict):
     field: Identifier = Field(description="a column or derived field of the referenced dataset")
 
 
-_SPEC_MODELS = {"equals": EqualsSpec, "lookup": LookupSpec}
+class DateOfSpec(_Strict):
+    field: Identifier = Field(description="a datetime field of this dataset")
+    grain: Literal[GRAINS] = Field("day", description="day: its date; week: the Monday of its ISO week (a date); month: `YYYY-MM` (text)")  # type: ignore[valid-type]
 
-Check = _terms_model("Check", _OneOf, CHECKS, "a check", ignore_case=(bool, False))
+
+class LengthSpec(_Strict):
+    min: Annotated[int, Field(ge=0, strict=True)] | None = Field(None, description="the fewest characters")
+    max: Annotated[int, Field(ge=0, strict=True)] | None = Field(None, description="the most characters")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> LengthSpec:
+        if self.min is None and self.max is None:
+            raise ValueError("neither min nor max is given; allowed: {min: N}, {max: N} or both, N >= 0")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}; allowed: min <= max")
+        return self
+
+
+# `date_of: created_at` or `date_of: {field: created_at, grain: week}`: a mapping is read as the spec alone
+# (one error, at its own path; union tags start with `~` and are left out of error paths)
+DateOf = Annotated[
+    Annotated[Identifier, Tag("~field")] | Annotated[DateOfSpec, Tag("~mapping")],
+    Discriminator(lambda v: "~mapping" if isinstance(v, dict | DateOfSpec) else "~field"),
+]
+_SPEC_MODELS: dict[str, Any] = {"equals": EqualsSpec, "lookup": LookupSpec, "date_of": DateOf}
+
+Check = _terms_model("Check", _OneOf, CHECKS, "a check", {"length": LengthSpec}, ignore_case=(bool, False))
+RowCheck = _terms_model("RowCheck", _OneOf, ROW_CHECKS, "a row check", {"compare": tuple[Identifier, Operator, Identifier]})
 Condition = _terms_model("Condition", Check, {}, "a filter", field=(Identifier, ...))
 Condition._terms = Check._terms
 
@@ -156,6 +197,9 @@ class Dataset(_Strict):
     key: Identifier = Field(description="the column identifying a row; a later batch's row replaces it")
     columns: dict[Identifier, Column]
     derived: dict[Identifier, Derived] = Field(default_factory=dict)
+    checks: list[RowCheck] = Field(  # type: ignore[valid-type]
+        default_factory=list, description="checks across the columns of a row (see Row checks), after each column's own rules"
+    )
     partition_by: Identifier | None = Field(
         None, description="the date field the processed store is partitioned on (KPI datasets only)"
     )
@@ -414,6 +458,7 @@ def _semantic_problems(cfg: PipelineConfig) -> list[str]:
                 problems.append(f"{base}.derived.{d_name}: clashes with a column; allowed: a new name")
             problems.extend(_derived_problems(cfg, ds_name, spec, seen, dpath))
             seen.append(d_name)
+        problems.extend(_row_check_problems(ds, base))
         if ds.partition_by is not None and ds.partition_by not in ds.fields():
             problems.append(
                 f"{base}.partition_by: '{ds.partition_by}' is not a field; allowed: one of {ds.fields()}"
@@ -437,9 +482,50 @@ def _check_problems(check: Any, field_type: str | None, path: str) -> list[str]:
         return [f"{path}.{check.op}: applies to {'numeric' if term.types == NUMERIC_TYPES else ', '.join(term.types)} fields, not to a {field_type} field; allowed on {field_type}: {', '.join(fits) or 'none'}"]
     try:
         check_operand(check.op, check.operand, field_type)
-    except (ArithmeticError, ValueError):
-        return [f"{path}.{check.op}: {check.operand!r} is not a {field_type}; allowed: values of the field's type"]
+    except (ArithmeticError, ValueError) as exc:
+        if term.read is None:
+            return [f"{path}.{check.op}: {check.operand!r} is not a {field_type}; allowed: values of the field's type"]
+        why = str(exc)
+        if check.op == "matches":
+            why = f"{check.operand!r} is not a pattern both executors read alike: {why}"
+            if "; allowed:" not in why:
+                why += "; allowed: Python `re` syntax without lookarounds, backreferences, conditional or atomic groups, possessive quantifiers or inline flags, counts up to 1000"
+        return [f"{path}.{check.op}: {why}"]
     return []
+
+
+def _row_check_problems(ds: Dataset, base: str) -> list[str]:
+    """A dataset's row checks: each reads columns of the dataset (derived fields are computed after the
+    checks) of types it applies to, and no two give the same reason."""
+    problems: list[str] = []
+    rules: dict[str, int] = {}
+    columns = list(ds.columns)
+    for i, check in enumerate(ds.checks):
+        term = ROW_CHECKS[check.op]
+        path = f"{base}.checks[{i}].{check.op}"
+        inputs = term.inputs(check.operand)
+        unknown = False
+        for j, name in zip((0, 2) if check.op == "compare" else range(len(inputs)), inputs, strict=True):
+            if name not in ds.columns:
+                unknown = True
+                where = (f"'{name}' is a derived field, computed after the checks; allowed: a column, one of {columns}" if name in ds.derived
+                         else f"unknown column '{name}'; allowed: one of {columns}")
+                problems.append(f"{path}[{j}]: {where}")
+        if unknown:
+            continue
+        if len(set(inputs)) < len(inputs):
+            problems.append(f"{path}: compares '{inputs[0]}' with itself; allowed: two different columns")
+            continue
+        types = [ds.columns[name].type for name in inputs]
+        if not term.applies(types):
+            shown = ", ".join(f"'{n}' is a {t}" for n, t in zip(inputs, types, strict=True))
+            problems.append(f"{path}: {shown}; allowed: {term.allowed}")
+            continue
+        rule = term.rule(check.operand)
+        if rule in rules:
+            problems.append(f"{path}: the same check as checks[{rules[rule]}] (rule {rule}); allowed: each check once")
+        rules.setdefault(rule, i)
+    return problems
 
 
 def _safe_type(cfg: PipelineConfig, dataset: str, field: str) -> str | None:
@@ -476,7 +562,8 @@ def _derived_problems(cfg: PipelineConfig, ds_name: str, spec: Derived, seen: li
         inputs = term.inputs(spec.operand)
         for i, f in enumerate(inputs):
             allowed = term.input_types[i] if i < len(term.input_types) else ()
-            need(f, allowed or ("string", "int", "decimal", "datetime", "date", "bool"), f"{path}[{i}]" if len(inputs) > 1 else path)
+            where = f"{path}[{i}]" if len(inputs) > 1 else f"{path}.field" if isinstance(spec.operand, BaseModel) else path
+            need(f, allowed or ("string", "int", "decimal", "datetime", "date", "bool"), where)
         if spec.op == "multiply" and not problems:  # a product's scale is the sum of its factors' (DECIMAL(38, s))
             try:
                 scale = sum(cfg.field_scale(ds_name, f) for f in inputs)
@@ -567,7 +654,7 @@ def _format_pydantic(err: ValidationError) -> list[str]:
 
 
 def _error_path(loc: tuple[int | str, ...]) -> str:
-    return ".".join(_loc_part(p) for p in loc if not str(p).startswith("function-after")).replace(".[", "[")
+    return ".".join(_loc_part(p) for p in loc if not str(p).startswith(("function-after", "~"))).replace(".[", "[")
 
 
 _BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
@@ -631,7 +718,7 @@ def _first_model(annotation: Any) -> type[BaseModel] | None:
 
 
 def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
-    model = _model_at(tuple(p for p in loc if not str(p).startswith("function-after")))
+    model = _model_at(tuple(p for p in loc if not str(p).startswith(("function-after", "~"))))
     if model is None:
         return []
     return [f.alias or n for n, f in model.model_fields.items()]
@@ -674,7 +761,7 @@ def _prune_to_valid(data: dict[str, Any], exc: ValidationError, rounds: int = 20
     data = copy.deepcopy(data)
     for _ in range(rounds):
         for e in exc.errors():
-            loc = [p for p in e["loc"] if not str(p).startswith("function-after")]
+            loc = [p for p in e["loc"] if not str(p).startswith(("function-after", "~"))]
             if e["type"] != "extra_forbidden" or not loc:
                 return None
             parent: Any = data

@@ -36,6 +36,8 @@ from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 from chalicelib import aws
 from chalicelib.config import ConfigError, PipelineConfig
 from chalicelib.control import ControlTable
+from chalicelib.kpi_store import KpiStore
+from chalicelib.kpi_tables import table_names_from_env
 from chalicelib.layout import Layout
 from chalicelib.obs import emit_metrics, get_logger
 from chalicelib.trigger import ConfigMissingError, load_config_from_s3
@@ -96,8 +98,7 @@ class TaskContext:
     manifest_key: str
     task_token: str | None
     bucket: str
-    order_table: str
-    category_table: str
+    kpi_tables: Mapping[str, str]  # logical -> deployed name (KPIPE_KPI_TABLES; KPIPE_ORDER_TABLE/KPIPE_CATEGORY_TABLE as fallback)
     control_table: str
     config_key: str
     env: Mapping[str, str]
@@ -108,13 +109,16 @@ class TaskContext:
         missing = [name for name in ("KPIPE_BUCKET", "KPIPE_BATCH_ID") if not env.get(name)]
         if missing:
             raise ConfigError([f"<environment>: {', '.join(missing)} not set; allowed: set by the task definition and the state machine"])
+        try:
+            kpi_tables = table_names_from_env(env)
+        except ValueError as exc:
+            raise ConfigError([f"<environment>: {exc}"]) from exc
         return cls(
             batch_id=env["KPIPE_BATCH_ID"],
             manifest_key=env.get("KPIPE_MANIFEST_KEY", ""),
             task_token=env.get("KPIPE_TASK_TOKEN") or None,
             bucket=env["KPIPE_BUCKET"],
-            order_table=env.get("KPIPE_ORDER_TABLE", "OrderKPI"),
-            category_table=env.get("KPIPE_CATEGORY_TABLE", "CategoryKPI"),
+            kpi_tables=kpi_tables,
             control_table=env.get("KPIPE_CONTROL_TABLE", "KpipeControl"),
             config_key=env.get("KPIPE_CONFIG_KEY", "config/pipeline.yaml"),
             env=dict(env),
@@ -142,8 +146,21 @@ class TaskContext:
         return load_config_from_s3(self.s3, self.bucket, self.config_key)
 
     def table_name(self, logical: str) -> str:
-        """The deployed name of a KPI table named in pipeline.yaml (`OrderKPI` -> KPIPE_ORDER_TABLE)."""
-        return {"OrderKPI": self.order_table, "CategoryKPI": self.category_table}.get(logical, logical)
+        """The deployed name of a KPI table named in pipeline.yaml (a table the environment does not name
+        is deployed under its logical name)."""
+        return self.kpi_tables.get(logical, logical)
+
+    @property
+    def order_table(self) -> str:
+        return self.table_name("OrderKPI")
+
+    @property
+    def category_table(self) -> str:
+        return self.table_name("CategoryKPI")
+
+    def kpi_store(self, cfg: PipelineConfig) -> KpiStore:
+        """Every KPI table of `cfg`, under its deployed name: `kpi_store(cfg).replace_periods(table, items_by_period)`."""
+        return KpiStore(self.dynamodb, cfg, self.kpi_tables)
 
 
 # --------------------------------------------------------------------------------------------------

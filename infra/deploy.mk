@@ -10,8 +10,12 @@
 STAGE ?= dev
 BIN ?= .venv/bin
 STACK_NAME ?= kpipe-$(STAGE)
-# Tables are per stage so dev and prod can share an account; TABLE_SUFFIX= gives the bare contract names.
-TABLE_SUFFIX ?= -$(STAGE)
+# Tables are per stage so dev and prod can share an account: every KPI table of pipeline.yaml is named
+# <TABLE_PREFIX><table> (passed on every deploy; changing it creates new tables, stated, the old ones kept),
+# the control table on the first deploy; TABLE_PREFIX= gives the bare contract names.
+TABLE_PREFIX ?= $(STACK_NAME)-
+# The pipeline.yaml whose KPI tables the stack holds and which deploy-config uploads.
+CONFIG ?= pipeline.yaml
 ALARM_EMAIL ?=
 # Networking: empty = the default VPC's default subnets and its default security group (first deploy only;
 # later deploys keep the stack's values unless you pass new ones).
@@ -25,7 +29,7 @@ OUTPUTS_FILE ?= build/infra/outputs-$(STAGE).json
 
 KPIPE_INFRA = $(BIN)/python -m kpipe.infra
 # First-party files beyond chalicelib/ the Lambda imports (tests/infra/test_infra_lambda_bundle.py keeps this true)
-LAMBDA_VENDOR = kpipe/__init__.py kpipe/engine/__init__.py kpipe/engine/vocabulary.py
+LAMBDA_VENDOR = kpipe/__init__.py kpipe/engine/__init__.py kpipe/engine/vocabulary.py kpipe/engine/patterns.py
 # Re-enter the same top-level makefile for each step (it includes this file).
 STEP = $(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) STAGE=$(STAGE)
 # $(call stack_output,Name): one output of the deployed stack, read at recipe time.
@@ -50,7 +54,8 @@ deploy-check: $(BIN)/.installed
 	  account=$$(aws sts get-caller-identity --query Account --output text) || { echo "error: no working AWS credentials"; exit 2; }; \
 	  echo "deploying stage $(STAGE) as stack $(STACK_NAME) to account $$account, region $$region"
 
-## 1. The CloudFormation stack (kpipe/infra.py renders infra/template.yaml with the state machine inlined).
+## 1. The CloudFormation stack (kpipe/infra.py renders infra/template.yaml with the state machine inlined and
+##    the KPI tables of $(CONFIG); a KPI table renamed or re-keyed since the last deploy is stated, its old table kept).
 deploy-stack:
 	@set -e; params=""; \
 	if ! $(KPIPE_INFRA) outputs --stack-name $(STACK_NAME) >/dev/null 2>&1; then \
@@ -66,16 +71,15 @@ deploy-stack:
 	      --query 'SecurityGroups[0].GroupId' --output text); \
 	  fi; \
 	  params="--param SubnetA=$$subnet_a --param SubnetB=$${subnet_b:-$$subnet_a} --param SecurityGroupId=$$sg"; \
-	  params="$$params --param OrderTableName=OrderKPI$(TABLE_SUFFIX) --param CategoryTableName=CategoryKPI$(TABLE_SUFFIX)"; \
-	  params="$$params --param ControlTableName=KpipeControl$(TABLE_SUFFIX)"; \
+	  params="$$params --param ControlTableName=$(TABLE_PREFIX)KpipeControl"; \
 	else \
 	  params="$(if $(SUBNET_A),--param SubnetA=$(SUBNET_A)) $(if $(SUBNET_B),--param SubnetB=$(SUBNET_B))"; \
 	  params="$$params $(if $(SECURITY_GROUP_ID),--param SecurityGroupId=$(SECURITY_GROUP_ID))"; \
 	fi; \
 	params="$$params $(if $(ALARM_EMAIL),--param AlarmEmail=$(ALARM_EMAIL)) $(if $(TASK_CPU),--param TaskCpu=$(TASK_CPU))"; \
-	params="$$params $(if $(TASK_MEMORY),--param TaskMemory=$(TASK_MEMORY))"; \
-	echo "$(KPIPE_INFRA) deploy --stack-name $(STACK_NAME) $$params"; \
-	$(KPIPE_INFRA) deploy --stack-name $(STACK_NAME) $$params --outputs-file $(OUTPUTS_FILE)
+	params="$$params $(if $(TASK_MEMORY),--param TaskMemory=$(TASK_MEMORY)) --param KpiTablePrefix=$(TABLE_PREFIX)"; \
+	echo "$(KPIPE_INFRA) deploy --stack-name $(STACK_NAME) --config $(CONFIG) $$params"; \
+	$(KPIPE_INFRA) deploy --stack-name $(STACK_NAME) --config $(CONFIG) $$params --outputs-file $(OUTPUTS_FILE)
 
 ## 2. Build the task image, push it to the stack's ECR repository, point the task definitions at it.
 deploy-image:
@@ -83,11 +87,12 @@ deploy-image:
 	aws ecr get-login-password | docker login --username AWS --password-stdin "$${repo%%/*}"; \
 	docker build --platform linux/amd64 -f ecs_tasks/Dockerfile -t "$$repo:$(IMAGE_TAG)" .; \
 	docker push "$$repo:$(IMAGE_TAG)"; \
-	$(KPIPE_INFRA) deploy --stack-name $(STACK_NAME) --param ImageUri="$$repo:$(IMAGE_TAG)" --outputs-file $(OUTPUTS_FILE)
+	$(KPIPE_INFRA) deploy --stack-name $(STACK_NAME) --config $(CONFIG) --param ImageUri="$$repo:$(IMAGE_TAG)" --outputs-file $(OUTPUTS_FILE)
 
-## 3. The pipeline configuration in force: s3://<bucket>/config/pipeline.yaml.
+## 3. The pipeline configuration in force: s3://<bucket>/config/pipeline.yaml (its KPI tables must be the
+##    stack's: deploy-stack with the same CONFIG first when you added or changed one).
 deploy-config:
-	aws s3 cp pipeline.yaml s3://$(call stack_output,BucketName)/config/pipeline.yaml
+	aws s3 cp $(CONFIG) s3://$(call stack_output,BucketName)/config/pipeline.yaml
 
 ## 4. The Lambda: stage environment + IAM policy from the stack outputs, then chalice deploy.
 deploy-lambda:

@@ -80,7 +80,7 @@ def check_config(path: Path | None, explain: bool, against: Path | None) -> None
     """Validate pipeline.yaml; exit 0 when valid, 2 with every problem listed."""
     cfg = _load(path)
     if against is not None:
-        from kpipe.engine.changes import CONFIG, backfill_notes
+        from kpipe.config_changes import CONFIG, backfill_notes
 
         summary = against / "processed" / CONFIG
         if not summary.is_file():
@@ -103,6 +103,23 @@ def check_config(path: Path | None, explain: bool, against: Path | None) -> None
 def schema() -> None:
     """Print the JSON Schema of pipeline.yaml (published as pipeline.schema.json)."""
     click.echo(json_schema(), nl=False)
+
+
+@main.command("template")
+@CONFIG_OPTION
+@click.option("--compact", is_flag=True, help="one line, as deployed (CloudFormation caps an inline body at 51,200 bytes)")
+def template(config_path: Path | None, compact: bool) -> None:
+    """Print the CloudFormation template (JSON) rendered for pipeline.yaml: infra/template.yaml with the state
+    machine inlined and one DynamoDB table per `kpis:` table, with its IAM grants and KPIPE_KPI_TABLES."""
+    from kpipe import infra
+
+    cfg = _load(config_path)
+    try:
+        rendered = infra.render_template_dict(cfg=cfg)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]", highlight=False)
+        sys.exit(2)
+    click.echo(json.dumps(rendered, separators=(",", ":")) if compact else json.dumps(rendered, indent=2))
 
 
 @main.command("process")

@@ -5,7 +5,17 @@ declares instead of a hand-written copy.
 Why rendering at all: the state machine lives in `stepfunctions/pipeline.asl.json`, run as is
 locally and on AWS. The template carries only a marker where the definition goes plus the
 `DefinitionSubstitutions` that map the ASL's `${Placeholder}`s to `!Ref`/`!GetAtt`s; rendering
-inlines the ASL (whitespace-compacted), so no copy of the definition ever exists to drift.
+inlines the ASL (whitespace-compacted), so no copy of the definition ever exists to drift. And the KPI
+tables are pipeline.yaml's: rendering adds one `AWS::DynamoDB::Table` per `kpis:` table, shaped by
+`chalicelib.kpi_tables` (keys, types, GSIs), named `<KpiTablePrefix><table>`, kept on deletion and on
+replacement (DeletionPolicy / UpdateReplacePolicy Retain), and fills the markers the template holds
+for them: the tasks' IAM resources and the `KPIPE_KPI_TABLES` mapping (task environment and output).
+
+Deploying over an existing stack compares the KPI tables with the deployed template (`get_template`):
+a table renamed (its name in pipeline.yaml, or the prefix) or re-keyed gets a new table, and the old
+one stays, holding its data; each such change is stated (`notice`), never silent. A re-keyed table
+whose name would not change is named `<name>-<6 hex digits of its key schema>`, because CloudFormation
+cannot replace a named resource under the same name.
 
 moto gaps handled here (measured against moto 5.2.5; tests/infra pins each one):
 - `AWS::StepFunctions::StateMachine` ignores `DefinitionSubstitutions`, and a stack update does not
@@ -27,6 +37,11 @@ moto gaps handled here (measured against moto 5.2.5; tests/infra pins each one):
 - moto's stack update treats a parameter it was not given at creation as changed, re-creates the
   resources that reference it and drops tables and log groups (no update support) from the stack;
   emulated updates therefore pass only the parameters that differ from their defaults.
+- moto's CloudFormation cannot update a table (a changed table, or one referencing a parameter it
+  thinks changed, is dropped from the stack untouched) and deletes a resource removed from the
+  template whatever its DeletionPolicy; `kpipe.local.shims` (installed by the emulator) gives tables
+  CloudFormation's update semantics (replacement on a new name or key schema, the old one retained
+  under UpdateReplacePolicy Retain; GSIs changed in place) and honours Retain on removal.
 - Not created by moto (it skips them with a warning; nothing in the pipeline's data path uses them):
   `AWS::S3::BucketPolicy`, `AWS::Logs::MetricFilter`, `AWS::CloudWatch::Alarm`. moto's ECS task
   definitions keep family, containers and memory but not the task-level cpu, network mode or roles.
@@ -35,6 +50,7 @@ moto gaps handled here (measured against moto 5.2.5; tests/infra pins each one):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import re
@@ -43,11 +59,15 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
 import yaml
+
+from chalicelib.config import PipelineConfig, default_config_path, load_config
+from chalicelib.kpi_tables import TableShape, table_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_PATH = ROOT / "infra" / "template.yaml"
@@ -58,6 +78,16 @@ ASL_MARKER = "@@KPIPE_ASL@@"
 SUBSTITUTION_OUTPUT = "KpipeSubstitution"
 # CloudFormation's limit for an inline TemplateBody.
 MAX_TEMPLATE_BODY = 51_200
+# The KPI tables (see the module doc).
+KPI_TABLE_PREFIX = "KpiTablePrefix"
+KPI_METADATA = "KpipeKpiTable"  # Metadata key of a rendered KPI table: its name in pipeline.yaml
+# The two tables of the default pipeline keep the logical ids and name parameters stacks were deployed with.
+LEGACY_LOGICAL_IDS = {"OrderKPI": "OrderKpiTable", "CategoryKPI": "CategoryKpiTable"}
+LEGACY_NAME_PARAMETERS = {"OrderKPI": "OrderTableName", "CategoryKPI": "CategoryTableName"}
+MARKER_TABLES = "@@KPIPE_KPI_TABLES@@"
+MARKER_INDEXES = "@@KPIPE_KPI_INDEXES@@"
+MARKER_TABLE_ARNS = "@@KPIPE_KPI_TABLE_ARNS@@"
+MARKER_INDEX_ARNS = "@@KPIPE_KPI_INDEX_ARNS@@"
 
 Target = Literal["auto", "aws", "emulator"]
 
@@ -122,10 +152,25 @@ def apply_substitutions(asl_text: str, values: Mapping[str, str]) -> str:
 # ------------------------------------------------------------------------------------------------
 # Rendering
 # ------------------------------------------------------------------------------------------------
-def render_template_dict(template_path: Path = TEMPLATE_PATH, asl_path: Path = ASL_PATH) -> dict[str, Any]:
+def _config(cfg: PipelineConfig | str | Path | None) -> PipelineConfig:
+    if isinstance(cfg, PipelineConfig):
+        return cfg
+    return load_config(cfg if cfg is not None else default_config_path())
+
+
+def render_template_dict(
+    template_path: Path = TEMPLATE_PATH,
+    asl_path: Path = ASL_PATH,
+    cfg: PipelineConfig | str | Path | None = None,
+    *,
+    name_suffixes: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """The deployable template as a dict: `DefinitionString` is the ASL, `DefinitionSubstitutions` as
-    written in the template (which must substitute every placeholder the ASL uses)."""
+    written in the template (which must substitute every placeholder the ASL uses), and the KPI tables of
+    `cfg` (a PipelineConfig or a path; default: the project's pipeline.yaml) with their IAM grants and
+    names. `name_suffixes` (table -> suffix) renames re-keyed tables (`deploy_stack` decides)."""
     template = load_template(template_path)
+    add_kpi_tables(template, _config(cfg), name_suffixes or {})
     asl_text = compact_asl(Path(asl_path).read_text())  # a broken definition fails here, not mid-deployment
     sm = template["Resources"][STATE_MACHINE_ID]["Properties"]
     if sm.get("DefinitionString") != ASL_MARKER:
@@ -140,20 +185,244 @@ def render_template_dict(template_path: Path = TEMPLATE_PATH, asl_path: Path = A
     return template
 
 
-def render_template(template_path: Path = TEMPLATE_PATH, asl_path: Path = ASL_PATH) -> str:
+def render_template(
+    template_path: Path = TEMPLATE_PATH, asl_path: Path = ASL_PATH, cfg: PipelineConfig | str | Path | None = None
+) -> str:
     """The deployable template as compact JSON (CloudFormation caps an inline body at 51,200 bytes)."""
-    return json.dumps(render_template_dict(template_path, asl_path), separators=(",", ":"))
+    return json.dumps(render_template_dict(template_path, asl_path, cfg), separators=(",", ":"))
 
 
-def emulator_template(template: dict[str, Any], stack_name: str) -> dict[str, Any]:
+# ------------------------------------------------------------------------------------------------
+# KPI tables
+# ------------------------------------------------------------------------------------------------
+def kpi_logical_id(name: str) -> str:
+    """The CloudFormation logical id of a KPI table (alphanumeric; the default tables keep theirs)."""
+    if name in LEGACY_LOGICAL_IDS:
+        return LEGACY_LOGICAL_IDS[name]
+    alnum = re.sub(r"[^A-Za-z0-9]", "", name)
+    tag = "" if alnum == name else hashlib.sha256(name.encode()).hexdigest()[:6]  # `a_b` and `ab` stay apart
+    return f"Kpi{alnum[:1].upper()}{alnum[1:]}{tag}Table"
+
+
+def kpi_name_expression(name: str, suffix: str = "") -> Any:
+    """The table's TableName: `<KpiTablePrefix><name><suffix>`; for OrderKPI/CategoryKPI their own name
+    parameter when it is set."""
+    prefixed = {"Fn::Sub": f"${{{KPI_TABLE_PREFIX}}}{name}{suffix}"}
+    if name not in LEGACY_NAME_PARAMETERS:
+        return prefixed
+    param = LEGACY_NAME_PARAMETERS[name]
+    named = {"Ref": param} if not suffix else {"Fn::Sub": f"${{{param}}}{suffix}"}
+    return {"Fn::If": [f"Has{param}", named, prefixed]}
+
+
+def kpi_physical_name(name: str, parameters: Mapping[str, str], suffix: str = "") -> str:
+    """What `kpi_name_expression` evaluates to under these stack parameters (missing ones: their default, "")."""
+    legacy = LEGACY_NAME_PARAMETERS.get(name)
+    if legacy and parameters.get(legacy):
+        return f"{parameters[legacy]}{suffix}"
+    return f"{parameters.get(KPI_TABLE_PREFIX, '')}{name}{suffix}"
+
+
+def rekey_suffix(shape: TableShape) -> str:
+    """The suffix a re-keyed table's name gets: 6 hex digits of its key schema (the same schema, the same name)."""
+    return "-" + hashlib.sha256(json.dumps(shape.key_signature()).encode()).hexdigest()[:6]
+
+
+def kpi_table_resource(shape: TableShape, suffix: str = "") -> dict[str, Any]:
+    props: dict[str, Any] = {
+        "TableName": kpi_name_expression(shape.name, suffix),
+        "BillingMode": "PAY_PER_REQUEST",
+        "AttributeDefinitions": shape.attribute_definitions(),
+        "KeySchema": shape.key_schema(),
+    }
+    if shape.indexes:
+        props["GlobalSecondaryIndexes"] = shape.index_definitions()
+    props["PointInTimeRecoverySpecification"] = {"PointInTimeRecoveryEnabled": True}
+    props["SSESpecification"] = {"SSEEnabled": True}
+    return {
+        "Type": "AWS::DynamoDB::Table",
+        # A KPI table outlives the stack and a replacement: renaming or re-keying one (or `make destroy`)
+        # leaves the old table, and its data, in place.
+        "DeletionPolicy": "Retain",
+        "UpdateReplacePolicy": "Retain",
+        "Metadata": {KPI_METADATA: shape.name},
+        "Properties": props,
+    }
+
+
+def _names_json(shapes: Mapping[str, Any]) -> Any:
+    """`{"OrderKPI":"<its name>",...}` as an Fn::Sub of the tables' Refs (the names have no quote to escape)."""
+    return {"Fn::Sub": "{" + ",".join(f'{json.dumps(n)}:"${{{kpi_logical_id(n)}}}"' for n in shapes) + "}"}
+
+
+def add_kpi_tables(template: dict[str, Any], cfg: PipelineConfig, name_suffixes: Mapping[str, str]) -> None:
+    """Add `cfg`'s KPI tables to a loaded template and fill its KPI markers (see the module doc)."""
+    shapes = table_shapes(cfg)
+    resources = template["Resources"]
+    ids = {name: kpi_logical_id(name) for name in shapes}
+    clash = sorted({i for i in ids.values() if list(ids.values()).count(i) > 1} | (set(ids.values()) & set(resources)))
+    if clash:
+        raise ValueError(f"KPI tables {sorted(n for n, i in ids.items() if i in clash)} map to the logical ids {clash}; rename one")
+    tables = {ids[name]: kpi_table_resource(shape, name_suffixes.get(name, "")) for name, shape in shapes.items()}
+    before = "ControlTable" if "ControlTable" in resources else None  # the storage section, in reading order
+    ordered: dict[str, Any] = {}
+    for logical_id, resource in resources.items():
+        if logical_id == before:
+            ordered.update(tables)
+        ordered[logical_id] = resource
+    if before is None:
+        ordered.update(tables)
+    template["Resources"] = resources = ordered
+    for name, param in LEGACY_NAME_PARAMETERS.items():
+        if name in shapes:
+            template["Parameters"][param] = {
+                "Type": "String",
+                "Default": "",
+                "Description": f"Name of the {name} table; empty: <{KPI_TABLE_PREFIX}>{name}. Kept for stacks deployed before the prefix.",
+            }
+            template.setdefault("Conditions", {})[f"Has{param}"] = {"Fn::Not": [{"Fn::Equals": [{"Ref": param}, ""]}]}
+            template["Outputs"][param] = {"Description": f"The {name} table.", "Value": {"Ref": ids[name]}}
+    table_arns = [{"Fn::GetAtt": [ids[n], "Arn"]} for n in shapes]
+    index_arns = [
+        {"Fn::Sub": f"${{{ids[n]}.Arn}}/index/{index.name}"} for n, shape in shapes.items() for index in shape.indexes
+    ]
+    indexes = json.dumps({n: [i.name for i in shape.indexes] for n, shape in shapes.items()}, separators=(",", ":"))
+    values = {MARKER_TABLES: _names_json(shapes), MARKER_INDEXES: indexes, MARKER_TABLE_ARNS: table_arns,
+              MARKER_INDEX_ARNS: index_arns}
+    _fill_markers(template, values)
+    left = [m for m in values if m in json.dumps(template)]
+    if left:
+        raise ValueError(f"markers {left} left in the rendered template")
+
+
+def _fill_markers(node: Any, values: Mapping[str, Any]) -> Any:
+    """Replace every marker string by its value, in place; drop an IAM statement whose Resource is an empty list."""
+    if isinstance(node, dict):
+        for key, value in list(node.items()):
+            node[key] = values[value] if isinstance(value, str) and value in values else _fill_markers(value, values)
+        if isinstance(node.get("Statement"), list):
+            node["Statement"] = [st for st in node["Statement"] if st.get("Resource") != []]
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            node[i] = values[value] if isinstance(value, str) and value in values else _fill_markers(value, values)
+    return node
+
+
+@dataclass(frozen=True)
+class TableChange:
+    """What a deployment does to one KPI table of an existing stack (stated by `deploy_stack`)."""
+
+    table: str
+    new_name: str | None  # None: the table left pipeline.yaml
+    old_name: str | None  # None: a table new to the stack
+    retained: bool = True  # the old table is kept (DeletionPolicy/UpdateReplacePolicy Retain)
+    rekeyed: bool = False
+
+    def message(self) -> str:
+        if self.old_name is None:
+            return f"{self.table}: new table {self.new_name} created"
+        if self.new_name is None:
+            kept = "is retained (DeletionPolicy Retain)" if self.retained else "is deleted (the deployed stack's DeletionPolicy is Delete)"
+            return f"{self.table}: not in pipeline.yaml any more; its table {self.old_name} {kept}"
+        why = " (its key changed)" if self.rekeyed else ""
+        return f"{self.table}: new table {self.new_name} created{why}; the old table {self.old_name} is retained (DeletionPolicy Retain)"
+
+
+def _deployed_kpi_tables(template: Mapping[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """KPI table name -> (logical id, resource) of a deployed template (rendered by this module, or older)."""
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    legacy = {v: k for k, v in LEGACY_LOGICAL_IDS.items()}
+    for logical_id, resource in (template.get("Resources") or {}).items():
+        if resource.get("Type") != "AWS::DynamoDB::Table":
+            continue
+        name = (resource.get("Metadata") or {}).get(KPI_METADATA) or legacy.get(logical_id)
+        if name:
+            found[name] = (logical_id, resource)
+    return found
+
+
+def _key_signature(resource: Mapping[str, Any]) -> tuple[tuple[str, str, str], ...]:
+    props = resource.get("Properties") or {}
+    types = {a["AttributeName"]: a["AttributeType"] for a in props.get("AttributeDefinitions", [])}
+    return tuple((k["AttributeName"], k["KeyType"], types.get(k["AttributeName"], "S")) for k in props.get("KeySchema", []))
+
+
+def plan_kpi_tables(
+    cfg: PipelineConfig,
+    deployed_template: Mapping[str, Any],
+    deployed_names: Mapping[str, str],
+    parameters: Mapping[str, str],
+) -> tuple[dict[str, str], list[TableChange]]:
+    """(name suffixes for `render_template_dict`, the changes to state) of deploying `cfg` over a stack
+    whose template is `deployed_template`, its resources' physical ids `deployed_names` (logical id ->
+    name) and its parameters, once updated, `parameters`."""
+    shapes = table_shapes(cfg)
+    old = _deployed_kpi_tables(deployed_template)
+    suffixes: dict[str, str] = {}
+    changes: list[TableChange] = []
+    for name, shape in shapes.items():
+        if name not in old:
+            changes.append(TableChange(name, kpi_physical_name(name, parameters), None))
+            continue
+        logical_id, resource = old[name]
+        old_name = deployed_names.get(logical_id)
+        rekeyed = _key_signature(resource) != shape.key_signature()
+        tagged = rekey_suffix(shape)
+        if rekeyed or old_name == kpi_physical_name(name, parameters, tagged):
+            suffixes[name] = tagged  # a new key needs a new name; a re-keyed table keeps the name it got
+        new_name = kpi_physical_name(name, parameters, suffixes.get(name, ""))
+        if new_name != old_name or rekeyed:
+            changes.append(TableChange(name, new_name, old_name, rekeyed=rekeyed))
+    for name, (logical_id, resource) in old.items():
+        if name not in shapes:
+            changes.append(TableChange(name, None, deployed_names.get(logical_id, logical_id),
+                                       retained=resource.get("DeletionPolicy") == "Retain"))
+    return suffixes, changes
+
+
+def emulator_template(
+    template: dict[str, Any], stack_name: str, kpi_names: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """The copy of a rendered template that moto's CloudFormation deploys faithfully (module docstring):
-    the same resources, plus one output per DefinitionSubstitutions entry, with the moto adaptations."""
+    the same resources, plus one output per DefinitionSubstitutions entry, with the moto adaptations.
+    `kpi_names` (table -> the name its TableName evaluates to under the stack's parameters; default:
+    the parameters' defaults) are written as literals (`_adapt_kpi_names`)."""
     copy = json.loads(json.dumps(template))
     subs = copy["Resources"][STATE_MACHINE_ID]["Properties"]["DefinitionSubstitutions"]
     for key, expression in subs.items():
         copy.setdefault("Outputs", {})[SUBSTITUTION_OUTPUT + key] = {"Value": expression}
     _adapt_for_moto(copy, stack_name)
+    _adapt_kpi_names(copy, kpi_names)
     return copy
+
+
+def _adapt_kpi_names(template: dict[str, Any], kpi_names: Mapping[str, str] | None) -> None:
+    """moto re-resolves neither a resource whose `Fn::Sub` names a changed parameter nor one that merely
+    references a replaced resource, so a new prefix or a re-keyed table would leave the old names in the
+    tables and in the tasks' KPIPE_KPI_TABLES. The emulator's copy writes the values AWS would compute:
+    each KPI table's TableName, and the JSON of the names where the template builds it."""
+    tables = _deployed_kpi_tables(template)
+    if not tables:
+        return
+    names = dict(kpi_names or {})
+    defaults = {k: str(v.get("Default", "")) for k, v in template.get("Parameters", {}).items()}
+    for name, (_, resource) in tables.items():
+        names.setdefault(name, kpi_physical_name(name, defaults))
+        resource["Properties"]["TableName"] = names[name]
+    literal = json.dumps({name: names[name] for name in tables}, separators=(",", ":"))
+    expression = _names_json({name: None for name in tables})  # type: ignore[misc]
+
+    def swap(node: Any) -> Any:
+        if node == expression:
+            return literal
+        if isinstance(node, dict):
+            return {k: swap(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [swap(v) for v in node]
+        return node
+
+    template["Resources"] = swap(template["Resources"])
+    template["Outputs"] = swap(template.get("Outputs", {}))
 
 
 def compact_asl(asl_text: str) -> str:
@@ -243,25 +512,23 @@ def deploy_stack(
     target: Target = "auto",
     template_path: Path = TEMPLATE_PATH,
     asl_path: Path = ASL_PATH,
+    cfg: PipelineConfig | str | Path | None = None,
     poll_seconds: float = 5.0,
     timeout_seconds: float = 3600.0,
     progress: Progress | None = None,
+    notice: Progress | None = None,
 ) -> dict[str, str]:
-    """Create or update `stack_name` from the rendered template; return its outputs.
+    """Create or update `stack_name` from the template rendered for `cfg` (a PipelineConfig or a path;
+    default: the project's pipeline.yaml); return its outputs.
 
     Parameters not given keep their previous value on an update (as `aws cloudformation deploy`
     does), so a re-run without `ImageUri` does not roll the tasks back to `:latest`. `target="auto"`
     deploys the emulator copy (`emulator_template`) to moto (see `is_emulated`), the rendering as is
-    otherwise. `progress` receives a line per stack status change."""
+    otherwise. `progress` receives a line per stack status change; `notice` (default: `progress`, else
+    stderr) one line per KPI table an update creates, renames, re-keys or leaves behind (`TableChange`)."""
     emulated = is_emulated(cfn_client) if target == "auto" else target == "emulator"
-    template = render_template_dict(template_path, asl_path)
-    if emulated:
-        template = emulator_template(template, stack_name)
-    body = json.dumps(template, separators=(",", ":"))
-    if len(body.encode()) > MAX_TEMPLATE_BODY:
-        raise DeployError(
-            f"rendered template is {len(body.encode())} bytes; CloudFormation accepts {MAX_TEMPLATE_BODY}"
-        )
+    cfg = _config(cfg)
+    template = render_template_dict(template_path, asl_path, cfg)
     declared = set(template.get("Parameters", {}))
     unknown = set(parameters) - declared
     if unknown:
@@ -281,6 +548,33 @@ def deploy_stack(
         _wait(cfn_client, stack_name, {"DELETE_COMPLETE"}, poll_seconds, timeout_seconds, progress)
         status = None
 
+    changes: list[TableChange] = []
+    previous: dict[str, str] = {}
+    suffixes: dict[str, str] = {}
+    defaults = {k: str(v["Default"]) for k, v in template["Parameters"].items() if "Default" in v}
+    effective = {**defaults, **{k: str(v) for k, v in parameters.items()}}
+    if status is not None:
+        # The previous values spelled out rather than UsePreviousValue: same effect on AWS, and
+        # moto only remembers the parameters passed explicitly at creation.
+        previous = {
+            p["ParameterKey"]: p["ParameterValue"]
+            for p in cfn_client.describe_stacks(StackName=stack_name)["Stacks"][0].get("Parameters", [])
+            if p["ParameterKey"] in declared
+        }
+        effective = {**defaults, **previous, **{k: str(v) for k, v in parameters.items()}}
+        suffixes, changes = plan_kpi_tables(cfg, deployed_template(cfn_client, stack_name),
+                                            deployed_resources(cfn_client, stack_name), effective)
+        if suffixes:
+            template = render_template_dict(template_path, asl_path, cfg, name_suffixes=suffixes)
+    if emulated:
+        names = {n: kpi_physical_name(n, effective, suffixes.get(n, "")) for n in cfg.kpis}
+        template = emulator_template(template, stack_name, names)
+    body = json.dumps(template, separators=(",", ":"))
+    if len(body.encode()) > MAX_TEMPLATE_BODY:
+        raise DeployError(
+            f"rendered template is {len(body.encode())} bytes; CloudFormation accepts {MAX_TEMPLATE_BODY}"
+        )
+
     with _quiet_moto():
         if status is None:
             cfn_client.create_stack(
@@ -292,13 +586,6 @@ def deploy_stack(
             )
             _wait(cfn_client, stack_name, {"CREATE_COMPLETE"}, poll_seconds, timeout_seconds, progress)
         else:
-            # The previous values spelled out rather than UsePreviousValue: same effect on AWS, and
-            # moto only remembers the parameters passed explicitly at creation.
-            previous = {
-                p["ParameterKey"]: p["ParameterValue"]
-                for p in cfn_client.describe_stacks(StackName=stack_name)["Stacks"][0].get("Parameters", [])
-                if p["ParameterKey"] in declared
-            }
             merged = {**previous, **{k: str(v) for k, v in parameters.items()}}
             if emulated:
                 # moto re-creates (and, for tables and log groups, loses track of) every resource that
@@ -314,13 +601,37 @@ def deploy_stack(
             except cfn_client.exceptions.ClientError as exc:
                 if "No updates are to be performed" not in str(exc):
                     raise
+                changes = []
             else:
                 _wait(cfn_client, stack_name, {"UPDATE_COMPLETE"}, poll_seconds, timeout_seconds, progress)
 
         outputs = stack_outputs(cfn_client, stack_name)
         if emulated:
             _complete_on_emulator(cfn_client, stack_name, template, outputs)
-        return {k: v for k, v in outputs.items() if not k.startswith(SUBSTITUTION_OUTPUT)}
+    say = notice or progress or _to_stderr
+    for change in changes:
+        say(change.message())
+    return {k: v for k, v in outputs.items() if not k.startswith(SUBSTITUTION_OUTPUT)}
+
+
+def deployed_template(cfn: Any, stack_name: str) -> dict[str, Any]:
+    """The template the stack was last deployed with (JSON, or YAML with short-form intrinsics)."""
+    body = cfn.get_template(StackName=stack_name).get("TemplateBody") or {}
+    if isinstance(body, str):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            body = yaml.load(body, Loader=_CfnLoader)
+    return dict(body)
+
+
+def deployed_resources(cfn: Any, stack_name: str) -> dict[str, str]:
+    """Logical id -> physical id of the stack's resources (for a DynamoDB table: its name)."""
+    return {
+        r["LogicalResourceId"]: r.get("PhysicalResourceId") or ""
+        for r in cfn.describe_stack_resources(StackName=stack_name)["StackResources"]
+        if r.get("LogicalResourceId")  # moto lists the resource types it skipped as empty entries
+    }
 
 
 @contextmanager
@@ -506,14 +817,17 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m kpipe.infra render|deploy|outputs|empty-bucket|destroy` (see infra/README.md)."""
     parser = argparse.ArgumentParser(prog="python -m kpipe.infra", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
+    config_help = "pipeline.yaml whose KPI tables the stack holds (default: the project's)"
     p_render = sub.add_parser("render", help="print the deployable template (JSON)")
     p_render.add_argument("--out", type=Path, help="write to this file instead of stdout")
     p_render.add_argument("--asl", type=Path, default=ASL_PATH, help="state machine definition to inline")
+    p_render.add_argument("--config", type=Path, default=None, help=config_help)
     p_deploy = sub.add_parser("deploy", help="create or update the stack, print its outputs as JSON")
     p_deploy.add_argument("--stack-name", required=True)
     p_deploy.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     p_deploy.add_argument("--outputs-file", type=Path, help="also write the outputs JSON here")
     p_deploy.add_argument("--asl", type=Path, default=ASL_PATH, help="state machine definition to inline")
+    p_deploy.add_argument("--config", type=Path, default=None, help=config_help)
     p_out = sub.add_parser("outputs", help="print the stack's outputs (JSON), or one output's value")
     p_out.add_argument("--stack-name", required=True)
     p_out.add_argument("--key", help="print only this output's value")
@@ -525,7 +839,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.cmd == "render":
-        text = render_template(asl_path=args.asl)
+        text = render_template(asl_path=args.asl, cfg=args.config)
         if args.out:
             args.out.write_text(text)
         else:
@@ -538,7 +852,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd in {"deploy", "outputs"}:
         if args.cmd == "deploy":
             outputs = deploy_stack(
-                cfn, args.stack_name, _parse_params(args.param), asl_path=args.asl, progress=_to_stderr
+                cfn, args.stack_name, _parse_params(args.param), asl_path=args.asl, cfg=args.config, progress=_to_stderr
             )
         else:
             if stack_status(cfn, args.stack_name) is None:

@@ -87,12 +87,19 @@ def _literal(value: Any, quote: str = "`") -> str:
     return "its defaults" if isinstance(value, BaseModel) else "unset" if value is None else f"{quote}{text}{quote}"
 
 
-def _spec(name: str, shape: str) -> str:
-    """A derived kind's YAML shape; a mapping's keys from its model: `{field, value, ignore_case: false}`."""
-    spec = next((a for a in get_args(M.Derived.model_fields[name].annotation) if isinstance(a, type) and issubclass(a, BaseModel)), None)
-    if shape != "mapping" or spec is None:
+def _spec(name: str, shape: str, model: type[BaseModel] = M.Derived) -> str:
+    """A term's YAML shape; a mapping's keys from its model: `{field, value, ignore_case: false}`, `{min, max}`."""
+    spec = _first_spec(model.model_fields[name].annotation) if name in model.model_fields else None  # (a term the model lacks: a test's)
+    if "mapping" not in shape or spec is None:
         return shape
-    return "{" + ", ".join(n if f.is_required() else f"{n}: {_literal(f.default, '')}" for n, f in spec.model_fields.items()) + "}"
+    keys = ", ".join(n if f.is_required() or f.default is None else f"{n}: {_literal(f.default, '')}" for n, f in spec.model_fields.items())
+    return shape.replace("mapping", "{" + keys + "}")
+
+
+def _first_spec(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((found for a in get_args(annotation) if (found := _first_spec(a)) is not None), None)
 
 
 def _table(header: str, rows: list[tuple[str, ...]]) -> list[str]:
@@ -113,7 +120,7 @@ def _keys(model: type[BaseModel], skip: Container[str]) -> list[str]:
 
 
 def reference_markdown() -> str:
-    ref = {kind: [r for r in vocabulary.reference_rows() if r.kind == kind] for kind in ("type", "check", "derived", "metric")}
+    ref = {kind: [r for r in vocabulary.reference_rows() if r.kind == kind] for kind in ("type", "check", "row_check", "derived", "metric")}
     extra = "".join(f", plus `{n}` (default {_literal(f.default)})" for n, f in M.Check.model_fields.items() if n not in vocabulary.CHECKS)
     ranged = ", ".join(t.name for t in vocabulary.TYPES.values() if t.grammar and t.sql_null_reason == "range")
     unreal = "".join(f"; so is a `{t.name}` naming a day that does not exist" for t in vocabulary.TYPES.values() if t.sql_null_reason == "type")
@@ -134,7 +141,12 @@ def reference_markdown() -> str:
             "rejected with the check's rule id; a metric's `where` filters use the same checks. A `value` is text, a number "
             "or a boolean, read as the field's type."]
     out += _table("check,operand,applies to,meaning,rule id",
-                  [(f"`{r.name}`", f"`{r.shape}`", r.applies_to, r.meaning, f"`<column>.{r.name}`") for r in ref["check"]])
+                  [(f"`{r.name}`", f"`{_spec(r.name, r.shape, M.Check)}`", r.applies_to, r.meaning, f"`<column>.{r.name}`") for r in ref["check"]])
+    out += ["", "## Row checks", "", "An entry of a dataset's `checks` has exactly one of these keys. It reads columns of the row "
+            "(derived fields are computed after the checks) once each column passed its own rules, and passes when a value "
+            "it reads is null; a row failing it is rejected with its rule id, listed after every column's reasons."]
+    out += _table("check,shape,reads,meaning,rule id", [
+        (f"`{r.name}`", f"`{r.shape}`", r.applies_to, r.meaning, f"`{vocabulary.ROW_CHECKS[r.name].rule_shape}`") for r in ref["row_check"]])
     out += ["", "## Derived-field kinds", "", "An entry of a dataset's `derived` has exactly one of these keys."]
     out += _table("kind,shape,meaning", [(f"`{r.name}`", f"`{_spec(r.name, r.shape)}`", r.meaning) for r in ref["derived"]])
     out += ["", "## Metric kinds", "", "A metric has exactly one of these keys; an aggregate also names the dataset it reads (`from`)."]
@@ -151,6 +163,7 @@ def reference_markdown() -> str:
         ("<column>.type", f"the text is not of the column's type{unreal}"),
         ("<column>.range", f"a value of the right form that does not fit its type ({ranged}: see Column types)"),
         (f"<column>.<{'|'.join(vocabulary.CHECKS)}>", "the non-null value fails that check"),
+        *((term.rule_shape, f"the row fails a `{name}` row check (see Row checks)") for name, term in vocabulary.ROW_CHECKS.items()),
         ("<column>.unique", "a `unique` column's value is already held by an earlier row of the batch"),
         ("<column>.references", "the value is the key of no valid row of the referenced dataset in the batch"),
         ("<derived>.range", "a numeric derived field (a product) whose exact value does not fit 38 digits"),

@@ -263,6 +263,8 @@ class DuckDBExecutor:
                     joins.append(f"LEFT JOIN keys_{target.name} {alias} ON {key} = {v}")
                 reasons.append(f"CASE WHEN {v} IS NOT NULL AND {alias}.{q(target.key)} IS NULL THEN '{c.name}.references' END")
                 looked += [f"{alias}.{q(f)} AS {q(f'look_{c.name}_{f}')}" for f in plan.lookups.get(target.name, [])]
+        for r in ds.row_checks:  # after every column's rules, as `DatasetPlan.rules` lists them
+            reasons.append(f"CASE WHEN {r.sql([f't.{q(i)}' for i in r.inputs])} THEN {sql_text(r.rule)} END")
         rules = f"concat_ws(';', {', '.join(reasons)})" if reasons else "''"
         checked = (
             f"SELECT t.*, CASE WHEN t._whole IS NOT NULL THEN t._whole ELSE {rules} END AS _rules{''.join(', ' + x for x in looked)}"

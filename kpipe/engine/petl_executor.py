@@ -108,7 +108,8 @@ class PetlExecutor:
         rows = Records(ds, batch_dir, rels).addfield(READ, lambda r: {} if r[GIVEN] else {c.name: self._read(c, r) for c in ds.columns})
         rows = rows.addfields([(c.name, lambda r, c=c: r[READ].get(c.name, (None, None))[0]) for c in ds.columns])
         claims = self._claims(ds, rows)
-        rows = rows.addfield(REASONS, lambda r: r[GIVEN] or [why for c in ds.columns for why in self._rules(c, r, claims, firsts)])
+        rows = rows.addfield(REASONS, lambda r: r[GIVEN] or [why for c in ds.columns for why in self._rules(c, r, claims, firsts)]
+                             + [s.rule for s in ds.row_checks if not s.passes([r[i] for i in s.inputs])])
         for d in ds.derived:  # in declaration order, each seeing the fields before it
             rows = rows.addfield(d.name, lambda r, d=d: None if r[REASONS] else self._derive(d, r, firsts))
         rows = rows.convert(REASONS, lambda reasons, r: reasons or self._out_of_range(ds, r), pass_row=True)

@@ -17,10 +17,12 @@ from kpipe.engine.vocabulary import (
     DERIVED,
     METRICS,
     NUMERIC,
+    ROW_CHECKS,
     TYPES,
     CheckTerm,
     DerivedTerm,
     MetricTerm,
+    RowCheckTerm,
     TypeTerm,
     check_operand,
     operand_value,
@@ -70,6 +72,26 @@ class DerivedStep:
 
 
 @dataclass(frozen=True)
+class RowCheckStep:
+    """A check across columns of a row (`compare`): its rule id, e.g. compare.shipped_at_ge_created_at."""
+
+    rule: str
+    term: RowCheckTerm
+    operand: Any
+    inputs: tuple[str, ...]  # the columns it reads ...
+    types: tuple[tuple[str, int], ...]  # ... their types and decimal scales (0 but for decimals)
+
+    def passes(self, values: list[Any]) -> bool:
+        """Python's verdict: a null value passes, as with every check."""
+        return any(v is None for v in values) or self.term.py(self.operand, values)
+
+    def sql(self, exprs: list[str]) -> str:
+        """SQL true when the row fails it."""
+        present = " AND ".join(f"{x} IS NOT NULL" for x in exprs)
+        return f"{present} AND NOT {self.term.sql(self.operand, exprs, self.types)}"
+
+
+@dataclass(frozen=True)
 class DatasetPlan:
     name: str
     files: str
@@ -78,6 +100,7 @@ class DatasetPlan:
     columns: tuple[ColumnStep, ...]
     derived: tuple[DerivedStep, ...]
     reject_threshold: Any
+    row_checks: tuple[RowCheckStep, ...] = ()  # after every column's rules, in declaration order
 
     def column(self, name: str) -> ColumnStep:
         return next(c for c in self.columns if c.name == name)
@@ -97,6 +120,7 @@ class DatasetPlan:
             out += [s.rule for s in c.checks]
             out += [f"{c.name}.unique"] if c.unique else []
             out += [f"{c.name}.references"] if c.references else []
+        out += [s.rule for s in self.row_checks]
         out += [f"{d.name}.range" for d in self.derived if d.type in NUMERIC and d.via is None]
         return [*out, MALFORMED, ENCODING]
 
@@ -197,7 +221,15 @@ def compile_plan(cfg: PipelineConfig) -> Plan:
                     operand = operand.model_copy(update={"value": operand_value(operand.value, cfg.field_type(name, operand.field))})
                 step = DerivedStep(d_name, term, operand, tuple(term.inputs(operand)), kind, scale)
             derived.append(step)
-        datasets.append(DatasetPlan(name, ds.files, ds.key, ds.partition_by, tuple(columns), tuple(derived), ds.reject_threshold))
+        row_checks = []
+        for check in ds.checks:
+            term = ROW_CHECKS[check.op]
+            inputs = tuple(term.inputs(check.operand))
+            kinds = tuple((ds.columns[i].type, ds.columns[i].scale if ds.columns[i].type == "decimal" else 0) for i in inputs)
+            row_checks.append(RowCheckStep(term.rule(check.operand), term, tuple(check.operand), inputs, kinds))
+        datasets.append(
+            DatasetPlan(name, ds.files, ds.key, ds.partition_by, tuple(columns), tuple(derived), ds.reject_threshold, tuple(row_checks))
+        )
     tables = []
     for t_name, table in cfg.kpis.items():
         metrics = []
@@ -230,6 +262,8 @@ def explain_text(plan: Plan, sql: dict[str, str] | None = None) -> str:
             source = f" <- column '{c.header}'" if c.header != c.name else ""
             default = f", default {_show(c.default)}" if c.default is not None else ""
             lines.append(f"  {c.name}: {shown}{source}{default}" + (f"; {', '.join(rules)}" if rules else ""))
+        for r in ds.row_checks:
+            lines.append(f"  check {r.term.name} {' '.join(map(str, r.operand))}: reason {r.rule}")
         for d in ds.derived:
             how = f"lookup {d.target}.{d.target_field} via {d.via}" if d.via else f"{d.term.name} {_show(d.spec)}"
             lines.append(f"  {d.name} = {how} ({d.type})")

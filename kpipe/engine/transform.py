@@ -35,7 +35,7 @@ from typing import Any
 import duckdb
 
 from chalicelib.config import PipelineConfig
-from kpipe.engine import changes
+from kpipe import config_changes as changes
 from kpipe.engine.duckdb_executor import q, stored_rows_sql
 from kpipe.engine.executors import open_executor
 from kpipe.engine.plan import DatasetPlan, Plan, compile_plan

@@ -18,8 +18,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal, localcontext
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
+
+from kpipe.engine.patterns import Pattern
 
 Scalar = str | int | Decimal | bool
 # What "stripped" means, the same set for both executors (Python's str.strip() would take Unicode
@@ -190,7 +192,8 @@ FIELD_SQL_TYPES = {"date": "DATE", "bool": "BOOLEAN"}
 class CheckTerm:
     """A row check on one field's non-null value; a row failing it is rejected with `<field>.<name>`.
     Also the vocabulary of metric `where` filters. `operand(raw, field_type)` reads the YAML operand
-    the way the field is read (on a string field `one_of: [1, 2]` means the texts "1" and "2")."""
+    the way the field is read (on a string field `one_of: [1, 2]` means the texts "1" and "2"); a term
+    with its own `read` reads its operand so (ValueError: refused when the config loads, saying why)."""
 
     name: str
     meaning: str
@@ -198,6 +201,7 @@ class CheckTerm:
     types: tuple[str, ...]  # field types it applies to
     py: Callable[[Any, Any, bool], bool]  # (value, operand, ignore_case) -> passes
     sql: Callable[[str, Any, str, bool], str]  # (expr, operand, field type, ignore_case) -> SQL boolean
+    read: Callable[[Any, str], Any] | None = None  # (YAML operand, field type) -> the operand `py` and `sql` take
 
 
 NUMERIC = ("int", "decimal")
@@ -252,6 +256,36 @@ def _compare(name: str, meaning: str, py_op: Callable[[Any, Any], bool], sql_op:
     )
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """A `length` operand: the fewest and the most characters (code points, as Python's `len` and
+    DuckDB's `length` count them), either one unbounded when None."""
+
+    min: int | None
+    max: int | None
+
+    def holds(self, n: int) -> bool:
+        return (self.min is None or n >= self.min) and (self.max is None or n <= self.max)
+
+    def sql(self, x: str) -> str:
+        parts = ([f"length({x}) >= {int(self.min)}"] if self.min is not None else []) + (
+            [f"length({x}) <= {int(self.max)}"] if self.max is not None else [])
+        return "(" + " AND ".join(parts or ["TRUE"]) + ")"
+
+    def __str__(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in (("min", self.min), ("max", self.max)) if v is not None)
+
+
+def _bounds(raw: Any, _field_type: str) -> Bounds:
+    get = raw.get if isinstance(raw, dict) else lambda k: getattr(raw, k, None)
+    low, high = get("min"), get("max")
+    if low is None and high is None:
+        raise ValueError("neither min nor max is given; allowed: {min: N}, {max: N} or both")
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"min {low} is above max {high}; allowed: min <= max")
+    return Bounds(low, high)
+
+
 CHECKS: dict[str, CheckTerm] = {
     c.name: c
     for c in (
@@ -291,15 +325,114 @@ CHECKS: dict[str, CheckTerm] = {
             lambda v, o, ic: _fold(v, ic) in {_fold(x, ic) for x in o},
             lambda x, o, t, ic: f"({_sql_fold(x, ic, t)} IN ({', '.join(sql_literal(_fold(v, ic)) for v in o)}))",
         ),
+        CheckTerm(
+            "matches",
+            "the whole value matches the regular expression (Python `re` syntax without lookarounds, backreferences or "
+            "inline flags; `\\d \\w \\s` are ASCII, `.` is any character but a line feed; `ignore_case: true` for text)",
+            str,
+            ("string",),
+            lambda v, o, ic: o.fullmatch(lower(v) if ic else v, ic),
+            lambda x, o, t, ic: f"regexp_full_match({_sql_fold(x, ic, t)}, {sql_text(o.re2(ic))})",
+            lambda raw, _t: Pattern(raw),
+        ),
+        CheckTerm(
+            "length",
+            "the number of characters is at least `min` and at most `max` (either may be left out)",
+            dict,  # {min, max}: the model gives it its own class
+            ("string",),
+            lambda v, o, _ic: o.holds(len(v)),
+            lambda x, o, _t, _ic: o.sql(x),
+            _bounds,
+        ),
     )
 }
 
 
 def check_operand(name: str, raw: Any, field_type: str) -> Any:
-    """A check's YAML operand as typed values (lists and pairs element by element)."""
+    """A check's YAML operand as typed values (lists and pairs element by element; a term with its
+    own `read`, as that reads it)."""
+    term = CHECKS.get(name)
+    if term is not None and term.read is not None:
+        return term.read(raw, field_type)
     if isinstance(raw, list | tuple):
         return tuple(operand_value(v, field_type) for v in raw)
     return operand_value(raw, field_type)
+
+
+# --------------------------------------------------------------------------------------------- row checks
+
+
+@dataclass(frozen=True)
+class RowCheckTerm:
+    """A check across several columns of one row, listed in a dataset's `checks`; like every check it
+    passes when a value it reads is null. `inputs(operand)` names the columns it reads, `applies(types)`
+    says whether it fits their types (`allowed` says which do, in words), `rule(operand)` is the reason a
+    failing row gets; `py(operand, values)` and `sql(operand, exprs, (type, scale) of each)` decide it."""
+
+    name: str
+    meaning: str
+    shape: Any
+    inputs: Callable[[Any], list[str]]
+    applies: Callable[[Sequence[str]], bool]
+    allowed: str
+    rule: Callable[[Any], str]
+    rule_shape: str  # the rule id as the reference shows it
+    py: Callable[[Any, Sequence[Any]], bool]
+    sql: Callable[[Any, Sequence[str], Sequence[tuple[str, int]]], str]
+
+
+# operator -> (its name in rule ids, Python, SQL)
+COMPARISONS: dict[str, tuple[str, Callable[[Any, Any], bool], str]] = {
+    "<": ("lt", lambda a, b: a < b, "<"),
+    "<=": ("le", lambda a, b: a <= b, "<="),
+    ">": ("gt", lambda a, b: a > b, ">"),
+    ">=": ("ge", lambda a, b: a >= b, ">="),
+    "==": ("eq", lambda a, b: a == b, "="),
+    "!=": ("ne", lambda a, b: a != b, "<>"),
+}
+Operator = Literal["<", "<=", ">", ">=", "==", "!="]
+
+
+def _comparable(types: Sequence[str]) -> bool:
+    a, b = types
+    return (a in NUMERIC and b in NUMERIC) or (a == b and a in ("string", "datetime", "date"))
+
+
+def _sql_compare(spec: Any, x: Sequence[str], types: Sequence[tuple[str, int]]) -> str:
+    """`a op b` in SQL, exact for numbers of other types or scales (DuckDB would cast both to one
+    DECIMAL(38, s), which a large value of the smaller scale overflows): an int is a decimal of the
+    other's scale (19 digits fit beside 18 fraction digits); decimals of two scales compare their whole
+    parts, then, when those are equal, their fractions."""
+    (a, b), ((ta, sa), (tb, sb)) = x, types
+    op = COMPARISONS[spec[1]][2]
+    if ta in NUMERIC and tb in NUMERIC and (ta, sa) != (tb, sb):
+        if "int" in (ta, tb) or sa == sb:
+            wide = f"DECIMAL(38, {max(sa, sb)})"
+            return f"(CAST({a} AS {wide}) {op} CAST({b} AS {wide}))"
+        whole_a, whole_b = (f"CAST(trunc({v}) AS DECIMAL(38, 0))" for v in (a, b))
+        frac_a, frac_b = (f"CAST({v} - trunc({v}) AS DECIMAL(38, {max(sa, sb)}))" for v in (a, b))
+        return f"(CASE WHEN {whole_a} <> {whole_b} THEN {whole_a} {op} {whole_b} ELSE {frac_a} {op} {frac_b} END)"
+    return f"({a} {op} {b})"
+
+
+ROW_CHECKS: dict[str, RowCheckTerm] = {
+    r.name: r
+    for r in (
+        RowCheckTerm(
+            "compare",
+            "`[left, op, right]`: the row's two values compare so; `op` is one of `<` `<=` `>` `>=` `==` `!=` (quote it in YAML); "
+            "numbers compare exactly, datetimes as instants, texts by code point",
+            tuple[str, Operator, str],
+            lambda spec: [spec[0], spec[2]],
+            _comparable,
+            "two numeric columns, two datetime columns or two string columns",
+            lambda spec: f"compare.{spec[0]}_{COMPARISONS[spec[1]][0]}_{spec[2]}",
+            "compare.<left>_<lt|le|gt|ge|eq|ne>_<right>",
+            lambda spec, v: COMPARISONS[spec[1]][1](v[0], v[1]),
+            _sql_compare,
+        ),
+    )
+}
 
 
 # ----------------------------------------------------------------------------------------- derived fields
@@ -336,9 +469,36 @@ def _equals(spec: Any, values: Sequence[Any], _tz: ZoneInfo) -> bool:
     return v is not None and _fold(v, spec.ignore_case) == _fold(spec.value, spec.ignore_case)
 
 
-def _date_of(_spec: Any, values: Sequence[Any], tz: ZoneInfo) -> date | None:
+GRAINS = ("day", "week", "month")
+
+
+def grain_of(spec: Any) -> str:
+    """A `date_of`'s grain: `{date_of: created_at}` is a day, `{date_of: {field, grain}}` says it."""
+    return "day" if isinstance(spec, str) else str(getattr(spec, "grain", None) or "day")
+
+
+def _date_of_field(spec: Any) -> str:
+    return spec if isinstance(spec, str) else spec.field
+
+
+def _date_of(spec: Any, values: Sequence[Any], tz: ZoneInfo) -> date | str | None:
+    """The day of a datetime in the zone; of the week, its ISO week's Monday; of the month, `YYYY-MM`."""
     (v,) = values
-    return v.astimezone(tz).date() if v is not None else None
+    if v is None:
+        return None
+    day = v.astimezone(tz).date()
+    grain = grain_of(spec)
+    if grain == "week":
+        return day - timedelta(days=day.weekday())
+    return f"{day.year:04d}-{day.month:02d}" if grain == "month" else day
+
+
+def _sql_date_of(spec: Any, x: Sequence[str]) -> str:
+    day = f"CAST({x[0]} AS DATE)"  # in the session's zone, the pipeline's
+    grain = grain_of(spec)
+    if grain == "week":
+        return f"CAST(date_trunc('week', {day}) AS DATE)"  # DuckDB's week is the ISO week, from Monday
+    return f"strftime({day}, '%Y-%m')" if grain == "month" else day
 
 
 def _product_type(types: Sequence[str]) -> str:
@@ -350,12 +510,13 @@ DERIVED: dict[str, DerivedTerm] = {
     for d in (
         DerivedTerm(
             "date_of",
-            "the calendar date of a datetime, in the pipeline's timezone",
-            str,
-            lambda spec: [spec],
-            lambda _spec, _t: "date",
+            "the calendar date of a datetime, in the pipeline's timezone; with `grain: week` the Monday of its ISO week "
+            "(a date), with `grain: month` the text `YYYY-MM`",
+            str | dict,  # a field, or {field, grain}: the model gives the mapping its own class
+            lambda spec: [_date_of_field(spec)],
+            lambda spec, _t: "string" if grain_of(spec) == "month" else "date",
             _date_of,
-            lambda _spec, x: f"CAST({x[0]} AS DATE)",
+            _sql_date_of,
             (("datetime",),),
         ),
         DerivedTerm(
@@ -514,12 +675,17 @@ def reference_rows() -> list[Reference]:
         if annotation == tuple[Decimal, Decimal]:
             return "[low, high]"
         args = [shape(a, word) for a in getattr(annotation, "__args__", ())]
+        if getattr(annotation, "__origin__", None) is Literal:
+            return "op"
         if getattr(annotation, "__origin__", None) in (tuple, list):
             return f"[{', '.join(args)}]" if annotation.__origin__ is tuple else f"[{args[0]}, ...]"
+        if annotation != Scalar and isinstance(annotation, type(str | dict)):
+            return " or ".join(args)
         return {Decimal: "number", str: word, dict: "mapping", Scalar: "value"}.get(annotation, str(annotation))
 
     rows = [Reference("type", t.name, "", t.meaning) for t in TYPES.values()]
     rows += [Reference("check", c.name, shape(c.shape, "text"), c.meaning, ", ".join(c.types)) for c in CHECKS.values()]
+    rows += [Reference("row_check", r.name, shape(r.shape, "column"), r.meaning, r.allowed) for r in ROW_CHECKS.values()]
     rows += [Reference("derived", d.name, shape(d.shape), d.meaning) for d in DERIVED.values()]
     rows += [
         Reference("metric", m.name, shape(m.shape, "metric" if m.combines else "field"), m.meaning, ", ".join(m.types))

@@ -41,13 +41,17 @@ class Resources:
     def cluster_arn(self) -> str:
         return self.outputs["ClusterArn"]
 
+    @property
+    def kpi_tables(self) -> dict[str, str]:
+        """Every KPI table of the stack: logical name (pipeline.yaml) -> table name (the `KpiTables` output)."""
+        return dict(json.loads(self.outputs["KpiTables"]))
+
     def task_environment(self) -> dict[str, str]:
         """The Lambda's and the tasks' runtime environment (docs/contracts.md)."""
         return {
             "KPIPE_BUCKET": self.bucket,
             "KPIPE_STATE_MACHINE_ARN": self.state_machine_arn,
-            "KPIPE_ORDER_TABLE": self.outputs["OrderTableName"],
-            "KPIPE_CATEGORY_TABLE": self.outputs["CategoryTableName"],
+            "KPIPE_KPI_TABLES": self.outputs["KpiTables"],
             "KPIPE_CONTROL_TABLE": self.outputs["ControlTableName"],
             "KPIPE_CONFIG_KEY": "config/pipeline.yaml",
         }
@@ -102,11 +106,13 @@ def notify_queue(s3: Any, sqs: Any, bucket: str, raw_prefix: str = "raw-data/", 
 def create_resources(
     client: ClientFactory,
     *,
+    cfg: Any = None,
     stack_name: str = STACK_NAME,
     bucket: str = BUCKET_NAME,
     raw_prefix: str = "raw-data/",
 ) -> Resources:
-    """Network, then the stack (bucket, tables, cluster, task definitions, state machine), then the queue."""
+    """Network, then the stack (bucket, the KPI tables of `cfg` (a PipelineConfig; default: the project's
+    pipeline.yaml), control table, cluster, task definitions, state machine), then the queue."""
     from kpipe.infra import deploy_stack
 
     network = create_network(client("ec2"))
@@ -120,6 +126,7 @@ def create_resources(
             "SecurityGroupId": network["SecurityGroupId"],
         },
         target="emulator",
+        cfg=cfg,
         poll_seconds=0.1,
     )
     queue_url = notify_queue(client("s3"), client("sqs"), outputs["BucketName"], raw_prefix)

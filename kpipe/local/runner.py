@@ -28,7 +28,7 @@ import boto3
 import yaml
 
 from chalicelib.config import PipelineConfig, default_config_path, load_config, parse_config
-from chalicelib.kpi_store import dump_table
+from chalicelib.kpi_store import KpiStore
 from chalicelib.layout import Layout
 from kpipe.engine.store import TRANSFER_THREADS, S3Store
 from kpipe.engine.validate import dataset_files
@@ -56,11 +56,13 @@ class Emulator:
     `backend="server"` (the commands): moto server on a port, tasks as subprocesses.
     `backend="mock"` (tests): moto's in-process mock, tasks called in threads (InProcessRunner); the same
     stack, state machine, pump, handler and agent, minus the HTTP hops and interpreter start-ups.
-    `wrap_runner` lets a test wrap the task runner (inject a crash, act between two tasks)."""
+    `wrap_runner` lets a test wrap the task runner (inject a crash, act between two tasks). `cfg`: the
+    pipeline.yaml whose KPI tables the stack holds (default: the project's)."""
 
     def __init__(
         self,
         *,
+        cfg: PipelineConfig | None = None,
         backend: str = "server",
         host: str = "127.0.0.1",
         port: int = 0,
@@ -73,6 +75,7 @@ class Emulator:
         if backend not in ("server", "mock"):
             raise ValueError(f"backend {backend!r}; allowed: server, mock")
         self.backend = backend
+        self.cfg = cfg
         self.server = MotoServer(host, port)
         self.log_dir = log_dir
         self.say = progress or (lambda _msg: None)
@@ -112,7 +115,7 @@ class Emulator:
             self._stack.enter_context(pointed_at(None))  # credentials and region before moto starts
             self._stack.enter_context(mock_aws(config={"stepfunctions": {"execute_state_machine": True}}))
         self._session = boto3.session.Session(region_name=REGION)
-        self.resources = create_resources(self.client)
+        self.resources = create_resources(self.client, cfg=self.cfg)
         task_env = self.resources.task_environment()
         self._stack.enter_context(environ(task_env))  # the in-process Lambda handler reads these per call
         base = {**emulator_environment(self._endpoint), **task_env}
@@ -146,8 +149,8 @@ class Emulator:
             if doomed:
                 s3.delete_objects(Bucket=bucket, Delete={"Objects": doomed, "Quiet": True})
         dynamodb = self.resource("dynamodb")
-        for key in ("OrderTableName", "CategoryTableName", "ControlTableName"):
-            table = dynamodb.Table(self.resources.outputs[key])
+        for name in [*self.resources.kpi_tables.values(), self.resources.outputs["ControlTableName"]]:
+            table = dynamodb.Table(name)
             names = [k["AttributeName"] for k in table.key_schema]
             scan: dict[str, Any] = {
                 "ProjectionExpression": ", ".join(f"#k{i}" for i in range(len(names))),
@@ -234,23 +237,18 @@ class Emulator:
             for path in sorted(p for p in local.rglob("*") if p.is_file() and not p.name.endswith(".tmp")):
                 s3.upload_file(str(path), bucket, layout.processed_prefix + path.relative_to(local).as_posix())
                 count += 1
-        dynamodb = self.resource("dynamodb")
-        for table_name, spec in cfg.kpis.items():
+        store = self.kpi_store(cfg)
+        for table_name in cfg.kpis:
             items = load_table(out / f"{table_name}.json")
-            if not items:
-                continue
-            table = dynamodb.Table(self._table(table_name))
-            with table.batch_writer(overwrite_by_pkeys=list(spec.key)) as writer:
-                for item in items:
-                    writer.put_item(Item=item)
+            if items:
+                store.table(table_name).put_items(items)
         return count
 
     def save_state(self, out: Path, cfg: PipelineConfig, layout: Layout, since: float) -> None:
         """Write OUT's KPI tables (as `kpipe process` writes them) and the processed files changed since `since`."""
-        dynamodb = self.resource("dynamodb")
+        store = self.kpi_store(cfg)
         for table_name, spec in cfg.kpis.items():
-            items = dump_table(dynamodb.Table(self._table(table_name)), spec.key)
-            save_table(out / f"{table_name}.json", items, list(spec.key))
+            save_table(out / f"{table_name}.json", store.table(table_name).dump(), list(spec.key))
         s3, bucket = self.client("s3"), self.resources.bucket
         local = out / "processed"
         store = S3Store(s3, bucket, layout.processed_prefix)
@@ -266,9 +264,9 @@ class Emulator:
                 if not found:
                     raise FileNotFoundError(f"s3://{bucket}/{layout.processed_prefix}{name} vanished while OUT was saved")
 
-    def _table(self, logical: str) -> str:
-        out = self.resources.outputs
-        return {"OrderKPI": out["OrderTableName"], "CategoryKPI": out["CategoryTableName"]}.get(logical, logical)
+    def kpi_store(self, cfg: PipelineConfig | None = None) -> KpiStore:
+        """The stack's KPI tables (of `cfg`, default: the config the stack was deployed for)."""
+        return KpiStore(self.resource("dynamodb"), cfg or self.cfg or load_config(default_config_path()), self.resources.kpi_tables)
 
     # one batch --------------------------------------------------------------------------------
     def run_batch(self, batch_dir: Path, cfg: PipelineConfig, layout: Layout, timeout: float) -> list[dict[str, Any]]:
@@ -403,7 +401,7 @@ def run_batches(
     with (
         open(log_dir / "lambda.log", "w", encoding="utf-8") as lambda_log,
         contextlib.redirect_stdout(lambda_log),
-        Emulator(backend=backend, log_dir=log_dir, progress=say, in_process_tasks=in_process_tasks) as emu,
+        Emulator(cfg=cfg, backend=backend, log_dir=log_dir, progress=say, in_process_tasks=in_process_tasks) as emu,
     ):
         emu.upload_config(text, layout)
         restored = emu.restore_state(out, cfg, layout)
@@ -442,7 +440,7 @@ def serve(
     config_path = Path(config_path) if config_path else default_config_path()
     text, cfg = _config_text(config_path, settle_seconds)
     layout = Layout.from_config(cfg)
-    with Emulator(host=host, port=port, progress=say) as emu:
+    with Emulator(cfg=cfg, host=host, port=port, progress=say) as emu:
         emu.upload_config(text, layout)
         env = {**os.environ, **emulator_environment(emu.endpoint), **emu.resources.task_environment()}
         chalice = subprocess.Popen(

@@ -39,6 +39,13 @@ the tasks); `install()` is idempotent and is called by the embedded emulator and
    deep copy is a wide window), where AWS refuses the second with ExecutionAlreadyExists. The trigger
    relies on exactly that refusal for duplicate S3 events; the event-storm test saw two executions
    start once in ~25 runs. StartExecution now runs one call at a time.
+8. CloudFormation's `AWS::DynamoDB::Table` has no update: a table whose properties changed (a new name,
+   a new key, a GSI more) is dropped from the stack, untouched, and no new one is created; and a stack
+   update deletes a resource removed from the template whatever its DeletionPolicy. The KPI tables follow
+   pipeline.yaml, so both happen when a table is renamed, re-keyed or dropped. Tables now update as
+   CloudFormation does: a new name or key schema creates the new table, and the old one is kept under
+   UpdateReplacePolicy Retain (deleted otherwise); other changes (GSIs, attribute definitions) apply in
+   place. A resource removed by an update is kept when its DeletionPolicy is Retain.
 """
 
 from __future__ import annotations
@@ -310,6 +317,68 @@ def _patch_s3_version_listing() -> None:
     models.copy = types.SimpleNamespace(deepcopy=listing_copy, copy=copy.copy)  # type: ignore[attr-defined]
 
 
+# --------------------------------------------------------------------------------------------------
+# 8. DynamoDB tables in stack updates
+
+
+def _key_schema(schema: Any) -> list[tuple[str, str]]:
+    return [(k["AttributeName"], k["KeyType"]) for k in schema or []]
+
+
+def _attribute_types(definitions: Any, names: list[str]) -> list[str | None]:
+    types = {d["AttributeName"]: d["AttributeType"] for d in definitions or []}
+    return [types.get(n) for n in names]
+
+
+def _patch_dynamodb_tables() -> None:
+    from moto.cloudformation import parsing
+    from moto.dynamodb.models import dynamodb_backends
+    from moto.dynamodb.models.table import Table
+
+    def update_from_cloudformation_json(
+        klass: Any, original_resource: Any, new_resource_name: str, cloudformation_json: Any,
+        account_id: str, region_name: str,
+    ) -> Any:
+        props = cloudformation_json.get("Properties", {})
+        backend = dynamodb_backends[account_id][region_name]
+        old_key, new_key = _key_schema(original_resource.schema), _key_schema(props.get("KeySchema"))
+        names = [n for n, _ in new_key]
+        same_key = old_key == new_key and _attribute_types(original_resource.attr, names) == _attribute_types(
+            props.get("AttributeDefinitions"), names
+        )
+        if new_resource_name != original_resource.name or not same_key:  # a replacement
+            new = klass.create_from_cloudformation_json(new_resource_name, cloudformation_json, account_id, region_name)
+            if cloudformation_json.get("UpdateReplacePolicy") != "Retain":
+                backend.delete_table(name=original_resource.name)
+            return new
+        wanted = {g["IndexName"]: g for g in props.get("GlobalSecondaryIndexes", [])}
+        have = {g.name: g for g in original_resource.global_indexes}
+        updates: list[dict[str, Any]] = [{"Delete": {"IndexName": n}} for n in have if n not in wanted]
+        updates += [{"Create": g} for n, g in wanted.items() if n not in have]
+        backend.update_table(
+            name=original_resource.name,
+            attr_definitions=props.get("AttributeDefinitions"),
+            global_index=updates,
+            throughput=None,
+            billing_mode=None,
+            stream_spec=None,
+            deletion_protection_enabled=None,
+            warm_throughput=None,
+        )
+        return original_resource
+
+    Table.update_from_cloudformation_json = classmethod(update_from_cloudformation_json)  # type: ignore[assignment]
+
+    delete_resource = parsing.ResourceMap._delete_resource
+
+    def _delete_resource(self: Any, parsed_resource: Any, resource_json: dict[str, Any]) -> None:
+        if resource_json.get("DeletionPolicy") == "Retain":  # (a stack deletion never gets here with one)
+            return
+        delete_resource(self, parsed_resource, resource_json)
+
+    parsing.ResourceMap._delete_resource = _delete_resource  # type: ignore[method-assign]
+
+
 def install() -> None:
     """Apply every shim once per process (the moto server runs in-process, so this covers it too)."""
     global _installed
@@ -323,4 +392,5 @@ def install() -> None:
         _patch_concurrency()
         _patch_s3_version_listing()
         _patch_start_execution()
+        _patch_dynamodb_tables()
         _installed = True

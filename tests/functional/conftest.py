@@ -26,7 +26,8 @@ from chalice.test import Client
 from moto import mock_aws
 
 from chalicelib import aws, trigger
-from chalicelib.config import default_config_path
+from chalicelib.config import PipelineConfig, default_config_path, load_config
+from chalicelib.kpi_tables import TableShape, table_shapes
 
 REGION = "us-east-1"
 BUCKET = "kpipe-local"  # app.py's default bucket, so the decorator and the fixtures agree
@@ -102,44 +103,34 @@ def pipeline_bucket(s3: Any) -> str:
     return create_pipeline_bucket(s3)
 
 
+def create_shape_table(dynamodb: Any, shape: TableShape, name: str | None = None) -> Any:
+    """A KPI table as its shape (chalicelib.kpi_tables, what the template renders) declares it."""
+    extra = {"GlobalSecondaryIndexes": shape.index_definitions()} if shape.indexes else {}
+    return dynamodb.create_table(
+        TableName=name or shape.name,
+        KeySchema=shape.key_schema(),
+        AttributeDefinitions=shape.attribute_definitions(),
+        BillingMode="PAY_PER_REQUEST",
+        **extra,
+    )
+
+
+def create_config_tables(dynamodb: Any, cfg: PipelineConfig) -> dict[str, Any]:
+    """Every KPI table of a config, under its logical name."""
+    return {name: create_shape_table(dynamodb, shape) for name, shape in table_shapes(cfg).items()}
+
+
 def create_kpi_tables(dynamodb: Any) -> dict[str, Any]:
-    """OrderKPI, CategoryKPI (+ GSI order_date-index) and KpipeControl, as docs/contracts.md pins them."""
-    on_demand = {"BillingMode": "PAY_PER_REQUEST"}
-    orders = dynamodb.create_table(
-        TableName=ORDER_TABLE,
-        KeySchema=[{"AttributeName": "order_date", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "order_date", "AttributeType": "S"}],
-        **on_demand,
-    )
-    categories = dynamodb.create_table(
-        TableName=CATEGORY_TABLE,
-        KeySchema=[
-            {"AttributeName": "category", "KeyType": "HASH"},
-            {"AttributeName": "order_date", "KeyType": "RANGE"},
-        ],
-        AttributeDefinitions=[
-            {"AttributeName": "category", "AttributeType": "S"},
-            {"AttributeName": "order_date", "AttributeType": "S"},
-        ],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": CATEGORY_DATE_INDEX,
-                "KeySchema": [
-                    {"AttributeName": "order_date", "KeyType": "HASH"},
-                    {"AttributeName": "category", "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-        ],
-        **on_demand,
-    )
+    """OrderKPI, CategoryKPI (+ GSI order_date-index) from the project's pipeline.yaml, and KpipeControl, as
+    docs/contracts.md pins them (tests/unit/test_kpi_tables.py holds the shapes to the contract)."""
+    tables = create_config_tables(dynamodb, load_config(default_config_path()))
     control = dynamodb.create_table(
         TableName=CONTROL_TABLE,
         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-        **on_demand,
+        BillingMode="PAY_PER_REQUEST",
     )
-    return {ORDER_TABLE: orders, CATEGORY_TABLE: categories, CONTROL_TABLE: control}
+    return {ORDER_TABLE: tables[ORDER_TABLE], CATEGORY_TABLE: tables[CATEGORY_TABLE], CONTROL_TABLE: control}
 
 
 @pytest.fixture

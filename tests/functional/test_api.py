@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from chalice.test import Client
 
+from chalicelib.config import default_config_path, load_config
 from chalicelib.kpi_store import KpiStore
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ BID = "b-0123456789abcdef0123"
 @pytest.fixture(scope="module")
 def seeded(shared_kpipe_env: KpipeEnv) -> KpipeEnv:
     """Seeded once for the module: every test here only reads these items."""
-    store = KpiStore(shared_kpipe_env.dynamodb)
+    store = KpiStore(shared_kpipe_env.dynamodb, load_config(default_config_path()))
     d = Decimal
     store.replace_dates(
         "OrderKPI",

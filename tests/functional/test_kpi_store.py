@@ -8,15 +8,20 @@ from typing import Any
 
 import pytest
 
+from chalicelib.config import default_config_path, load_config
 from chalicelib.kpi_store import (
     KpiStore,
     KpiTableStore,
+    QueryError,
     RangeTooLongError,
+    ReplaceStats,
     check_numbers,
     days_between,
     dump_table,
     plain,
 )
+from chalicelib.kpi_tables import SORT_KEY, TableShape
+from tests.functional.conftest import create_shape_table
 
 
 def cat(category: str, date: str, revenue: str = "10.00") -> dict[str, Any]:
@@ -57,7 +62,7 @@ class RecordingTable:
 
 @pytest.fixture
 def store(dynamodb: Any, kpi_tables: dict[str, Any]) -> KpiStore:
-    return KpiStore(dynamodb)
+    return KpiStore(dynamodb, load_config(default_config_path()))
 
 
 @pytest.fixture
@@ -172,7 +177,7 @@ def test_stored_numbers_come_back_as_decimal(store: KpiStore) -> None:
 
 
 def test_table_lookup_by_logical_or_deployed_name(dynamodb: Any, kpi_tables: dict[str, Any]) -> None:
-    store = KpiStore(dynamodb, order_table="OrderKPI", category_table="CategoryKPI")
+    store = KpiStore(dynamodb, load_config(default_config_path()), {"OrderKPI": "OrderKPI", "CategoryKPI": "CategoryKPI"})
     assert store.table("CategoryKPI") is store.categories
     assert store.table("OrderKPI") is store.orders
     with pytest.raises(ValueError, match="GSI"):
@@ -236,3 +241,99 @@ def test_check_numbers_accepts_dynamodb_types() -> None:
     check_numbers({"a": 1, "b": Decimal("1.5"), "c": "s", "d": True, "e": None, "f": [1, {"g": Decimal(0)}], "h": {"x"}})
     with pytest.raises(TypeError, match="not a DynamoDB type"):
         check_numbers({"a": object()})
+
+
+# --------------------------------------------------------------------------------------------------
+# Any table of pipeline.yaml: replace_periods by the table's shape
+
+
+def shaped(dynamodb: Any, shape: TableShape, *, page_size: int | None = None) -> tuple[KpiTableStore, RecordingTable]:
+    recording = RecordingTable(create_shape_table(dynamodb, shape))
+    return KpiTableStore(recording, shape, page_size=page_size), recording
+
+
+def test_replace_periods_on_the_hash_key_a_week_at_a_time(dynamodb: Any) -> None:
+    shape = TableShape.of_key("WeeklyKPI", ["order_week"], period=("order_week", "week"))
+    store, recording = shaped(dynamodb, shape)
+    week = {"2025-03-03": [{"order_week": "2025-03-03", "top_price": Decimal("9.5")}], "2025-03-10": []}
+    assert store.replace_periods(week) == ReplaceStats(put=1, deleted=0)
+    assert store.replace_periods({"2025-03-03": []}) == ReplaceStats(put=0, deleted=1)
+    assert all("IndexName" not in q and q["ConsistentRead"] for q in recording.queries)
+    with pytest.raises(ValueError, match="filed under"):
+        store.replace_periods({"2025-03-10": [{"order_week": "2025-03-03"}]})
+    with pytest.raises(ValueError, match="'\\*' is for tables without a period"):
+        store.replace_periods({"*": []})
+
+
+def test_replace_periods_through_the_automatic_period_index(dynamodb: Any) -> None:
+    shape = TableShape.of_key("BrandKPI", ["brand", "order_date"], period=("order_date", "day"))
+    store, recording = shaped(dynamodb, shape, page_size=2)
+    day = "2025-03-01"
+    store.replace_periods({day: [{"brand": b, "order_date": day, "revenue": Decimal(1)} for b in "ABCDE"],
+                           "2025-03-02": [{"brand": "A", "order_date": "2025-03-02", "revenue": Decimal(2)}]})
+    recording.queries.clear()
+    assert store.replace_periods({day: [{"brand": "C", "order_date": day, "revenue": Decimal(3)}]}) == ReplaceStats(1, 4)
+    assert {q["IndexName"] for q in recording.queries} == {"order_date-index"} and len(recording.queries) >= 3
+    assert store.dump() == [
+        {"brand": "A", "order_date": "2025-03-02", "revenue": Decimal(2)},
+        {"brand": "C", "order_date": day, "revenue": Decimal(3)},
+    ]
+
+
+def test_a_table_spanning_every_date_is_replaced_whole_and_keeps_numeric_keys(dynamodb: Any) -> None:
+    shape = TableShape.of_key("UserKPI", ["user_id"], types={"user_id": "N"})
+    store, _ = shaped(dynamodb, shape)
+    store.replace_periods({"*": [{"user_id": Decimal(u), "orders": u} for u in (1, 2, 3)]})
+    assert store.replace_periods({"*": [{"user_id": Decimal(2), "orders": 9}]}) == ReplaceStats(put=1, deleted=2)
+    assert store.dump() == [{"user_id": Decimal(2), "orders": Decimal(9)}]
+    assert store.get(user_id=Decimal(2)) == {"user_id": Decimal(2), "orders": Decimal(9)}
+    with pytest.raises(ValueError, match="spans every date"):
+        store.replace_periods({"2025-03-01": []})
+
+
+def test_a_three_field_key_is_stored_with_its_joined_sort_key(dynamodb: Any) -> None:
+    shape = TableShape.of_key("BrandDaily", ["brand", "category", "order_date"], period=("order_date", "day"))
+    store, recording = shaped(dynamodb, shape)
+    day = "2025-03-01"
+
+    def item(brand: str, category: str, top: str) -> dict[str, Any]:
+        return {"brand": brand, "category": category, "order_date": day, "top": Decimal(top)}
+
+    store.replace_periods({day: [item("Acme", "Tops", "1"), item("Acme", "Jeans", "2"), item("Zed", "Tops", "3")]})
+    raw = dynamodb.Table("BrandDaily").get_item(Key={"brand": "Acme", SORT_KEY: f"Tops#{day}"})["Item"]
+    assert raw["top"] == Decimal(1)
+    recording.queries.clear()
+    assert store.replace_periods({day: [item("Acme", "Tops", "5")]}) == ReplaceStats(put=1, deleted=2)
+    assert recording.queries[0]["IndexName"] == "order_date-index"
+    assert store.dump() == [item("Acme", "Tops", "5")]  # `_sk` never leaves the store
+    assert store.get(brand="Acme", category="Tops", order_date=day) == item("Acme", "Tops", "5")
+
+
+def test_select_plans_the_read_from_the_keys_given(dynamodb: Any) -> None:
+    shape = TableShape.of_key("BrandDaily", ["brand", "category", "order_date"], period=("order_date", "day"))
+    store, recording = shaped(dynamodb, shape)
+    rows = [("Acme", "Jeans", "2025-03-01"), ("Acme", "Tops", "2025-03-01"), ("Acme", "Tops", "2025-03-02"),
+            ("Zed", "Tops", "2025-03-01")]
+    by_day: dict[str, list[dict[str, Any]]] = {}
+    for b, c, d in rows:
+        by_day.setdefault(d, []).append({"brand": b, "category": c, "order_date": d, "n": 1})
+    store.replace_periods(by_day)
+
+    def keys(page: Any) -> list[tuple[str, str, str]]:
+        return [(i["brand"], i["category"], i["order_date"]) for i in page.items]
+
+    assert keys(store.select({"brand": "Acme", "category": "Tops"})) == rows[1:3]  # begins_with on `_sk`
+    assert keys(store.select({"brand": "Acme", "category": "Tops"}, lower="2025-03-02")) == rows[2:3]
+    assert keys(store.select({"brand": "Acme"}, lower="Jeans", upper="Jeans")) == rows[:1]  # bounds on key[1]
+    recording.queries.clear()
+    by_date = store.select({"order_date": "2025-03-01", "category": "Tops"})  # the period index, then a filter
+    assert by_date.index == "order_date-index" and sorted(keys(by_date)) == [rows[1], rows[3]]
+    first = store.select({"brand": "Acme"}, limit=2)
+    assert len(first.items) == 2 and first.last_key is not None
+    rest = store.select({"brand": "Acme"}, limit=2, start_key=first.last_key)
+    assert keys(first) + keys(rest) == rows[:3]
+    assert store.select({}).operation == "scan"
+    with pytest.raises(QueryError, match="need"):
+        store.select({}, lower="a")
+    with pytest.raises(QueryError, match="the `next` of the same query"):
+        store.select({"order_date": "2025-03-01"}, start_key=first.last_key)

@@ -163,7 +163,8 @@ def test_failed_task_goes_through_finalize_keeps_raw_files_and_a_rerun_succeeds(
         def run(task: TaskRun) -> RunResult:
             if task.family == "kpipe-transform" and not broken["done"]:
                 broken["done"] = True
-                task = TaskRun(task.task_arn, task.family, task.command, {**task.environment, "KPIPE_ORDER_TABLE": "NoSuchTable"})
+                names = {**json.loads(task.environment["KPIPE_KPI_TABLES"]), "OrderKPI": "NoSuchTable"}
+                task = TaskRun(task.task_arn, task.family, task.command, {**task.environment, "KPIPE_KPI_TABLES": json.dumps(names)})
             return runner(task)
 
         return run

@@ -87,8 +87,8 @@ def chalice_policies() -> Iterator[tuple[str, dict[str, Any]]]:
 SAMPLE_OUTPUTS = {
     "BucketName": "kpipe-dev-pipelinebucket-1a2b3c",
     "StateMachineArn": "arn:aws:states:eu-west-1:111122223333:stateMachine:kpipe-dev-pipeline",
-    "OrderTableName": "OrderKPI-dev",
-    "CategoryTableName": "CategoryKPI-dev",
+    "KpiTables": '{"OrderKPI":"OrderKPI-dev","CategoryKPI":"CategoryKPI-dev"}',
+    "KpiTableIndexes": '{"OrderKPI":[],"CategoryKPI":["order_date-index"]}',
     "ControlTableName": "KpipeControl-dev",
 }
 

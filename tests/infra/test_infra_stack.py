@@ -107,10 +107,10 @@ def test_cluster_and_task_definitions(moto_stack: dict[str, Any]) -> None:
     ecs, out = moto_stack["clients"]["ecs"], moto_stack["outputs"]
     (cluster,) = ecs.describe_clusters(clusters=[out["ClusterArn"]])["clusters"]
     assert cluster["status"] == "ACTIVE"
+    assert json.loads(out["KpiTables"]) == {"OrderKPI": out["OrderTableName"], "CategoryKPI": out["CategoryTableName"]}
     env_expected = {
         "KPIPE_BUCKET": out["BucketName"],
-        "KPIPE_ORDER_TABLE": out["OrderTableName"],
-        "KPIPE_CATEGORY_TABLE": out["CategoryTableName"],
+        "KPIPE_KPI_TABLES": out["KpiTables"],
         "KPIPE_CONTROL_TABLE": out["ControlTableName"],
         "KPIPE_CONFIG_KEY": "config/pipeline.yaml",
     }

@@ -42,10 +42,12 @@ def test_committed_policies_are_the_generators_output() -> None:
             deployed = {
                 "BucketName": env["KPIPE_BUCKET"],
                 "StateMachineArn": env["KPIPE_STATE_MACHINE_ARN"],
-                "OrderTableName": env["KPIPE_ORDER_TABLE"],
-                "CategoryTableName": env["KPIPE_CATEGORY_TABLE"],
                 "ControlTableName": env["KPIPE_CONTROL_TABLE"],
             }
+            if "KPIPE_KPI_TABLES" in env:
+                deployed["KpiTables"] = env["KPIPE_KPI_TABLES"]
+            else:  # a stage written before KPIPE_KPI_TABLES
+                deployed.update(OrderTableName=env["KPIPE_ORDER_TABLE"], CategoryTableName=env["KPIPE_CATEGORY_TABLE"])
             candidates.append(wsc.lambda_policy(deployed, stage))
         assert on_disk in candidates, f"regenerate: python infra/write_stage_config.py --stage {stage} --placeholder"
 
@@ -53,8 +55,10 @@ def test_committed_policies_are_the_generators_output() -> None:
 OUTPUTS = {  # as `python -m kpipe.infra outputs` prints them (a moto deployment's, trimmed)
     "BucketName": "kpipe-dev-pipelinebucket-4mxq2v1k9z0a",
     "StateMachineArn": "arn:aws:states:us-east-1:123456789012:stateMachine:kpipe-dev-pipeline",
-    "OrderTableName": "OrderKPI-dev",
-    "CategoryTableName": "CategoryKPI-dev",
+    "KpiTables": '{"OrderKPI":"kpipe-dev-OrderKPI","CategoryKPI":"kpipe-dev-CategoryKPI","BrandKPI":"kpipe-dev-BrandKPI"}',
+    "KpiTableIndexes": '{"OrderKPI":[],"CategoryKPI":["order_date-index"],"BrandKPI":["order_date-index"]}',
+    "OrderTableName": "kpipe-dev-OrderKPI",
+    "CategoryTableName": "kpipe-dev-CategoryKPI",
     "ControlTableName": "KpipeControl-dev",
     "ClusterArn": "arn:aws:ecs:us-east-1:123456789012:cluster/kpipe-dev-Cluster-1X2Y3Z",
     "RepositoryUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/kpipe-dev-taskrepository",
@@ -79,8 +83,8 @@ def test_write_stage_config_from_outputs(tmp_path: Path) -> None:
     assert set(lambda_vars) <= set(env)
     assert env["KPIPE_BUCKET"] == outputs["BucketName"]
     assert env["KPIPE_STATE_MACHINE_ARN"] == outputs["StateMachineArn"]
-    assert env["KPIPE_ORDER_TABLE"] == outputs["OrderTableName"]
-    assert env["KPIPE_CATEGORY_TABLE"] == outputs["CategoryTableName"]
+    assert json.loads(env["KPIPE_KPI_TABLES"]) == json.loads(outputs["KpiTables"])
+    assert "KPIPE_ORDER_TABLE" not in env and "KPIPE_CATEGORY_TABLE" not in env  # superseded, removed
     assert env["KPIPE_CONTROL_TABLE"] == outputs["ControlTableName"]
     assert env["KPIPE_CONFIG_KEY"] == "config/pipeline.yaml"
     assert after["stages"]["prod"] == before["stages"]["prod"]  # other stages untouched
@@ -88,9 +92,27 @@ def test_write_stage_config_from_outputs(tmp_path: Path) -> None:
     assert policy == wsc.lambda_policy(outputs, "dev")
     text = json.dumps(policy)
     assert outputs["BucketName"] in text and outputs["StateMachineArn"] in text
+    reads = {st["Sid"]: st["Resource"] for st in policy["Statement"] if st["Sid"].startswith("ReadKpi")}
+    table = "arn:aws:dynamodb:us-east-1:123456789012:table/"
+    assert reads == {
+        "ReadKpis": [f"{table}kpipe-dev-{t}" for t in ("OrderKPI", "CategoryKPI", "BrandKPI")],
+        "ReadKpiIndexes": [f"{table}kpipe-dev-{t}/index/order_date-index" for t in ("CategoryKPI", "BrandKPI")],
+    }
     # idempotent
     assert wsc.main(["--stage", "dev", "--outputs", str(outputs_file), "--chalice-dir", str(chalice)]) == 0
     assert json.loads((chalice / "config.json").read_text()) == after
+
+
+def wsc_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def test_outputs_of_a_stack_older_than_kpi_tables_still_work() -> None:
+    older = {k: v for k, v in OUTPUTS.items() if not k.startswith("KpiTable")}
+    assert wsc.kpi_tables(older) == {"OrderKPI": "kpipe-dev-OrderKPI", "CategoryKPI": "kpipe-dev-CategoryKPI"}
+    assert json.loads(wsc.stage_environment(older)["KPIPE_KPI_TABLES"]) == wsc.kpi_tables(older)
+    resources = {r for st in wsc.lambda_policy(older, "dev")["Statement"] for r in wsc_list(st["Resource"])}
+    assert "arn:aws:dynamodb:us-east-1:123456789012:table/kpipe-dev-CategoryKPI/index/order_date-index" in resources
 
 
 def test_missing_output_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -67,20 +67,32 @@ def test_render_refuses_a_placeholder_the_template_does_not_substitute(tmp_path:
 def test_emulator_template_is_the_same_stack(rendered: dict[str, Any]) -> None:
     """What the emulator deploys is this rendering plus one output per substitution (the very
     expressions, so moto's CloudFormation evaluates them) and the two moto adaptations."""
-    emulator = infra.emulator_template(rendered, "kpipe-local")
+    emulator = infra.emulator_template(rendered, "kpipe-local", {"OrderKPI": "p-OrderKPI"})
     subs = rendered["Resources"][infra.STATE_MACHINE_ID]["Properties"]["DefinitionSubstitutions"]
     extra = {k: v for k, v in emulator["Outputs"].items() if k not in rendered["Outputs"]}
     assert extra == {infra.SUBSTITUTION_OUTPUT + k: {"Value": v} for k, v in subs.items()}
     assert emulator["Resources"]["TaskRepository"]["Properties"].pop("RepositoryName") == "kpipe-local-taskrepository"
+    # the KPI tables' names as the values they evaluate to (given, or under the parameters' defaults)
+    names = {"OrderKPI": "p-OrderKPI", "CategoryKPI": "CategoryKPI"}
+    assert json.loads(emulator["Outputs"]["KpiTables"].pop("Value")) == names
+    rendered_outputs = json.loads(json.dumps(rendered["Outputs"]))
+    del rendered_outputs["KpiTables"]["Value"]
+    for logical_id, name in (("OrderKpiTable", "OrderKPI"), ("CategoryKpiTable", "CategoryKPI")):
+        props = emulator["Resources"][logical_id]["Properties"]
+        assert props["TableName"] == names[name]
+        props["TableName"] = rendered["Resources"][logical_id]["Properties"]["TableName"]
     for name in TASKS:
         props = emulator["Resources"][f"{name}TaskDefinition"]["Properties"]
         camel = props["ContainerDefinitions"][0]
         pascal = rendered["Resources"][f"{name}TaskDefinition"]["Properties"]["ContainerDefinitions"][0]
         assert camel["command"] == pascal["Command"] and camel["image"] == pascal["Image"]
+        env = {e["name"]: e["value"] for e in camel["environment"]}
+        assert json.loads(env["KPIPE_KPI_TABLES"]) == names
         props["ContainerDefinitions"] = [pascal]
     for key in extra:
         del emulator["Outputs"][key]
-    assert emulator == rendered
+    assert emulator["Outputs"] == rendered_outputs
+    assert emulator["Resources"] == rendered["Resources"]
 
 
 def test_rendered_template_fits_an_inline_body(asl_path: Path) -> None:
@@ -111,9 +123,15 @@ def test_tables_keys_and_index(rendered: dict[str, Any]) -> None:
         res["OrderKpiTable"]["Properties"],
         res["ControlTable"]["Properties"],
     )
-    assert params[cat["TableName"]["Ref"]]["Default"] == "CategoryKPI"
-    assert params[order["TableName"]["Ref"]]["Default"] == "OrderKPI"
+    # <KpiTablePrefix><table> (default prefix: none), or the older per-table parameter when it is set
+    assert cat["TableName"] == {
+        "Fn::If": ["HasCategoryTableName", {"Ref": "CategoryTableName"}, {"Fn::Sub": "${KpiTablePrefix}CategoryKPI"}]
+    }
+    assert order["TableName"]["Fn::If"][2] == {"Fn::Sub": "${KpiTablePrefix}OrderKPI"}
+    assert params["KpiTablePrefix"]["Default"] == params["OrderTableName"]["Default"] == ""
     assert params[control["TableName"]["Ref"]]["Default"] == "KpipeControl"
+    for logical_id in ("CategoryKpiTable", "OrderKpiTable"):
+        assert (res[logical_id]["DeletionPolicy"], res[logical_id]["UpdateReplacePolicy"]) == ("Retain", "Retain")
     assert keys(cat["KeySchema"]) == [("category", "HASH"), ("order_date", "RANGE")]
     (gsi,) = cat["GlobalSecondaryIndexes"]
     assert gsi["IndexName"] == "order_date-index"

@@ -65,7 +65,15 @@ KEYS = {"int": ["1", "2", "3", " 2", "02", "+3", "4"], "string": ["a", "b", "A",
         "decimal": ["1", "1.0", "2.50", "2.5", "3"]}
 NUMBERS = [-1, 0, 1, 2, 5, "9.5", 100, "0.005"]
 WORDS = ["Books", "books", "returned", "RETURNED", "Toys", "1", "a", "\u0130stanbul", "i\u0307stanbul"]
-DATES = ["2025-03-01", "2025-03-02", "2025-02-28"]
+DATES = ["2025-03-01", "2025-03-02", "2025-02-28", "2025-02-24"]
+# `matches` operands: Unicode, case, line breaks, ASCII classes, anchors and boundaries, months (`YYYY-MM`)
+PATTERNS = [r"[A-Z][a-z]+", r"\w+", r"[a-z]+", r".*s", r"\S+", r"[^,]*", r"Books|Toys", r"\d+", r".+\n.+", r"[\s\S]*",
+            r"i.*", r"\bi\w*", r"r[a-z]{4,8}", r"2025-0[1-3]", r"^.{1,4}$", r"Caf.", "\u0130stanbul|i\u0307?stanbul",
+            r"[^\x00-\x7f]+", "stra(ss|\u00df)e", r"(a|b)?,?b?", r"[^a-z]+", r"\W*\w+\W*", r"(?x) b o o k s"]
+# `length` operands: either bound, or both
+LENGTHS = st.one_of(st.builds(lambda n: {"min": n}, st.integers(0, 6)), st.builds(lambda n: {"max": n}, st.integers(0, 6)),
+                    st.builds(lambda a, b: {"min": min(a, b), "max": max(a, b)}, st.integers(0, 6), st.integers(0, 6)))
+OPERATORS = ["<", "<=", ">", ">=", "==", "!="]
 
 # --------------------------------------------------------------------------------------- pipelines
 
@@ -81,8 +89,10 @@ def checks_for(kind: str) -> st.SearchStrategy[dict[str, Any]]:
         return st.nothing()
     number = st.sampled_from(NUMBERS)
 
-    def operand(shape: Any) -> st.SearchStrategy[Any]:
+    def operand(shape: Any, name: str = "") -> st.SearchStrategy[Any]:
         origin = get_origin(shape)
+        if name in OPERANDS:  # a term whose operand is not a value of the field's type
+            return OPERANDS[name]
         if shape is Decimal:
             return number
         if origin is tuple:
@@ -94,11 +104,12 @@ def checks_for(kind: str) -> st.SearchStrategy[dict[str, Any]]:
     terms = [t for t in CHECKS.values() if kind in t.types]
     return st.one_of(*(
         st.builds(lambda name, v, ic: {name: v, **({"ignore_case": True} if ic else {})},
-                  st.just(t.name), operand(t.shape), st.booleans() if kind == "string" else st.just(False))
+                  st.just(t.name), operand(t.shape, t.name), st.booleans() if kind == "string" else st.just(False))
         for t in terms
     ))
 
 
+OPERANDS: dict[str, st.SearchStrategy[Any]] = {"matches": st.sampled_from(PATTERNS), "length": LENGTHS}
 EQUALS = {"int": [1, 2, -3, "+3", "2", "2.0"], "decimal": ["2.50", 20, "9.5", 0, "2"],
           "string": ["returned", "BOOKS", 1, True, "\u0130stanbul"], "bool": [True, False, "false", "true", "yes"],
           "date": ["2025-03-01", "2025-03-02"]}
@@ -165,9 +176,28 @@ def pipelines(draw: Any) -> str:
             ds["derived"]["probe"] = {"equals": {"field": field, "value": value, "ignore_case": draw(st.booleans())}}
             types[name]["probe"] = "bool"
     types["orders"]["order_date"] = "date"
+    for name, grain in (("order_week", "week"), ("order_month", "month")):  # other grains, looked up by items below
+        if draw(st.integers(0, 2)) == 0:
+            orders["derived"][name] = {"date_of": {"field": "created_at", "grain": grain}}
+            types["orders"][name] = "string" if grain == "month" else "date"
+    if draw(st.integers(0, 3)) == 0:
+        grain = draw(st.sampled_from(["day", "week", "month"]))
+        items["derived"]["ship_period"] = {"date_of": {"field": "shipped_at", "grain": grain}}
+        types["order_items"]["ship_period"] = "string" if grain == "month" else "date"
+    # row checks: two numbers (of other types and scales), two datetimes, two texts
+    if draw(st.integers(0, 2)) == 0:
+        orders["columns"]["shipped_at"] = draw(column("datetime", required=False))
+        orders["checks"] = [{"compare": ["shipped_at", draw(st.sampled_from(OPERATORS)), "created_at"]}]
+    if draw(st.integers(0, 2)) == 0:
+        pair = draw(st.permutations(["sale_price", "quantity"]))
+        items["checks"] = [{"compare": [pair[0], draw(st.sampled_from(OPERATORS)), pair[1]]}]
+    if draw(st.integers(0, 2)) == 0:
+        other = "category" if pk == "string" else "retail_price"
+        products["checks"] = [{"compare": [other, draw(st.sampled_from(OPERATORS)), "id"]}]
     derived = items["derived"]
     lookups = [("category", "product_id", "category"), ("price", "product_id", "retail_price")]
     lookups += [("returned_order", "order_id", "is_returned")] if "is_returned" in types["orders"] else []
+    lookups += [(name, "order_id", name) for name in ("order_week", "order_month") if name in types["orders"]]
     for name, via, target in draw(st.permutations(lookups)):
         if draw(st.booleans()):
             derived[name] = {"lookup": {"via": via, "field": target}}

@@ -34,8 +34,8 @@ def test_generation_is_deterministic() -> None:
     assert reference_markdown() == reference_markdown()
 
 
-@pytest.mark.parametrize("registry", [vocabulary.TYPES, vocabulary.CHECKS, vocabulary.DERIVED, vocabulary.METRICS],
-                         ids=["types", "checks", "derived", "metrics"])
+@pytest.mark.parametrize("registry", [vocabulary.TYPES, vocabulary.CHECKS, vocabulary.ROW_CHECKS, vocabulary.DERIVED, vocabulary.METRICS],
+                         ids=["types", "checks", "row_checks", "derived", "metrics"])
 def test_every_registry_term_is_in_the_page(registry: dict[str, object]) -> None:
     page = PAGE.read_text(encoding="utf-8")
     for name, term in registry.items():
@@ -101,5 +101,5 @@ def test_a_new_check_appears_in_the_page(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setitem(vocabulary.CHECKS, "starts_with", term)
     page = reference_markdown()
     assert "| `starts_with` | `text` | string | begins with the operand | `<column>.starts_with` |" in page
-    assert "between|one_of|starts_with>`" in page  # and among the row-level reasons
+    assert "|one_of|matches|length|starts_with>`" in page  # and among the row-level reasons
     assert page != PAGE.read_text(encoding="utf-8")  # so the stale-page test would fail until regenerated

@@ -24,6 +24,8 @@ def config_summary(cfg: PipelineConfig) -> dict[str, Any]:
                 "columns": {c: col.model_dump(mode="json", exclude={"checks"}) for c, col in ds.columns.items()},
                 "checks": {c: [k.model_dump(mode="json", exclude_none=True) for k in col.checks] for c, col in ds.columns.items()},
                 "derived": {d: spec.model_dump(mode="json", exclude_none=True) for d, spec in ds.derived.items()},
+                # a dataset's row checks, only when it has some (a summary stored before they existed stays equal)
+                **({"row_checks": [k.model_dump(mode="json", exclude_none=True) for k in ds.checks]} if ds.checks else {}),
             }
             for name, ds in cfg.datasets.items()
         },
@@ -51,6 +53,11 @@ def backfill_notes(before: dict[str, Any], cfg: PipelineConfig) -> list[str]:
                     f"datasets.{name}.columns.{col}: rules changed; they apply to rows of new batches, rows stored"
                     " before were decided under the old ones (a backfill re-decides them)"
                 )
+        if is_.get("row_checks", []) != was.get("row_checks", []):
+            notes.append(
+                f"datasets.{name}.checks: row checks changed; they apply to rows of new batches, rows stored"
+                " before were decided under the old ones (a backfill re-decides them)"
+            )
         for d in sorted(set(is_["derived"]) | set(was["derived"])):
             if is_["derived"].get(d) != was["derived"].get(d):
                 notes.append(
