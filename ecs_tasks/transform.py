@@ -29,6 +29,7 @@ from typing import Any
 
 from chalicelib.config import PipelineConfig
 from chalicelib.kpi_store import KpiTableStore
+from chalicelib.kpi_tables import table_shape
 from chalicelib.layout import Layout
 from chalicelib.obs import emit_metrics
 from ecs_tasks import common
@@ -91,14 +92,12 @@ def transform(ctx: common.TaskContext, log: Any) -> dict[str, Any]:
 
 
 def write_kpis(ctx: common.TaskContext, cfg: PipelineConfig, tables: Mapping[str, Mapping[str, list[dict[str, Any]]]]) -> dict[str, dict[str, int]]:
-    """Replace the given dates of every KPI table; returns puts and deletes per table."""
-    date_field = next((ds.partition_by for ds in cfg.datasets.values() if ds.partition_by), "order_date")
+    """Replace the given periods of every KPI table (a table spanning every date: all of it); returns
+    puts and deletes per table."""
     written: dict[str, dict[str, int]] = {}
-    for table_name, by_date in tables.items():
-        spec = cfg.kpis[table_name]
-        index = spec.index.name if spec.index is not None else None
-        table = KpiTableStore(ctx.dynamodb.Table(ctx.table_name(table_name)), spec.key, date_field=date_field, date_index=index)
-        stats = table.replace_dates(by_date)
+    for table_name, by_period in tables.items():
+        table = KpiTableStore(ctx.dynamodb.Table(ctx.table_name(table_name)), table_shape(cfg, table_name))
+        stats = table.replace_periods(by_period)
         written[table_name] = {"put": stats.put, "deleted": stats.deleted}
     return written
 
