@@ -111,3 +111,23 @@ def test_date_groups_are_runs_of_consecutive_dates() -> None:
     groups = date_groups(dates, 3)
     assert groups == [["2025-03-01", "2025-03-02", "2025-03-03"], ["2025-03-04", "2025-03-05", "2025-03-06"], ["2025-03-07", "2025-03-08", "2025-03-09"]]
     assert date_groups(dates[:2], 4) == [[], ["2025-03-01"], [], ["2025-03-09"]]
+
+
+def test_a_weekly_table_recomputes_whole_weeks_across_batches(tmp_path: Path, config_text: str, write_batch: Any) -> None:
+    """A week key (date_of grain week, looked up by the items): a batch touching one day of a week
+    recomputes that whole week from every stored row, an order moved to another week leaves the old one."""
+    doc = yaml.safe_load(config_text)
+    doc["datasets"]["orders"]["derived"]["order_week"] = {"date_of": {"field": "created_at", "grain": "week"}}
+    doc["datasets"]["order_items"]["derived"]["order_week"] = {"lookup": {"via": "order_id", "field": "order_week"}}
+    doc["kpis"]["WeeklyKPI"] = {"key": ["order_week"], "metrics": {
+        "top_price": {"max": "sale_price", "from": "order_items"}, "orders": {"count_distinct": "order_id", "from": "order_items"}}}
+    cfg = parse_config(yaml.safe_dump(doc, sort_keys=False))
+    assert cfg.period_of("WeeklyKPI") == ("order_week", "week")
+    one = write_batch(tmp_path / "b1", PRODUCTS, [order(1, "03"), order(2, "04"), order(3, "10")],
+                      [item(1, 1, 1, "10.00"), item(2, 2, 2, "30.00"), item(3, 3, 1, "5.00")])
+    two = write_batch(tmp_path / "b2", PRODUCTS, [order(2, "11"), order(4, "05")], [item(4, 4, 2, "7.00")])  # 2 moves a week on
+    out = tmp_path / "out"
+    process_batches(cfg, [one], out)
+    assert {i["order_week"]: (i["top_price"], i["orders"]) for i in table(out, "WeeklyKPI")} == {"2025-03-03": (D(30), 2), "2025-03-10": (D(5), 1)}
+    process_batches(cfg, [two], out)
+    assert {i["order_week"]: (i["top_price"], i["orders"]) for i in table(out, "WeeklyKPI")} == {"2025-03-03": (D(10), 2), "2025-03-10": (D(30), 2)}
